@@ -1,0 +1,134 @@
+//! When a connection has ended (host side: the controller's garbage collector decides).
+use crate::{CT_TCP_FIN, CT_TCP_RST, CtIn, CtOut};
+
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Idle timeouts in seconds. Defaults follow Linux nf_conntrack (`nf_conntrack_*_timeout_*`)
+/// except `tcp_close`: Linux keeps closed connections 120 s in TIME_WAIT, but a NAT only needs
+/// to absorb the last retransmitted FIN/ACK, and returning the port sooner matters when
+/// guests open thousands of short connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Established TCP (nf_conntrack_tcp_timeout_established: 5 days).
+    pub tcp_established: u64,
+    /// TCP that has not been answered yet (SYN_SENT), or is half-closed (FIN one way).
+    pub tcp_opening: u64,
+    /// After RST, or FIN both ways.
+    pub tcp_close: u64,
+    /// UDP seen one way only (nf_conntrack_udp_timeout).
+    pub udp: u64,
+    /// UDP with replies (nf_conntrack_udp_timeout_stream).
+    pub udp_stream: u64,
+    /// ICMP echo (nf_conntrack_icmp_timeout).
+    pub icmp: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            tcp_established: 432_000,
+            tcp_opening: 120,
+            tcp_close: 10,
+            udp: 30,
+            udp_stream: 120,
+            icmp: 30,
+        }
+    }
+}
+
+impl Timeouts {
+    /// Seconds a connection in this state may stay idle.
+    pub fn idle_limit(&self, proto: u8, out: &CtOut, reply: &CtIn) -> u64 {
+        match proto {
+            PROTO_TCP => {
+                let flags = out.tcp_flags | reply.tcp_flags;
+                if flags & CT_TCP_RST != 0
+                    || (out.tcp_flags & CT_TCP_FIN != 0 && reply.tcp_flags & CT_TCP_FIN != 0)
+                {
+                    self.tcp_close
+                } else if flags & CT_TCP_FIN != 0 || reply.packets == 0 {
+                    self.tcp_opening
+                } else {
+                    self.tcp_established
+                }
+            }
+            PROTO_UDP if reply.packets > 0 => self.udp_stream,
+            PROTO_UDP => self.udp,
+            _ => self.icmp,
+        }
+    }
+
+    /// Whether a connection idle since the later of both sides' last packets has expired.
+    pub fn expired(&self, proto: u8, out: &CtOut, reply: &CtIn, now_ns: u64) -> bool {
+        let last = out.last_seen_ns.max(reply.last_seen_ns);
+        now_ns.saturating_sub(last)
+            > self
+                .idle_limit(proto, out, reply)
+                .saturating_mul(1_000_000_000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::CT_TCP_SYN;
+
+    const S: u64 = 1_000_000_000;
+
+    fn pair(out_flags: u8, in_flags: u8, replies: u64) -> (CtOut, CtIn) {
+        (
+            CtOut {
+                tcp_flags: out_flags,
+                last_seen_ns: 100 * S,
+                packets: 1,
+                ..Default::default()
+            },
+            CtIn {
+                tcp_flags: in_flags,
+                last_seen_ns: 100 * S,
+                packets: replies,
+                ..Default::default()
+            },
+        )
+    }
+
+    #[test]
+    fn tcp_states() {
+        let t = Timeouts::default();
+        let (o, i) = pair(CT_TCP_SYN, 0, 0);
+        assert_eq!(t.idle_limit(PROTO_TCP, &o, &i), 120, "unanswered SYN");
+        let (o, i) = pair(CT_TCP_SYN, CT_TCP_SYN, 1);
+        assert_eq!(t.idle_limit(PROTO_TCP, &o, &i), 432_000, "established");
+        let (o, i) = pair(CT_TCP_FIN, 0, 3);
+        assert_eq!(t.idle_limit(PROTO_TCP, &o, &i), 120, "half closed");
+        let (o, i) = pair(CT_TCP_FIN, CT_TCP_FIN, 3);
+        assert_eq!(t.idle_limit(PROTO_TCP, &o, &i), 10, "closed both ways");
+        let (o, i) = pair(0, CT_TCP_RST, 3);
+        assert_eq!(t.idle_limit(PROTO_TCP, &o, &i), 10, "reset");
+    }
+
+    #[test]
+    fn udp_and_icmp() {
+        let t = Timeouts::default();
+        let (o, i) = pair(0, 0, 0);
+        assert_eq!(t.idle_limit(PROTO_UDP, &o, &i), 30);
+        assert_eq!(t.idle_limit(PROTO_ICMP, &o, &i), 30);
+        let (o, i) = pair(0, 0, 2);
+        assert_eq!(t.idle_limit(PROTO_UDP, &o, &i), 120);
+    }
+
+    #[test]
+    fn expiry_uses_the_latest_packet_of_either_side() {
+        let t = Timeouts::default();
+        let (o, mut i) = pair(0, 0, 1);
+        assert!(!t.expired(PROTO_UDP, &o, &i, 200 * S));
+        assert!(t.expired(PROTO_UDP, &o, &i, 221 * S));
+        i.last_seen_ns = 150 * S;
+        assert!(
+            !t.expired(PROTO_UDP, &o, &i, 221 * S),
+            "a recent reply keeps it alive"
+        );
+    }
+}

@@ -1,0 +1,125 @@
+//! Dataplane event counters (`STATS[counter]`, per CPU). Every packet the programs see ends in
+//! exactly one of them, so `forwarded + passed + dropped` accounts for all traffic.
+
+/// What happened to a packet, and why.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Counter {
+    /// LAN -> WAN, translated and redirected.
+    FwdOut = 0,
+    /// WAN -> LAN reply, translated back and redirected.
+    FwdIn,
+    /// WAN -> LAN ICMP error about a tracked connection, translated back (inner header too).
+    FwdIcmpError,
+    /// Not IPv4 (ARP, IPv6, ...): the kernel's business.
+    PassNotIpv4,
+    /// Addressed to the router itself, or broadcast/multicast.
+    PassLocal,
+    /// TTL <= 1: the kernel answers "time exceeded" (RFC 792).
+    PassTtl,
+    /// A protocol or ICMP type the fast path does not translate.
+    PassUnsupported,
+    /// IP options or fragments: the kernel's slow path.
+    PassOptionsOrFragment,
+    /// Bigger than the WAN's MTU: the kernel fragments or answers "fragmentation needed".
+    PassMtu,
+    /// Arrived on a WAN and matches no connection: the kernel decides (it never reaches the LAN
+    /// through the dataplane).
+    PassUntracked,
+    /// The WAN's gateway MAC is not known yet.
+    PassNoNeighbour,
+    /// Headers cut short by the end of the frame.
+    DropMalformed,
+    /// From the LAN with a source address outside every LAN subnet (BCP 38).
+    DropSpoofed,
+    /// No WAN is up.
+    DropNoWan,
+    /// The conntrack table is full.
+    DropConntrackFull,
+    /// Every NAT port tried towards this remote endpoint was taken.
+    DropNatPortsExhausted,
+    /// `bpf_redirect_map` refused the target port.
+    DropRedirect,
+}
+
+impl Counter {
+    pub const COUNT: usize = Counter::DropRedirect as usize + 1;
+    pub const ALL: [Counter; Self::COUNT] = [
+        Counter::FwdOut,
+        Counter::FwdIn,
+        Counter::FwdIcmpError,
+        Counter::PassNotIpv4,
+        Counter::PassLocal,
+        Counter::PassTtl,
+        Counter::PassUnsupported,
+        Counter::PassOptionsOrFragment,
+        Counter::PassMtu,
+        Counter::PassUntracked,
+        Counter::PassNoNeighbour,
+        Counter::DropMalformed,
+        Counter::DropSpoofed,
+        Counter::DropNoWan,
+        Counter::DropConntrackFull,
+        Counter::DropNatPortsExhausted,
+        Counter::DropRedirect,
+    ];
+
+    /// What the packet's fate was: "forwarded", "passed" (to the kernel) or "dropped".
+    pub const fn action(self) -> &'static str {
+        match self {
+            Counter::FwdOut | Counter::FwdIn | Counter::FwdIcmpError => "forwarded",
+            Counter::PassNotIpv4
+            | Counter::PassLocal
+            | Counter::PassTtl
+            | Counter::PassUnsupported
+            | Counter::PassOptionsOrFragment
+            | Counter::PassMtu
+            | Counter::PassUntracked
+            | Counter::PassNoNeighbour => "passed",
+            _ => "dropped",
+        }
+    }
+
+    /// The `reason` label value.
+    pub const fn reason(self) -> &'static str {
+        match self {
+            Counter::FwdOut => "lan_to_wan",
+            Counter::FwdIn => "wan_to_lan",
+            Counter::FwdIcmpError => "icmp_error",
+            Counter::PassNotIpv4 => "not_ipv4",
+            Counter::PassLocal => "local",
+            Counter::PassTtl => "ttl_expired",
+            Counter::PassUnsupported => "unsupported",
+            Counter::PassOptionsOrFragment => "options_or_fragment",
+            Counter::PassMtu => "over_mtu",
+            Counter::PassUntracked => "untracked",
+            Counter::PassNoNeighbour => "no_neighbour",
+            Counter::DropMalformed => "malformed",
+            Counter::DropSpoofed => "spoofed_source",
+            Counter::DropNoWan => "no_wan_up",
+            Counter::DropConntrackFull => "conntrack_full",
+            Counter::DropNatPortsExhausted => "nat_ports_exhausted",
+            Counter::DropRedirect => "redirect_failed",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_lists_every_counter_in_order() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i, "{c:?} out of order");
+        }
+        let mut reasons: Vec<_> = Counter::ALL.iter().map(|c| c.reason()).collect();
+        reasons.sort();
+        reasons.dedup();
+        assert_eq!(
+            reasons.len(),
+            Counter::COUNT,
+            "reason labels must be unique"
+        );
+    }
+}

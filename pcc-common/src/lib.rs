@@ -1,0 +1,23 @@
+//! Types shared by the XDP dataplane and the controller, and the pure logic both sides rely on.
+//!
+//! Every map key and value is `#[repr(C)]` with explicit padding so the eBPF and host layouts
+//! agree byte for byte; `const` asserts below pin the sizes. Addresses and ports inside map
+//! entries are stored in network byte order, exactly as they appear on the wire, so the
+//! dataplane never swaps bytes on the fast path.
+#![cfg_attr(not(feature = "std"), no_std)]
+
+pub mod classify;
+pub mod counters;
+pub mod csum;
+pub mod maps;
+pub mod natport;
+
+#[cfg(feature = "std")]
+pub mod conntrack;
+#[cfg(feature = "std")]
+pub mod slots;
+
+pub use classify::Classifier;
+pub use counters::Counter;
+pub use maps::*;
+pub use natport::NatPortRange;

@@ -1,0 +1,260 @@
+//! Map keys and values (`#[repr(C)]`, shared with the eBPF side).
+
+/// Most WAN links one router handles.
+pub const MAX_WANS: usize = 8;
+/// Most LAN ports one router handles.
+pub const MAX_LANS: usize = 4;
+/// Entries of the weighted slot table new connections are hashed into. A prime, so
+/// `hash % SLOT_TABLE_SIZE` uses every bit of the hash; with 8 WANs each still owns hundreds
+/// of slots, so weights resolve to better than 1 %.
+pub const SLOT_TABLE_SIZE: usize = 4093;
+/// A slot that belongs to no WAN (no WAN is up).
+pub const NO_WAN: u8 = 0xff;
+/// `DEVMAP` index of `wan_id`: `wan_id`; of `lan_id`: `LAN_DEVMAP_BASE + lan_id`.
+pub const LAN_DEVMAP_BASE: u32 = MAX_WANS as u32;
+pub const DEVMAP_SIZE: u32 = (MAX_WANS + MAX_LANS) as u32;
+/// Default conntrack capacity (connections): a small office with 100+ guests, each with a few
+/// hundred connections open, fits with room to spare.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 65_536;
+
+/// Global dataplane settings (single entry of `CONFIG`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// A [`crate::Classifier`] as `u8`.
+    pub classifier: u8,
+    pub lan_count: u8,
+    pub _pad: [u8; 2],
+    pub hash_seed: u32,
+    /// Source NAT ports the dataplane may hand out (host byte order).
+    pub nat_ports: crate::NatPortRange,
+}
+
+pub const WAN_FLAG_UP: u16 = 1;
+
+/// One WAN link (`WANS[wan_id]`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WanInfo {
+    pub ifindex: u32,
+    /// The WAN's own IPv4 address: the source NAT address (network byte order).
+    pub addr: u32,
+    pub mac: [u8; 6],
+    pub gateway_mac: [u8; 6],
+    /// Largest IPv4 packet the link carries; bigger ones go to the kernel, which fragments or
+    /// answers "fragmentation needed" (RFC 1191).
+    pub mtu: u16,
+    /// `WAN_FLAG_*`.
+    pub flags: u16,
+}
+
+impl WanInfo {
+    pub fn is_up(&self) -> bool {
+        self.flags & WAN_FLAG_UP != 0
+    }
+}
+
+/// One LAN port (`LANS[lan_id]`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LanInfo {
+    pub ifindex: u32,
+    /// The router's address on this LAN (network byte order).
+    pub addr: u32,
+    /// Network byte order; `addr & netmask` is the LAN subnet.
+    pub netmask: u32,
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+impl LanInfo {
+    /// Whether `ip` (network byte order) is inside this LAN's subnet.
+    #[inline(always)]
+    pub fn contains(&self, ip: u32) -> bool {
+        self.ifindex != 0 && ip & self.netmask == self.addr & self.netmask
+    }
+}
+
+/// The weighted slot table (single entry of `SLOTS`): slot -> `wan_id` or [`NO_WAN`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotTable {
+    pub slots: [u8; SLOT_TABLE_SIZE],
+    pub _pad: [u8; 3],
+}
+
+impl Default for SlotTable {
+    fn default() -> Self {
+        Self {
+            slots: [NO_WAN; SLOT_TABLE_SIZE],
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// A connection as one side sees it. `CT_OUT` keys are LAN-side (src = LAN host, dst = remote);
+/// `CT_IN` keys are WAN-side (src = remote, dst = WAN address, dst_port = NAT port). For ICMP
+/// echo the identifier plays the host's port and the remote port is 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src_addr: u32,
+    pub dst_addr: u32,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// TCP flags seen on a connection, one side's view (`tcp_flags` in the values).
+pub const CT_TCP_SYN: u8 = 1;
+pub const CT_TCP_FIN: u8 = 2;
+pub const CT_TCP_RST: u8 = 4;
+pub const CT_TCP_ACK: u8 = 8;
+
+/// `CT_OUT` value: how a LAN-side connection is translated.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtOut {
+    /// Source NAT address: the WAN's address (network byte order).
+    pub nat_addr: u32,
+    pub nat_port: u16,
+    pub wan_id: u8,
+    /// `CT_TCP_*` seen from the LAN host.
+    pub tcp_flags: u8,
+    pub created_ns: u64,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the last packet from the LAN host.
+    pub last_seen_ns: u64,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// `CT_IN` value: how replies are translated back to the LAN host.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtIn {
+    pub lan_addr: u32,
+    pub lan_port: u16,
+    pub lan_id: u8,
+    /// `CT_TCP_*` seen from the remote end.
+    pub tcp_flags: u8,
+    /// The host's MAC, learnt from the frame that opened the connection: the host itself
+    /// said where it lives, so replies need no ARP on the fast path.
+    pub lan_mac: [u8; 6],
+    pub wan_id: u8,
+    pub _pad: u8,
+    pub last_seen_ns: u64,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Per-CPU, per-WAN traffic counters (`WAN_STATS[wan_id]`). rx = arrived on the WAN for the
+/// LAN, tx = left through the WAN.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WanCounters {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub flows_created: u64,
+}
+
+const _: () = {
+    assert!(size_of::<Config>() == 16);
+    assert!(size_of::<WanInfo>() == 24);
+    assert!(size_of::<LanInfo>() == 20);
+    assert!(size_of::<FlowKey>() == 16);
+    assert!(size_of::<CtOut>() == 40);
+    assert!(size_of::<CtIn>() == 40);
+    assert!(size_of::<SlotTable>() % 4 == 0);
+};
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are `#[repr(C)]` plain data with explicit padding fields, so every
+    // byte pattern is a valid value.
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::WanInfo {}
+    unsafe impl aya::Pod for super::LanInfo {}
+    unsafe impl aya::Pod for super::SlotTable {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::CtOut {}
+    unsafe impl aya::Pod for super::CtIn {}
+    unsafe impl aya::Pod for super::WanCounters {}
+}
+
+impl FlowKey {
+    /// The `CT_IN` key of the replies to this `CT_OUT` connection once it is NATed to
+    /// `nat_addr:nat_port`.
+    #[inline(always)]
+    pub fn reply_key(&self, nat_addr: u32, nat_port: u16) -> FlowKey {
+        FlowKey {
+            src_addr: self.dst_addr,
+            dst_addr: nat_addr,
+            src_port: self.dst_port,
+            dst_port: nat_port,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+
+    /// The `CT_OUT` key of the connection a `CT_IN` entry (`self` is its key) translates to.
+    #[inline(always)]
+    pub fn original_key(&self, lan_addr: u32, lan_port: u16) -> FlowKey {
+        FlowKey {
+            src_addr: lan_addr,
+            dst_addr: self.src_addr,
+            src_port: lan_port,
+            dst_port: self.src_port,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_and_original_keys_round_trip() {
+        let out = FlowKey {
+            src_addr: 1,
+            dst_addr: 2,
+            src_port: 3,
+            dst_port: 4,
+            proto: 6,
+            _pad: [0; 3],
+        };
+        let reply = out.reply_key(9, 10);
+        assert_eq!(
+            reply,
+            FlowKey {
+                src_addr: 2,
+                dst_addr: 9,
+                src_port: 4,
+                dst_port: 10,
+                proto: 6,
+                _pad: [0; 3]
+            }
+        );
+        assert_eq!(reply.original_key(1, 3), out);
+    }
+
+    #[test]
+    fn lan_contains_its_subnet_only() {
+        let lan = LanInfo {
+            ifindex: 3,
+            addr: u32::from_ne_bytes([198, 19, 10, 1]),
+            netmask: u32::from_ne_bytes([255, 255, 255, 0]),
+            ..Default::default()
+        };
+        assert!(lan.contains(u32::from_ne_bytes([198, 19, 10, 200])));
+        assert!(!lan.contains(u32::from_ne_bytes([198, 19, 11, 1])));
+        assert!(
+            !LanInfo::default().contains(0),
+            "an unconfigured LAN contains nothing"
+        );
+    }
+}

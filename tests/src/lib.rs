@@ -1,1 +1,47 @@
+//! pcc test lab: network namespaces with LAN clients, the router (where pcc-ctl runs), two
+//! ISPs and an "internet" with many server addresses, plus the services and probes the
+//! integration tests (`tests/tests/*.rs`) and `cargo xtask lab` use.
+//!
+//! Everything runs in namespaces named `<prefix>-<node>` (prefix `pcc` + 5 hex digits, unique
+//! per lab) with addresses from 198.18.0.0/15 and 203.0.113.0/24 only. Dropping the [`Lab`]
+//! kills its processes and deletes its namespaces; labs of a killed process are removed by the
+//! next [`Lab::builder`]`.build()` (see [`reap_stale_labs`]).
 
+pub mod lab;
+pub mod metrics;
+pub mod pcc;
+pub mod proc;
+pub mod scenario;
+pub mod services;
+
+pub use lab::{
+    ISP_ADDRS, LAN_GATEWAY, LAN_NET, Lab, LabBuilder, LinkStats, WAN_ADDRS, WAN_NAMES, is_root,
+    reap_stale_labs, wan_of_addr,
+};
+pub use metrics::Metrics;
+pub use pcc::{PccExit, PccHandle, pcc_ctl_path, workspace_root};
+pub use proc::LabProcess;
+pub use services::{Download, HttpLogEntry, TestFile, Transfer, UdpLogEntry, UdpReply};
+
+/// The python3 the lab's scripts run with (Debian's, which has scapy).
+pub fn services_python() -> &'static str {
+    services::python()
+}
+
+/// Returns from the calling test (after a `SKIP …` line on stderr, shown even when libtest
+/// captures output) unless we run as root.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !$crate::is_root() {
+            // Straight to fd 2: libtest captures `eprintln!` of passing tests.
+            use ::std::io::Write as _;
+            let _ = writeln!(
+                ::std::io::stderr(),
+                "SKIP {}: needs root (creates network namespaces)",
+                ::std::thread::current().name().unwrap_or(module_path!())
+            );
+            return;
+        }
+    };
+}

@@ -1,0 +1,137 @@
+//! Bad invocations: one clear line on stderr, a non-zero exit, nothing left attached.
+
+use std::time::Duration;
+
+use pcc_tests::{Lab, require_root};
+
+/// Runs `pcc-ctl args…`; it must fail fast with exactly one non-empty stderr line mentioning
+/// `mention`, and leave nothing attached.
+fn expect_refusal(lab: &Lab, args: &[&str], mention: &str) {
+    let what = args.join(" ");
+    let out = lab
+        .run_pcc(args, Duration::from_secs(20))
+        .expect("running pcc-ctl");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let desc = pcc_tests::proc::describe(&out);
+    match out.status.code() {
+        None => panic!("`pcc-ctl {what}` kept running (killed after 20 s): {desc}"),
+        Some(0) => panic!("`pcc-ctl {what}` exited 0: {desc}"),
+        Some(_) => {}
+    }
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "`pcc-ctl {what}`: expected one stderr line: {desc}"
+    );
+    assert!(
+        lines[0].contains(mention),
+        "`pcc-ctl {what}`: the error should name {mention:?}: {:?}",
+        lines[0]
+    );
+    assert!(
+        !stdout.contains("ready"),
+        "`pcc-ctl {what}` said ready: {desc}"
+    );
+    assert_eq!(
+        lab.leftover_attachments().unwrap(),
+        None,
+        "`pcc-ctl {what}` left something attached"
+    );
+}
+
+#[test]
+fn bad_interfaces_are_refused() {
+    require_root!();
+    let lab = Lab::builder()
+        .clients(1)
+        .servers(2)
+        .build()
+        .expect("building the lab");
+    // wan2: up, no address. wan3: an address but no default route through it.
+    lab.ip_batch(
+        "router",
+        &[
+            "link add wan2 type veth peer name wan2p".into(),
+            "link add wan3 type veth peer name wan3p".into(),
+            "addr add 198.18.3.2/24 dev wan3".into(),
+            "link set wan2 up".into(),
+            "link set wan2p up".into(),
+            "link set wan3 up".into(),
+            "link set wan3p up".into(),
+        ],
+    )
+    .expect("extra router interfaces");
+
+    expect_refusal(
+        &lab,
+        &["up", "--wan", "nosuch0,wan1", "--lan", "lan0"],
+        "nosuch0",
+    );
+    expect_refusal(
+        &lab,
+        &["up", "--wan", "wan0,wan1", "--lan", "nosuch1"],
+        "nosuch1",
+    );
+    expect_refusal(&lab, &["up", "--wan", "wan0,wan1", "--lan", "wan1"], "wan1");
+    expect_refusal(&lab, &["up", "--wan", "wan0,wan2", "--lan", "lan0"], "wan2");
+    expect_refusal(&lab, &["up", "--wan", "wan0,wan3", "--lan", "lan0"], "wan3");
+}
+
+#[test]
+fn second_instance_is_refused_and_first_keeps_working() {
+    require_root!();
+    let lab = Lab::builder()
+        .clients(1)
+        .servers(2)
+        .build()
+        .expect("building the lab");
+    lab.start_http().expect("HTTP server");
+    let file = lab.http_file(256 << 10).expect("test file");
+    let mut first = lab.start_pcc(&[]).expect("starting the first pcc-ctl");
+
+    let args = [
+        "up",
+        "--wan",
+        "wan0,wan1",
+        "--lan",
+        "lan0",
+        "--metrics",
+        "127.0.0.1:9101",
+    ];
+    let out = lab
+        .run_pcc(&args, Duration::from_secs(20))
+        .expect("running a second pcc-ctl");
+    let desc = pcc_tests::proc::describe(&out);
+    assert!(
+        out.status.code().is_some_and(|c| c != 0),
+        "second `pcc-ctl up` on the same interfaces should fail: {desc}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines = stderr.lines().filter(|l| !l.trim().is_empty()).count();
+    assert_eq!(
+        lines, 1,
+        "second instance: expected one stderr line: {desc}"
+    );
+
+    assert!(
+        first.is_running(),
+        "the first pcc-ctl died: {:?}",
+        first.output()
+    );
+    first
+        .metrics()
+        .expect("the first pcc-ctl's metrics after the second attempt");
+    let dl = lab
+        .download("c1", lab.server_addr(1), &file, &[])
+        .expect("download through the first pcc-ctl after the second attempt");
+    assert_eq!(dl.sha256, file.sha256);
+    let exit = first.stop().expect("stopping the first pcc-ctl");
+    assert_eq!(exit.code(), Some(0), "first pcc-ctl: {}", exit.describe());
+    assert_eq!(
+        lab.leftover_attachments().unwrap(),
+        None,
+        "left attached after the first stopped"
+    );
+}

@@ -64,6 +64,11 @@ impl Counter {
         Counter::DropRedirect,
     ];
 
+    /// Whether the packet is dropped (else forwarded or passed to the kernel).
+    pub const fn is_drop(self) -> bool {
+        self as u32 >= Counter::DropMalformed as u32
+    }
+
     /// What the packet's fate was: "forwarded", "passed" (to the kernel) or "dropped".
     pub const fn action(self) -> &'static str {
         match self {

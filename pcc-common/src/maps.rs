@@ -64,7 +64,8 @@ pub struct LanInfo {
     /// Network byte order; `addr & netmask` is the LAN subnet.
     pub netmask: u32,
     pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// Largest IPv4 packet the LAN port carries; bigger replies go to the kernel.
+    pub mtu: u16,
 }
 
 impl LanInfo {

@@ -7,7 +7,7 @@
 //! for itself: the minimal disruption Maglev only approximates. The price, a statistical
 //! rather than exact balance, is under 2 % with 4093 slots, far below the noise of real
 //! connection mixes; the dataplane still does one array lookup per new connection.
-use crate::{MAX_WANS, NO_WAN, SLOT_TABLE_SIZE, SlotTable, classify::hash3};
+use crate::{MAX_WANS, NO_WAN, SlotTable, classify::hash3};
 
 const SLOT_SEED: u32 = 0x5ca1_ab1e;
 
@@ -47,6 +47,7 @@ pub fn shares(table: &SlotTable) -> [usize; MAX_WANS] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::SLOT_TABLE_SIZE;
 
     fn weights(ws: &[u32]) -> [u32; MAX_WANS] {
         let mut w = [0; MAX_WANS];

@@ -1,0 +1,76 @@
+//! Conntrack garbage collection: expired connections and broken halves are removed, which
+//! returns their NAT ports.
+use anyhow::Result;
+use pcc_common::{FlowKey, MAX_WANS, conntrack::Timeouts};
+
+use crate::maps::Maps;
+
+/// Grace before a reply entry without its forward twin counts as orphaned: the dataplane
+/// inserts the reply half first, so a fresh connection is briefly in that state.
+const ORPHAN_GRACE_NS: u64 = 2_000_000_000;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Live connections after this pass.
+    pub active: usize,
+    pub active_per_wan: [usize; MAX_WANS],
+    pub expired: usize,
+    pub orphans: usize,
+}
+
+/// `CLOCK_MONOTONIC` in ns: the clock `bpf_ktime_get_coarse_ns` reads.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// One pass over both tables. Keys are collected first and deleted afterwards: deleting
+/// while walking a BPF hash with `get_next_key` can restart the walk.
+pub fn collect(maps: &mut Maps, timeouts: &Timeouts, now_ns: u64) -> Result<GcReport> {
+    let mut report = GcReport::default();
+    let mut dead_out: Vec<FlowKey> = Vec::new();
+    let mut dead_in: Vec<FlowKey> = Vec::new();
+    for item in maps.ct_out.iter() {
+        let Ok((key, out)) = item else { continue };
+        let reply_key = key.reply_key(out.nat_addr, out.nat_port);
+        match maps.ct_in.get(&reply_key, 0) {
+            Ok(reply) if !timeouts.expired(key.proto, &out, &reply, now_ns) => {
+                report.active += 1;
+                if let Some(n) = report.active_per_wan.get_mut(out.wan_id as usize) {
+                    *n += 1;
+                }
+            }
+            Ok(_) => {
+                report.expired += 1;
+                dead_out.push(key);
+                dead_in.push(reply_key);
+            }
+            Err(_) => {
+                report.orphans += 1;
+                dead_out.push(key);
+            }
+        }
+    }
+    for item in maps.ct_in.iter() {
+        let Ok((key, reply)) = item else { continue };
+        let original = key.original_key(reply.lan_addr, reply.lan_port);
+        if maps.ct_out.get(&original, 0).is_err()
+            && now_ns.saturating_sub(reply.last_seen_ns) > ORPHAN_GRACE_NS
+        {
+            report.orphans += 1;
+            dead_in.push(key);
+        }
+    }
+    for key in &dead_out {
+        let _ = maps.ct_out.remove(key);
+    }
+    for key in &dead_in {
+        let _ = maps.ct_in.remove(key);
+    }
+    Ok(report)
+}

@@ -1,0 +1,10 @@
+//! pcc's controller: learns the ports from the kernel, loads and feeds the XDP dataplane,
+//! collects expired connections and serves metrics. `main.rs` is the command line on top.
+pub mod cli;
+pub mod conntrack;
+pub mod dataplane;
+pub mod lock;
+pub mod maps;
+pub mod metrics;
+pub mod netlink;
+pub mod up;

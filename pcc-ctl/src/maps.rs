@@ -1,0 +1,75 @@
+//! Typed handles on the dataplane's maps.
+use anyhow::{Context as _, Result};
+use aya::{
+    Ebpf,
+    maps::{Array, DevMap, HashMap, MapData, PerCpuArray},
+};
+use pcc_common::{Config, Counter, CtIn, CtOut, FlowKey, LanInfo, SlotTable, WanCounters, WanInfo};
+
+pub struct Maps {
+    pub config: Array<MapData, Config>,
+    pub wans: Array<MapData, WanInfo>,
+    pub lans: Array<MapData, LanInfo>,
+    pub slots: Array<MapData, SlotTable>,
+    pub devmap: DevMap<MapData>,
+    pub ct_out: HashMap<MapData, FlowKey, CtOut>,
+    pub ct_in: HashMap<MapData, FlowKey, CtIn>,
+    pub stats: PerCpuArray<MapData, u64>,
+    pub wan_stats: PerCpuArray<MapData, WanCounters>,
+}
+
+fn take<T: TryFrom<aya::maps::Map>>(ebpf: &mut Ebpf, name: &str) -> Result<T>
+where
+    T::Error: std::error::Error + Send + Sync + 'static,
+{
+    let map = ebpf
+        .take_map(name)
+        .with_context(|| format!("the eBPF object has no map {name}"))?;
+    T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+}
+
+impl Maps {
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        Ok(Self {
+            config: take(ebpf, "CONFIG")?,
+            wans: take(ebpf, "WANS")?,
+            lans: take(ebpf, "LANS")?,
+            slots: take(ebpf, "SLOTS")?,
+            devmap: take(ebpf, "DEVMAP")?,
+            ct_out: take(ebpf, "CT_OUT")?,
+            ct_in: take(ebpf, "CT_IN")?,
+            stats: take(ebpf, "STATS")?,
+            wan_stats: take(ebpf, "WAN_STATS")?,
+        })
+    }
+
+    /// Every dataplane counter, summed over CPUs.
+    pub fn counters(&self) -> Result<[u64; Counter::COUNT]> {
+        let mut out = [0; Counter::COUNT];
+        for c in Counter::ALL {
+            let per_cpu = self
+                .stats
+                .get(&(c as u32), 0)
+                .context("cannot read STATS")?;
+            out[c as usize] = per_cpu.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// One WAN's traffic counters, summed over CPUs.
+    pub fn wan_counters(&self, wan_id: u8) -> Result<WanCounters> {
+        let per_cpu = self
+            .wan_stats
+            .get(&u32::from(wan_id), 0)
+            .context("cannot read WAN_STATS")?;
+        Ok(per_cpu
+            .iter()
+            .fold(WanCounters::default(), |a, c| WanCounters {
+                rx_packets: a.rx_packets + c.rx_packets,
+                rx_bytes: a.rx_bytes + c.rx_bytes,
+                tx_packets: a.tx_packets + c.tx_packets,
+                tx_bytes: a.tx_bytes + c.tx_bytes,
+                flows_created: a.flows_created + c.flows_created,
+            }))
+    }
+}

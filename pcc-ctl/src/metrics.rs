@@ -1,0 +1,204 @@
+//! Prometheus metrics, read from the dataplane's per-CPU counters at scrape time, so counting
+//! costs the fast path nothing beyond its own per-CPU increments.
+//!
+//! Served with axum (tokio's HTTP stack): a maintained server, so HTTP parsing is not ours
+//! to get wrong.
+use std::{net::SocketAddr, sync::Arc};
+
+use anyhow::{Context as _, Result};
+use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
+use pcc_common::Counter;
+use prometheus::{Encoder as _, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+
+use crate::up::Shared;
+
+pub struct Metrics {
+    registry: Registry,
+    wan_up: IntGaugeVec,
+    wan_weight: IntGaugeVec,
+    rx_bytes: IntCounterVec,
+    tx_bytes: IntCounterVec,
+    rx_packets: IntCounterVec,
+    tx_packets: IntCounterVec,
+    flows_created: IntCounterVec,
+    flows_active: IntGauge,
+    flows_active_per_wan: IntGaugeVec,
+    packets: IntCounterVec,
+    drops: IntCounterVec,
+}
+
+fn counter_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntGaugeVec> {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+/// Raises a counter to an absolute value read from the dataplane (they only grow).
+fn set_counter(c: &prometheus::IntCounter, value: u64) {
+    let current = c.get();
+    if value > current {
+        c.inc_by(value - current);
+    }
+}
+
+impl Metrics {
+    pub fn new(classifier: &str) -> Result<Self> {
+        let registry = Registry::new();
+        let info = gauge_vec(
+            &registry,
+            "pcc_build_info",
+            "pcc version and configuration",
+            &["version", "classifier"],
+        )?;
+        info.with_label_values(&[env!("CARGO_PKG_VERSION"), classifier])
+            .set(1);
+        Ok(Self {
+            wan_up: gauge_vec(
+                &registry,
+                "pcc_wan_up",
+                "1 if the WAN takes new connections",
+                &["wan"],
+            )?,
+            wan_weight: gauge_vec(
+                &registry,
+                "pcc_wan_weight",
+                "Configured weight of the WAN",
+                &["wan"],
+            )?,
+            rx_bytes: counter_vec(
+                &registry,
+                "pcc_wan_rx_bytes_total",
+                "Bytes that arrived on the WAN for the LAN",
+                &["wan"],
+            )?,
+            tx_bytes: counter_vec(
+                &registry,
+                "pcc_wan_tx_bytes_total",
+                "Bytes the dataplane sent out of the WAN",
+                &["wan"],
+            )?,
+            rx_packets: counter_vec(
+                &registry,
+                "pcc_wan_rx_packets_total",
+                "Packets that arrived on the WAN for the LAN",
+                &["wan"],
+            )?,
+            tx_packets: counter_vec(
+                &registry,
+                "pcc_wan_tx_packets_total",
+                "Packets the dataplane sent out of the WAN",
+                &["wan"],
+            )?,
+            flows_created: counter_vec(
+                &registry,
+                "pcc_flows_created_total",
+                "Connections pinned to the WAN",
+                &["wan"],
+            )?,
+            flows_active: {
+                let g = IntGauge::new("pcc_flows_active", "Connections in the conntrack table")?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
+            flows_active_per_wan: gauge_vec(
+                &registry,
+                "pcc_wan_flows_active",
+                "Connections pinned to the WAN now",
+                &["wan"],
+            )?,
+            packets: counter_vec(
+                &registry,
+                "pcc_packets_total",
+                "Packets seen by the dataplane by fate",
+                &["action", "reason"],
+            )?,
+            drops: counter_vec(
+                &registry,
+                "pcc_drops_total",
+                "Packets the dataplane dropped",
+                &["reason"],
+            )?,
+            registry,
+        })
+    }
+
+    /// Reads the dataplane and renders the exposition text.
+    pub fn render(&self, shared: &Shared) -> Result<String> {
+        {
+            let maps = shared.maps.lock().expect("maps lock poisoned");
+            let counters = maps.counters()?;
+            for c in Counter::ALL {
+                let v = counters[c as usize];
+                set_counter(
+                    &self.packets.with_label_values(&[c.action(), c.reason()]),
+                    v,
+                );
+                if c.is_drop() {
+                    set_counter(&self.drops.with_label_values(&[c.reason()]), v);
+                }
+            }
+            let gc = *shared.gc.lock().expect("gc lock poisoned");
+            self.flows_active.set(gc.active as i64);
+            for wan in shared.wans.lock().expect("wans lock poisoned").iter() {
+                let n = wan.name.as_str();
+                let w = maps.wan_counters(wan.wan_id)?;
+                set_counter(&self.rx_bytes.with_label_values(&[n]), w.rx_bytes);
+                set_counter(&self.tx_bytes.with_label_values(&[n]), w.tx_bytes);
+                set_counter(&self.rx_packets.with_label_values(&[n]), w.rx_packets);
+                set_counter(&self.tx_packets.with_label_values(&[n]), w.tx_packets);
+                set_counter(&self.flows_created.with_label_values(&[n]), w.flows_created);
+                self.wan_up.with_label_values(&[n]).set(i64::from(wan.up));
+                self.wan_weight
+                    .with_label_values(&[n])
+                    .set(i64::from(wan.weight));
+                self.flows_active_per_wan
+                    .with_label_values(&[n])
+                    .set(gc.active_per_wan[wan.wan_id as usize] as i64);
+            }
+        }
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
+        Ok(String::from_utf8(out)?)
+    }
+}
+
+async fn metrics_handler(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    match shared.metrics.render(&shared) {
+        Ok(body) => (
+            axum::http::StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            body,
+        ),
+        Err(e) => (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain")],
+            format!("cannot read the dataplane: {e:#}\n"),
+        ),
+    }
+}
+
+/// Binds the endpoint now (so a taken port is a start-up error) and returns the server task.
+pub async fn bind(addr: SocketAddr, shared: Arc<Shared>) -> Result<impl Future<Output = ()>> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for metrics"))?;
+    let app = Router::new()
+        .route("/metrics", get(metrics_handler))
+        .with_state(shared);
+    Ok(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            log::error!("metrics server stopped: {e}");
+        }
+    })
+}

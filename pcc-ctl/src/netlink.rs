@@ -1,0 +1,239 @@
+//! What the kernel knows about our ports: links, addresses, default routes, neighbours.
+//!
+//! Uses `rtnetlink` (rust-netlink): a maintained, async (tokio) rtnetlink client with typed
+//! messages, instead of parsing `ip` output or hand-rolling netlink attributes.
+use std::net::{IpAddr, Ipv4Addr};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use futures::TryStreamExt as _;
+use rtnetlink::{
+    Handle, RouteMessageBuilder,
+    packet_route::{
+        address::AddressAttribute,
+        link::{LinkAttribute, State},
+        neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourState},
+        route::{RouteAddress, RouteAttribute},
+    },
+};
+
+/// One network interface as the kernel describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub name: String,
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+    pub mtu: u32,
+    /// Operational state up (carrier present).
+    pub oper_up: bool,
+}
+
+/// An IPv4 address with its prefix length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv4Net {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Ipv4Net {
+    pub fn netmask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(
+            u32::MAX
+                .checked_shl(32 - u32::from(self.prefix))
+                .unwrap_or(0),
+        )
+    }
+}
+
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    /// Opens a netlink socket; its connection task runs on the current tokio runtime.
+    pub fn connect() -> Result<Self> {
+        let (connection, handle, _) =
+            rtnetlink::new_connection().context("cannot open a netlink socket")?;
+        tokio::spawn(connection);
+        Ok(Self { handle })
+    }
+
+    pub async fn link(&self, name: &str) -> Result<Link> {
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        let msg = match links.try_next().await {
+            Ok(Some(msg)) => msg,
+            Ok(None) | Err(_) => bail!("unknown interface {name}"),
+        };
+        let mut link = Link {
+            name: name.to_string(),
+            ifindex: msg.header.index,
+            mac: [0; 6],
+            mtu: 1500,
+            oper_up: false,
+        };
+        for attr in msg.attributes {
+            match attr {
+                LinkAttribute::Address(a) if a.len() == 6 => link.mac.copy_from_slice(&a),
+                LinkAttribute::Mtu(m) => link.mtu = m,
+                LinkAttribute::OperState(s) => {
+                    link.oper_up = matches!(s, State::Up | State::Unknown)
+                }
+                _ => {}
+            }
+        }
+        Ok(link)
+    }
+
+    /// The interface's first IPv4 address.
+    pub async fn ipv4_addr(&self, ifindex: u32) -> Result<Option<Ipv4Net>> {
+        let mut addrs = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(ifindex)
+            .execute();
+        while let Some(msg) = addrs.try_next().await.context("cannot list addresses")? {
+            for attr in &msg.attributes {
+                if let AddressAttribute::Local(IpAddr::V4(addr))
+                | AddressAttribute::Address(IpAddr::V4(addr)) = attr
+                {
+                    return Ok(Some(Ipv4Net {
+                        addr: *addr,
+                        prefix: msg.header.prefix_len,
+                    }));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The gateway of the best (lowest metric) IPv4 default route through `ifindex` in the
+    /// main table, as a DHCP client installs it.
+    pub async fn default_gateway(&self, ifindex: u32) -> Result<Option<Ipv4Addr>> {
+        let filter = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let mut routes = self.handle.route().get(filter).execute();
+        let mut best: Option<(u32, Ipv4Addr)> = None;
+        while let Some(msg) = routes.try_next().await.context("cannot list routes")? {
+            if msg.header.destination_prefix_length != 0 || msg.header.table != 254 {
+                continue;
+            }
+            let (mut oif, mut gateway, mut metric) = (None, None, 0);
+            for attr in &msg.attributes {
+                match attr {
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(*g),
+                    RouteAttribute::Priority(p) => metric = *p,
+                    _ => {}
+                }
+            }
+            if let (Some(i), Some(g)) = (oif, gateway)
+                && i == ifindex
+                && best.is_none_or(|(m, _)| metric < m)
+            {
+                best = Some((metric, g));
+            }
+        }
+        Ok(best.map(|(_, g)| g))
+    }
+
+    /// The MAC of a resolved neighbour, if the kernel has one.
+    pub async fn neighbour_mac(&self, ifindex: u32, ip: Ipv4Addr) -> Result<Option<[u8; 6]>> {
+        let mut neighbours = self.handle.neighbours().get().execute();
+        while let Some(msg) = neighbours
+            .try_next()
+            .await
+            .context("cannot list neighbours")?
+        {
+            if msg.header.ifindex != ifindex {
+                continue;
+            }
+            let state = msg.header.state;
+            if matches!(
+                state,
+                NeighbourState::Incomplete | NeighbourState::Failed | NeighbourState::None
+            ) {
+                continue;
+            }
+            let mut dst = None;
+            let mut mac = None;
+            for attr in &msg.attributes {
+                match attr {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => dst = Some(*a),
+                    NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
+                        mac = Some([l[0], l[1], l[2], l[3], l[4], l[5]])
+                    }
+                    _ => {}
+                }
+            }
+            if dst == Some(ip) && mac.is_some() {
+                return Ok(mac);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Asks the kernel to resolve `ip` and keep it resolved (a "managed" neighbour, Linux
+    /// 5.16+): ARP runs in the background even though the fast path never touches the
+    /// kernel's neighbour entry, so the gateway MAC stays fresh.
+    pub async fn add_managed_neighbour(&self, ifindex: u32, ip: Ipv4Addr) -> Result<()> {
+        let mut req = self
+            .handle
+            .neighbours()
+            .add(ifindex, IpAddr::V4(ip))
+            .replace();
+        req.message_mut()
+            .attributes
+            .push(NeighbourAttribute::ExtFlags(NeighbourExtFlags::Managed));
+        req.execute()
+            .await
+            .map_err(|e| anyhow!("cannot add a managed neighbour entry for {ip}: {e}"))
+    }
+
+    /// Removes the neighbour entry for `ip` (the kernel relearns it on demand).
+    pub async fn del_neighbour(&self, ifindex: u32, ip: Ipv4Addr) -> Result<()> {
+        let mut neighbours = self.handle.neighbours().get().execute();
+        while let Some(msg) = neighbours
+            .try_next()
+            .await
+            .context("cannot list neighbours")?
+        {
+            let is_it = msg.header.ifindex == ifindex
+                && msg
+                    .attributes
+                    .iter()
+                    .any(|a| matches!(a, NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) if *d == ip));
+            if is_it {
+                self.handle
+                    .neighbours()
+                    .del(msg)
+                    .execute()
+                    .await
+                    .context("cannot delete neighbour")?;
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn netmask_from_prefix() {
+        let net = |prefix| Ipv4Net {
+            addr: Ipv4Addr::UNSPECIFIED,
+            prefix,
+        };
+        assert_eq!(net(24).netmask(), Ipv4Addr::new(255, 255, 255, 0));
+        assert_eq!(net(32).netmask(), Ipv4Addr::BROADCAST);
+        assert_eq!(net(0).netmask(), Ipv4Addr::UNSPECIFIED);
+        assert_eq!(net(30).netmask(), Ipv4Addr::new(255, 255, 255, 252));
+    }
+}

@@ -1,0 +1,123 @@
+//! The conntrack pair: `CT_OUT` (LAN-side tuple) and `CT_IN` (WAN-side tuple).
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
+};
+use pcc_common::{
+    CT_TCP_ACK, CT_TCP_FIN, CT_TCP_RST, CT_TCP_SYN, Config, Counter, CtIn, CtOut, FlowKey, WanInfo,
+    natport::NAT_PORT_TRIES,
+};
+
+use crate::{CT_IN, CT_OUT, parse};
+
+const EEXIST: i32 = 17;
+
+/// CLOCK_MONOTONIC at jiffy resolution: plenty for idle timeouts in seconds, and cheaper
+/// than `bpf_ktime_get_ns` on every packet.
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// TCP header flags as `CT_TCP_*` bits.
+#[inline(always)]
+pub fn tcp_bits(flags: u8) -> u8 {
+    let mut bits = 0;
+    if flags & parse::TCP_SYN != 0 {
+        bits |= CT_TCP_SYN;
+    }
+    if flags & parse::TCP_FIN != 0 {
+        bits |= CT_TCP_FIN;
+    }
+    if flags & parse::TCP_RST != 0 {
+        bits |= CT_TCP_RST;
+    }
+    if flags & parse::TCP_ACK != 0 {
+        bits |= CT_TCP_ACK;
+    }
+    bits
+}
+
+/// Whether a LAN packet starts a new connection on a tuple whose old one has closed (a
+/// client reusing its source port): the old translation must not carry over.
+#[inline(always)]
+pub fn reopens(entry: &CtOut, bits: u8) -> bool {
+    bits & (CT_TCP_SYN | CT_TCP_ACK) == CT_TCP_SYN
+        && entry.tcp_flags & (CT_TCP_FIN | CT_TCP_RST) != 0
+}
+
+/// Forgets a connection (both halves).
+#[inline(always)]
+pub fn close(key: &FlowKey, entry: &CtOut) {
+    let _ = CT_IN.remove(&key.reply_key(entry.nat_addr, entry.nat_port));
+    let _ = CT_OUT.remove(key);
+}
+
+/// Records a new connection leaving through `wan`, choosing its NAT port.
+///
+/// Cilium's order: the reply entry goes in first with `BPF_NOEXIST`, so a port is only ever
+/// claimed atomically; the forward entry follows, and the reply entry is rolled back if that
+/// fails. Another CPU racing us on the same new connection wins, and we use its entry.
+#[inline(always)]
+pub fn open(
+    key: &FlowKey,
+    cfg: &Config,
+    wan_id: u8,
+    wan: &WanInfo,
+    lan_id: u8,
+    lan_mac: [u8; 6],
+    now: u64,
+) -> Result<CtOut, Counter> {
+    let reply = CtIn {
+        lan_addr: key.src_addr,
+        lan_port: key.src_port,
+        lan_id,
+        tcp_flags: 0,
+        lan_mac,
+        wan_id,
+        _pad: 0,
+        last_seen_ns: now,
+        packets: 0,
+        bytes: 0,
+    };
+    let orig_port = u16::from_be(key.src_port);
+    let mut nat_port = None;
+    for attempt in 0..NAT_PORT_TRIES {
+        // SAFETY: helper without arguments.
+        let random = unsafe { bpf_get_prandom_u32() };
+        let port = cfg.nat_ports.candidate(orig_port, attempt, random).to_be();
+        match CT_IN.insert(&key.reply_key(wan.addr, port), &reply, BPF_NOEXIST as u64) {
+            Ok(()) => {
+                nat_port = Some(port);
+                break;
+            }
+            Err(e) if e as i32 == -EEXIST => continue,
+            Err(_) => return Err(Counter::DropConntrackFull),
+        }
+    }
+    let nat_port = nat_port.ok_or(Counter::DropNatPortsExhausted)?;
+    let out = CtOut {
+        nat_addr: wan.addr,
+        nat_port,
+        wan_id,
+        tcp_flags: 0,
+        created_ns: now,
+        last_seen_ns: now,
+        packets: 0,
+        bytes: 0,
+    };
+    match CT_OUT.insert(key, &out, BPF_NOEXIST as u64) {
+        Ok(()) => Ok(out),
+        Err(e) => {
+            let _ = CT_IN.remove(&key.reply_key(wan.addr, nat_port));
+            if e as i32 == -EEXIST
+                && let Some(winner) = CT_OUT.get_ptr(key)
+            {
+                // SAFETY: a live entry of our own map; read once.
+                return Ok(unsafe { *winner });
+            }
+            Err(Counter::DropConntrackFull)
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! pcc's XDP dataplane: `pcc_lan` on every LAN port, `pcc_wan` on every WAN port.
+#![no_std]
+#![no_main]
+
+mod conntrack;
+mod fib;
+mod nat;
+mod parse;
+mod select;
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{map, xdp},
+    maps::{Array, DevMap, HashMap, PerCpuArray},
+    programs::XdpContext,
+};
+use pcc_common::{
+    Config, Counter, CtIn, CtOut, DEFAULT_MAX_CONNECTIONS, DEVMAP_SIZE, FlowKey, LanInfo, MAX_LANS,
+    MAX_WANS, SlotTable, WanCounters, WanInfo,
+};
+
+#[map]
+static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+#[map]
+static WANS: Array<WanInfo> = Array::with_max_entries(MAX_WANS as u32, 0);
+#[map]
+static LANS: Array<LanInfo> = Array::with_max_entries(MAX_LANS as u32, 0);
+#[map]
+static SLOTS: Array<SlotTable> = Array::with_max_entries(1, 0);
+/// Redirect targets: WAN `wan_id` at `wan_id`, LAN `lan_id` at `LAN_DEVMAP_BASE + lan_id`.
+#[map]
+static DEVMAP: DevMap = DevMap::with_max_entries(DEVMAP_SIZE, 0);
+/// Connections by their LAN-side tuple. A plain hash (not LRU): evicting one half of a NAT
+/// pair would silently break a live connection, so a full table is a counted drop instead
+/// and the controller's garbage collector reclaims expired entries. Resized at load time.
+#[map]
+static CT_OUT: HashMap<FlowKey, CtOut> = HashMap::with_max_entries(DEFAULT_MAX_CONNECTIONS, 0);
+/// Connections by their WAN-side tuple (remote, WAN address, NAT port).
+#[map]
+static CT_IN: HashMap<FlowKey, CtIn> = HashMap::with_max_entries(DEFAULT_MAX_CONNECTIONS, 0);
+/// Per-CPU so counting never bounces a cache line between cores; summed at scrape time.
+#[map]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT as u32, 0);
+#[map]
+static WAN_STATS: PerCpuArray<WanCounters> = PerCpuArray::with_max_entries(MAX_WANS as u32, 0);
+
+#[inline(always)]
+fn count(counter: Counter) {
+    if let Some(c) = STATS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, and XDP programs do not preempt each other on one CPU.
+        unsafe { *c += 1 };
+    }
+}
+
+/// Turns a verdict into the XDP action and counts it under its reason.
+#[inline(always)]
+fn finish(verdict: nat::Verdict) -> u32 {
+    match verdict {
+        Ok((action, c)) => {
+            count(c);
+            action
+        }
+        Err(c) => {
+            count(c);
+            if c.is_drop() {
+                xdp_action::XDP_DROP
+            } else {
+                xdp_action::XDP_PASS
+            }
+        }
+    }
+}
+
+/// LAN ingress: translate connections from the LAN towards the internet.
+#[xdp]
+pub fn pcc_lan(ctx: XdpContext) -> u32 {
+    finish(nat::lan_to_wan(&ctx))
+}
+
+/// WAN ingress: translate replies (and ICMP errors about our connections) back to the LAN.
+#[xdp]
+pub fn pcc_wan(ctx: XdpContext) -> u32 {
+    finish(nat::wan_to_lan(&ctx))
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

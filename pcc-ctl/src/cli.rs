@@ -69,6 +69,7 @@ pub struct UpArgs {
 /// Idle timeouts in seconds (defaults: Linux nf_conntrack's, but a shorter closed-TCP grace).
 #[derive(Args, Debug)]
 pub struct TimeoutArgs {
+    /// Established TCP.
     #[arg(long, default_value_t = Timeouts::default().tcp_established, value_name = "SECONDS")]
     pub tcp_timeout: u64,
     /// TCP not yet answered, or half-closed.
@@ -83,6 +84,7 @@ pub struct TimeoutArgs {
     /// UDP with replies.
     #[arg(long, default_value_t = Timeouts::default().udp_stream, value_name = "SECONDS")]
     pub udp_stream_timeout: u64,
+    /// ICMP echo.
     #[arg(long, default_value_t = Timeouts::default().icmp, value_name = "SECONDS")]
     pub icmp_timeout: u64,
 }

@@ -1,8 +1,9 @@
-//! One controller per interface: a `flock`ed file per managed interface under /run/pcc.
+//! One controller per interface: a `flock`ed file per managed interface under /run/pcc,
+//! named after the network namespace too (interface names repeat across namespaces).
 use std::{
     fs::{self, File, OpenOptions},
     io::{Read as _, Seek as _, Write as _},
-    os::fd::AsRawFd as _,
+    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
     path::PathBuf,
 };
 
@@ -18,9 +19,12 @@ pub struct InterfaceLocks {
 impl InterfaceLocks {
     pub fn acquire(interfaces: &[String]) -> Result<Self> {
         fs::create_dir_all(LOCK_DIR).with_context(|| format!("cannot create {LOCK_DIR}"))?;
+        let netns = fs::metadata("/proc/self/ns/net")
+            .map(|m| m.ino())
+            .unwrap_or(0);
         let mut locks = Self { held: Vec::new() };
         for name in interfaces {
-            let path = PathBuf::from(format!("{LOCK_DIR}/{name}.lock"));
+            let path = PathBuf::from(format!("{LOCK_DIR}/{name}.{netns}.lock"));
             let mut file = OpenOptions::new()
                 .read(true)
                 .write(true)

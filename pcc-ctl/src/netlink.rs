@@ -181,10 +181,13 @@ impl Netlink {
     /// 5.16+): ARP runs in the background even though the fast path never touches the
     /// kernel's neighbour entry, so the gateway MAC stays fresh.
     pub async fn add_managed_neighbour(&self, ifindex: u32, ip: Ipv4Addr) -> Result<()> {
+        // No MAC and no state of our own: the kernel refuses "permanent" for a managed entry
+        // and resolves it itself.
         let mut req = self
             .handle
             .neighbours()
             .add(ifindex, IpAddr::V4(ip))
+            .state(NeighbourState::None)
             .replace();
         req.message_mut()
             .attributes

@@ -168,8 +168,11 @@ fn fetch_metrics(router_ns: &str, addr: &str) -> Result<String> {
 }
 
 impl Lab {
-    /// The command that runs `pcc-ctl args…` in the router namespace, with the lab's own
-    /// bpffs on /sys/fs/bpf (`ip netns exec` remounts /sys, which hides the host's bpffs).
+    /// The command that runs `pcc-ctl args…` in the router namespace as if the router were
+    /// its own machine: in the private mount namespace that `ip netns exec` creates, the lab's
+    /// own bpffs is bind-mounted on /sys/fs/bpf (`ip netns exec` remounts /sys, which hides
+    /// the host's bpffs) and a lab directory on /run/pcc (pcc-ctl's per-interface locks, which
+    /// are keyed by interface name only and would otherwise clash between labs).
     pub fn pcc_command(&self, args: &[&str]) -> Result<Command> {
         let bin = match &self.pcc_ctl {
             Some(p) => p.clone(),
@@ -177,8 +180,11 @@ impl Lab {
         };
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.ns("router"), "sh", "-c"])
-            .arg(r#"mount --bind "$0" /sys/fs/bpf && exec "$@""#)
+            .arg(
+                r#"mount --bind "$0" /sys/fs/bpf && mkdir -p /run/pcc "$1" && mount --bind "$1" /run/pcc && shift && exec "$@""#,
+            )
             .arg(self.bpffs_dir())
+            .arg(self.dir().join("run-pcc"))
             .arg(bin)
             .args(args);
         Ok(cmd)

@@ -214,3 +214,37 @@ fn lab_cleans_up() {
     );
     assert!(!dir.exists(), "{} left behind", dir.display());
 }
+
+/// pcc-ctl runs with the lab's own bpffs on /sys/fs/bpf and a lab directory on /run/pcc.
+#[test]
+fn pcc_command_sees_private_bpffs_and_run_dir() {
+    require_root!();
+    let lab = Lab::builder()
+        .clients(1)
+        .servers(1)
+        .pcc_ctl("/bin/sh")
+        .build()
+        .expect("lab");
+    let mut cmd = lab
+        .pcc_command(&[
+            "-c",
+            "stat -f -c %T /sys/fs/bpf && touch /run/pcc/probe && ip -o link show wan0",
+        ])
+        .unwrap();
+    let out = cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", pcc_tests::proc::describe(&out));
+    assert!(
+        text.starts_with("bpf_fs"),
+        "/sys/fs/bpf is not a bpffs: {text}"
+    );
+    assert!(text.contains("wan0"), "not in the router namespace: {text}");
+    assert!(
+        lab.dir().join("run-pcc/probe").exists(),
+        "/run/pcc is not the lab's"
+    );
+    assert!(
+        !std::path::Path::new("/run/pcc/probe").exists(),
+        "wrote to the host's /run/pcc"
+    );
+}

@@ -656,3 +656,111 @@ fn a_connection_on_a_dead_wan_moves_to_a_live_one() {
         1 - wan
     );
 }
+
+#[test]
+fn a_reset_for_an_unknown_connection_opens_nothing() {
+    let mut rig = Rig::new(1024);
+    let (action, _) = rig.run(
+        Role::Lan,
+        &from_client(
+            CLIENT,
+            CLIENT_MAC,
+            tcp(40000, 80, pcc_common::packet::TCP_RST),
+        )
+        .bytes(),
+    );
+    assert_eq!(action, XDP_PASS);
+    assert_eq!(rig.counter(Counter::PassUntracked), 1);
+    assert_eq!(rig.maps.ct_out.keys().count(), 0, "no conntrack entry");
+}
+
+/// The garbage collector removes closed and idle connections (returning their NAT ports)
+/// and keeps live ones.
+#[test]
+fn garbage_collection_expires_closed_and_idle_connections() {
+    use pcc_common::{conntrack::Timeouts, packet::TCP_FIN};
+    use pcc_ctl::conntrack::{collect, monotonic_ns};
+    let mut rig = Rig::new(1024);
+    let wan = rig.expected_wan(CLIENT, SERVER);
+    // An established TCP connection, closed both ways.
+    let (_, out) = rig.run(
+        Role::Lan,
+        &from_client(CLIENT, CLIENT_MAC, tcp(40000, 80, TCP_SYN)).bytes(),
+    );
+    let nat_port = parse(&out).unwrap().sport;
+    rig.run(
+        Role::Wan,
+        &from_server(wan, tcp(80, nat_port, TCP_SYN | TCP_ACK)).bytes(),
+    );
+    rig.run(
+        Role::Lan,
+        &from_client(CLIENT, CLIENT_MAC, tcp(40000, 80, TCP_FIN | TCP_ACK)).bytes(),
+    );
+    rig.run(
+        Role::Wan,
+        &from_server(wan, tcp(80, nat_port, TCP_FIN | TCP_ACK)).bytes(),
+    );
+    // An open one, and a UDP flow.
+    rig.run(
+        Role::Lan,
+        &from_client(CLIENT, CLIENT_MAC, tcp(40001, 80, TCP_SYN)).bytes(),
+    );
+    rig.run(
+        Role::Lan,
+        &from_client(
+            CLIENT,
+            CLIENT_MAC,
+            L4::Udp {
+                sport: 5000,
+                dport: 53,
+                payload: vec![1],
+                checksum: true,
+            },
+        )
+        .bytes(),
+    );
+    let t = Timeouts::default();
+    let now = monotonic_ns();
+    let report = collect(&mut rig.maps, &t, now).unwrap();
+    assert_eq!(
+        (report.active, report.expired),
+        (3, 0),
+        "nothing expires at once: {report:?}"
+    );
+    let report = collect(&mut rig.maps, &t, now + 11_000_000_000).unwrap();
+    assert_eq!(
+        (report.active, report.expired),
+        (2, 1),
+        "the closed connection goes after 10 s: {report:?}"
+    );
+    let report = collect(&mut rig.maps, &t, now + 31_000_000_000).unwrap();
+    assert_eq!(
+        (report.active, report.expired),
+        (1, 1),
+        "unanswered UDP after 30 s: {report:?}"
+    );
+    let report = collect(&mut rig.maps, &t, now + 121_000_000_000).unwrap();
+    assert_eq!(
+        (report.active, report.expired),
+        (0, 1),
+        "unanswered SYN after 120 s: {report:?}"
+    );
+    assert_eq!(rig.maps.ct_in.keys().count(), 0, "every NAT port returned");
+    // A reply half without its twin is an orphan.
+    rig.run(
+        Role::Lan,
+        &from_client(CLIENT, CLIENT_MAC, tcp(40002, 80, TCP_SYN)).bytes(),
+    );
+    let key = FlowKey {
+        src_addr: be(CLIENT),
+        dst_addr: be(SERVER),
+        src_port: 40002u16.to_be(),
+        dst_port: 80u16.to_be(),
+        proto: 6,
+        _pad: [0; 3],
+    };
+    rig.maps.ct_out.remove(&key).unwrap();
+    let report = collect(&mut rig.maps, &t, monotonic_ns() + 3_000_000_000).unwrap();
+    assert_eq!(report.orphans, 1);
+    assert_eq!(rig.maps.ct_in.keys().count(), 0);
+}

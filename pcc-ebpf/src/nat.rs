@@ -1,6 +1,6 @@
 //! Source NAT out of the WANs, and its reversal for replies and ICMP errors.
 use aya_ebpf::programs::XdpContext;
-use pcc_common::{Counter, CtIn, FlowKey, LAN_DEVMAP_BASE, csum};
+use pcc_common::{CT_TCP_RST, Counter, CtIn, FlowKey, LAN_DEVMAP_BASE, csum};
 
 use crate::{
     CONFIG, CT_IN, CT_OUT, LANS, WAN_STATS, WANS, conntrack, fib,
@@ -135,6 +135,11 @@ pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
     let entry = match entry {
         Some(e) => e,
         None => {
+            // A reset opens nothing (as in nf_conntrack): it answers a connection we do not
+            // have, so the kernel may deal with it.
+            if bits & CT_TCP_RST != 0 {
+                return Err(Counter::PassUntracked);
+            }
             let cfg = CONFIG.get(0).ok_or(Counter::DropNoWan)?;
             let lan_id = select::lan_for(ctx.ingress_ifindex() as u32, src, dst)?;
             let wan_id = select::wan_for(&key, cfg)?;

@@ -279,7 +279,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         }
         let deadline = tokio::time::Instant::now() + ARP_WAIT;
         loop {
-            refresh_wans(&nl, &mut wans).await;
+            refresh_wans(&nl, &mut wans, false).await;
             if wans.iter().all(|w| w.up) || tokio::time::Instant::now() >= deadline {
                 break;
             }
@@ -340,7 +340,7 @@ async fn serve(nl: &Netlink, shared: &Shared, mut wans: Vec<WanView>, args: &UpA
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             _ = refresh.tick() => {
-                if refresh_wans(nl, &mut wans).await {
+                if refresh_wans(nl, &mut wans, true).await {
                     write_wans(&mut shared.maps.lock().expect("maps lock poisoned"), &wans)?;
                     *shared.wans.lock().expect("wans lock poisoned") = wans.clone();
                 }
@@ -364,7 +364,8 @@ async fn serve(nl: &Netlink, shared: &Shared, mut wans: Vec<WanView>, args: &UpA
 }
 
 /// Re-reads link state and gateway MACs; returns whether anything the dataplane sees changed.
-async fn refresh_wans(nl: &Netlink, wans: &mut [WanView]) -> bool {
+/// `announce` logs state changes (not during start-up, where an error must stay one line).
+async fn refresh_wans(nl: &Netlink, wans: &mut [WanView], announce: bool) -> bool {
     let mut changed = false;
     for wan in wans.iter_mut() {
         let link = nl.link(&wan.name).await.ok();
@@ -385,7 +386,7 @@ async fn refresh_wans(nl: &Netlink, wans: &mut [WanView]) -> bool {
             info.mac = l.mac;
             info.mtu = l.mtu.min(u32::from(u16::MAX)) as u16;
         }
-        if up != wan.up {
+        if up != wan.up && announce {
             log::info!("WAN {} is {}", wan.name, if up { "up" } else { "down" });
         }
         if info != wan.info || up != wan.up {

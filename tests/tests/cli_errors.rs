@@ -77,6 +77,83 @@ fn bad_interfaces_are_refused() {
     expect_refusal(&lab, &["up", "--wan", "wan0,wan1", "--lan", "wan1"], "wan1");
     expect_refusal(&lab, &["up", "--wan", "wan0,wan2", "--lan", "lan0"], "wan2");
     expect_refusal(&lab, &["up", "--wan", "wan0,wan3", "--lan", "lan0"], "wan3");
+
+    // A driver without native XDP (a bridge): refused, with the way out named.
+    lab.ip_batch(
+        "router",
+        &[
+            "link add lan9 type bridge".into(),
+            "addr add 198.19.20.1/24 dev lan9".into(),
+            "link set lan9 up".into(),
+        ],
+    )
+    .expect("bridge LAN");
+    expect_refusal(
+        &lab,
+        &["up", "--wan", "wan0,wan1", "--lan", "lan9"],
+        "native XDP",
+    );
+}
+
+/// Checks a failed run outside `expect_refusal`'s wrapper: non-zero, one line naming `mention`.
+fn expect_one_line(out: &std::process::Output, mention: &str) {
+    let desc = pcc_tests::proc::describe(out);
+    assert!(
+        out.status.code().is_some_and(|c| c != 0),
+        "should fail: {desc}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one stderr line: {desc}");
+    assert!(
+        lines[0].contains(mention),
+        "the error should say {mention:?}: {:?}",
+        lines[0]
+    );
+}
+
+#[test]
+fn not_root_and_no_bpffs_are_refused() {
+    require_root!();
+    let lab = Lab::builder()
+        .clients(1)
+        .servers(1)
+        .build()
+        .expect("building the lab");
+    let bin = pcc_tests::pcc_ctl_path().expect("pcc-ctl binary");
+    let bin = bin.to_str().expect("utf-8 path");
+    let up = "up --wan wan0,wan1 --lan lan0 --metrics 127.0.0.1:9100";
+
+    let out = lab
+        .exec(
+            "router",
+            &[
+                "sh",
+                "-c",
+                &format!("exec setpriv --reuid=65534 --regid=65534 --clear-groups {bin} {up}"),
+            ],
+        )
+        .expect("running pcc-ctl as nobody");
+    expect_one_line(&out, "root");
+
+    // A read-only, empty /sys in this command's private mount namespace: no /sys/fs/bpf to
+    // mount bpffs on.
+    let out = lab
+        .exec(
+            "router",
+            &[
+                "sh",
+                "-c",
+                &format!("mount -t tmpfs -o ro tmpfs /sys && exec {bin} {up}"),
+            ],
+        )
+        .expect("running pcc-ctl without bpffs");
+    expect_one_line(&out, "bpffs");
+    assert_eq!(
+        lab.leftover_attachments().unwrap(),
+        None,
+        "left something attached"
+    );
 }
 
 #[test]

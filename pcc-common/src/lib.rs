@@ -15,6 +15,8 @@ pub mod natport;
 #[cfg(feature = "std")]
 pub mod conntrack;
 #[cfg(feature = "std")]
+pub mod health;
+#[cfg(feature = "std")]
 pub mod packet;
 #[cfg(feature = "std")]
 pub mod slots;

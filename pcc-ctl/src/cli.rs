@@ -2,7 +2,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use pcc_common::{Classifier, DEFAULT_MAX_CONNECTIONS, conntrack::Timeouts};
+use pcc_common::{Classifier, DEFAULT_MAX_CONNECTIONS, conntrack::Timeouts, health::ProbeParams};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -34,6 +34,9 @@ pub struct UpArgs {
     /// WAN (internet-facing) interfaces, comma-separated, at most 8.
     #[arg(long, value_delimiter = ',', required = true, value_name = "IFACE,...")]
     pub wan: Vec<String>,
+    /// Failover-only WANs, used while every `--wan` WAN is down (at most 8 WANs in all).
+    #[arg(long, value_delimiter = ',', value_name = "IFACE,...")]
+    pub backup: Vec<String>,
     /// LAN interfaces, comma-separated, at most 4.
     #[arg(long, value_delimiter = ',', required = true, value_name = "IFACE,...")]
     pub lan: Vec<String>,
@@ -64,6 +67,75 @@ pub struct UpArgs {
     pub hash_seed: u32,
     #[command(flatten)]
     pub timeouts: TimeoutArgs,
+    #[command(flatten)]
+    pub health: HealthArgs,
+}
+
+/// Gateway health checking (see README, "Health checking", for why these defaults).
+#[derive(Args, Debug)]
+pub struct HealthArgs {
+    /// ICMP probe targets of a WAN, e.g. `eth0=192.0.2.1,192.0.2.2` (repeatable). Default: the
+    /// WAN's gateway. Targets beyond the modem see "modem alive, internet dead".
+    #[arg(long, value_parser = parse_probe, value_name = "IFACE=ADDR[,ADDR...]")]
+    pub probe: Vec<(String, Vec<Ipv4Addr>)>,
+    /// Milliseconds between probes to each target.
+    #[arg(long, default_value_t = ProbeParams::default().interval_ms, value_parser = clap::value_parser!(u64).range(10..=10_000), value_name = "MS")]
+    pub probe_interval: u64,
+    /// A target is down after this many probes in a row went unanswered.
+    #[arg(long, default_value_t = ProbeParams::default().down_after, value_parser = clap::value_parser!(u32).range(2..=1000), value_name = "N")]
+    pub down_after: u32,
+    /// A down target is up again after this many answered probes in a row.
+    #[arg(long, default_value_t = ProbeParams::default().up_after, value_parser = clap::value_parser!(u32).range(1..=10_000), value_name = "N")]
+    pub up_after: u32,
+    /// How many of a WAN's targets must be up for the WAN to be up.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16), value_name = "N")]
+    pub probe_quorum: u32,
+    /// Seconds over which loss, RTT and jitter are measured.
+    #[arg(long, default_value_t = ProbeParams::default().window_ms / 1000, value_parser = clap::value_parser!(u64).range(1..=3600), value_name = "SECONDS")]
+    pub loss_window: u64,
+    /// Take a WAN out when its probe loss over the window exceeds this (it returns below 80 % of it).
+    #[arg(long, value_parser = parse_percent, value_name = "PERCENT")]
+    pub max_loss: Option<f64>,
+    /// Take a WAN out when its smoothed RTT exceeds this (it returns below 80 % of it).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=60_000), value_name = "MS")]
+    pub max_rtt: Option<u64>,
+}
+
+impl HealthArgs {
+    pub fn params(&self) -> ProbeParams {
+        ProbeParams {
+            interval_ms: self.probe_interval,
+            down_after: self.down_after,
+            up_after: self.up_after,
+            window_ms: self.loss_window * 1000,
+            reply_timeout_ms: ProbeParams::default().reply_timeout_ms,
+            max_loss: self.max_loss.map(|p| p / 100.0),
+            max_rtt_ms: self.max_rtt.map(|ms| ms as f64),
+        }
+    }
+}
+
+fn parse_probe(s: &str) -> Result<(String, Vec<Ipv4Addr>), String> {
+    let (iface, addrs) = split_pair(s)?;
+    let addrs = addrs
+        .split(',')
+        .map(|a| {
+            a.parse()
+                .map_err(|_| format!("probe target of {iface} must be an IPv4 address, got `{a}`"))
+        })
+        .collect::<Result<Vec<Ipv4Addr>, String>>()?;
+    Ok((iface.to_string(), addrs))
+}
+
+fn parse_percent(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("expected a percentage, got `{s}`"))?;
+    if !(0.0..=100.0).contains(&v) {
+        return Err(format!("percentage must be 0..=100, got {v}"));
+    }
+    Ok(v)
 }
 
 /// Idle timeouts in seconds (defaults: Linux nf_conntrack's, but a shorter closed-TCP grace).

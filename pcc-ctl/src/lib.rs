@@ -3,8 +3,10 @@
 pub mod cli;
 pub mod conntrack;
 pub mod dataplane;
+pub mod health;
 pub mod lock;
 pub mod maps;
 pub mod metrics;
 pub mod netlink;
 pub mod up;
+pub mod wan;

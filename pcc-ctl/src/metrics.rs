@@ -8,7 +8,9 @@ use std::{net::SocketAddr, sync::Arc};
 use anyhow::{Context as _, Result};
 use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
 use pcc_common::Counter;
-use prometheus::{Encoder as _, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder as _, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 use crate::up::Shared;
 
@@ -16,6 +18,11 @@ pub struct Metrics {
     registry: Registry,
     wan_up: IntGaugeVec,
     wan_weight: IntGaugeVec,
+    wan_rtt: GaugeVec,
+    wan_jitter: GaugeVec,
+    wan_loss: GaugeVec,
+    wan_state_changes: IntCounterVec,
+    wan_since: IntGaugeVec,
     rx_bytes: IntCounterVec,
     tx_bytes: IntCounterVec,
     rx_packets: IntCounterVec,
@@ -36,6 +43,17 @@ fn counter_vec(
     let c = IntCounterVec::new(Opts::new(name, help), labels)?;
     registry.register(Box::new(c.clone()))?;
     Ok(c)
+}
+
+fn float_gauge_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<GaugeVec> {
+    let g = GaugeVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(g.clone()))?;
+    Ok(g)
 }
 
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntGaugeVec> {
@@ -74,6 +92,36 @@ impl Metrics {
                 &registry,
                 "pcc_wan_weight",
                 "Configured weight of the WAN",
+                &["wan"],
+            )?,
+            wan_rtt: float_gauge_vec(
+                &registry,
+                "pcc_wan_rtt_seconds",
+                "Smoothed probe round-trip time (RFC 6298)",
+                &["wan"],
+            )?,
+            wan_jitter: float_gauge_vec(
+                &registry,
+                "pcc_wan_jitter_seconds",
+                "Probe RTT jitter (RFC 3550)",
+                &["wan"],
+            )?,
+            wan_loss: float_gauge_vec(
+                &registry,
+                "pcc_wan_loss_ratio",
+                "Probe loss over the health window (0..1)",
+                &["wan"],
+            )?,
+            wan_state_changes: counter_vec(
+                &registry,
+                "pcc_wan_state_changes_total",
+                "Times the WAN went up or down",
+                &["wan"],
+            )?,
+            wan_since: gauge_vec(
+                &registry,
+                "pcc_wan_state_since_seconds",
+                "Unix time of the WAN's last state change",
                 &["wan"],
             )?,
             rx_bytes: counter_vec(
@@ -150,8 +198,29 @@ impl Metrics {
             }
             let gc = *shared.gc.lock().expect("gc lock poisoned");
             self.flows_active.set(gc.active as i64);
+            let health = shared.health.lock().expect("health lock poisoned");
+            let now_ms = shared.clock.now_ms();
             for wan in shared.wans.lock().expect("wans lock poisoned").iter() {
                 let n = wan.name.as_str();
+                if let Some(h) = health.get(wan.wan_id as usize) {
+                    // NaN until the first reply: "no measurement", not zero.
+                    self.wan_rtt
+                        .with_label_values(&[n])
+                        .set(h.rtt_seconds().unwrap_or(f64::NAN));
+                    self.wan_jitter
+                        .with_label_values(&[n])
+                        .set(h.jitter_seconds().unwrap_or(f64::NAN));
+                    self.wan_loss
+                        .with_label_values(&[n])
+                        .set(h.loss_ratio(now_ms));
+                }
+                set_counter(
+                    &self.wan_state_changes.with_label_values(&[n]),
+                    wan.state_changes,
+                );
+                self.wan_since
+                    .with_label_values(&[n])
+                    .set(wan.since_unix as i64);
                 let w = maps.wan_counters(wan.wan_id)?;
                 set_counter(&self.rx_bytes.with_label_values(&[n]), w.rx_bytes);
                 set_counter(&self.tx_bytes.with_label_values(&[n]), w.tx_bytes);

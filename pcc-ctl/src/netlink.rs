@@ -8,12 +8,14 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use futures::TryStreamExt as _;
 use rtnetlink::{
     Handle, RouteMessageBuilder,
+    constants::{RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_LINK, RTMGRP_NEIGH},
     packet_route::{
         address::AddressAttribute,
         link::{LinkAttribute, State},
         neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourState},
-        route::{RouteAddress, RouteAttribute},
+        route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage},
     },
+    sys::{AsyncSocket as _, SocketAddr},
 };
 
 /// One network interface as the kernel describes it.
@@ -112,16 +114,69 @@ impl Netlink {
         Ok(None)
     }
 
-    /// The gateway of the best (lowest metric) IPv4 default route through `ifindex` in the
-    /// main table, as a DHCP client installs it.
-    pub async fn default_gateway(&self, ifindex: u32) -> Result<Option<Ipv4Addr>> {
+    /// IPv4 default routes through `ifindex` in the main table.
+    pub async fn default_routes(&self, ifindex: u32) -> Result<Vec<RouteMessage>> {
         let filter = RouteMessageBuilder::<Ipv4Addr>::new().build();
         let mut routes = self.handle.route().get(filter).execute();
-        let mut best: Option<(u32, Ipv4Addr)> = None;
+        let mut found = Vec::new();
         while let Some(msg) = routes.try_next().await.context("cannot list routes")? {
             if msg.header.destination_prefix_length != 0 || msg.header.table != 254 {
                 continue;
             }
+            if msg
+                .attributes
+                .iter()
+                .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == ifindex))
+            {
+                found.push(msg);
+            }
+        }
+        Ok(found)
+    }
+
+    pub async fn del_route(&self, route: RouteMessage) -> Result<()> {
+        self.handle
+            .route()
+            .del(route)
+            .execute()
+            .await
+            .context("cannot delete a route")
+    }
+
+    /// Adds `route` back; one that is already there is fine.
+    pub async fn add_route(&self, mut route: RouteMessage) -> Result<()> {
+        // A route dumped while its link was down carries state flags the kernel refuses on
+        // input ("Invalid rtm_flags - can not contain DEAD or LINKDOWN").
+        route.header.flags.remove(
+            RouteFlags::Dead | RouteFlags::Linkdown | RouteFlags::Offload | RouteFlags::Trap,
+        );
+        match self.handle.route().add(route).execute().await {
+            Ok(()) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => Ok(()),
+            Err(e) => Err(anyhow!("cannot add a route: {e}")),
+        }
+    }
+
+    /// A stream that yields whenever a link, IPv4 address, neighbour or IPv4 route changes:
+    /// carrier loss or a new gateway MAC is acted on at once, not at the next poll.
+    pub fn events() -> Result<impl futures::Stream<Item = ()> + Unpin> {
+        let (mut connection, _handle, messages) =
+            rtnetlink::new_connection().context("cannot open a netlink socket for events")?;
+        let groups = RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE;
+        connection
+            .socket_mut()
+            .socket_mut()
+            .bind(&SocketAddr::new(0, groups))
+            .context("cannot subscribe to netlink events")?;
+        tokio::spawn(connection);
+        Ok(futures::StreamExt::map(messages, |_| ()))
+    }
+
+    /// The gateway of the best (lowest metric) IPv4 default route through `ifindex` in the
+    /// main table, as a DHCP client installs it.
+    pub async fn default_gateway(&self, ifindex: u32) -> Result<Option<Ipv4Addr>> {
+        let mut best: Option<(u32, Ipv4Addr)> = None;
+        for msg in self.default_routes(ifindex).await? {
             let (mut oif, mut gateway, mut metric) = (None, None, 0);
             for attr in &msg.attributes {
                 match attr {

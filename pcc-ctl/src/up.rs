@@ -8,38 +8,28 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use pcc_common::{
-    Config, LAN_DEVMAP_BASE, LanInfo, MAX_LANS, MAX_WANS, NatPortRange, WAN_FLAG_UP, WanInfo, slots,
-};
+use futures::{FutureExt as _, StreamExt as _};
+use pcc_common::{Config, LAN_DEVMAP_BASE, LanInfo, MAX_LANS, MAX_WANS, NatPortRange, WanInfo};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cli::{UpArgs, XdpModeArg},
     conntrack::{self, GcReport},
     dataplane::{Dataplane, Role},
+    health::{self, Clock, HealthTable, ProbeSource, WanHealth},
     lock::InterfaceLocks,
     maps::Maps,
     metrics::{self, Metrics},
     netlink::{Ipv4Net, Link, Netlink},
+    wan::{self, DefaultRoutes, WanView},
 };
 
-/// How often gateway MACs and link state are re-read.
+/// How often link state and gateway MACs are re-read even without a netlink event.
 const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 /// How often expired connections are collected.
 const GC_INTERVAL: Duration = Duration::from_secs(2);
 /// How long start-up waits for gateways to resolve before going on without them.
 const ARP_WAIT: Duration = Duration::from_secs(3);
-
-/// One WAN as the controller tracks it.
-#[derive(Clone, Debug)]
-pub struct WanView {
-    pub name: String,
-    pub wan_id: u8,
-    pub weight: u32,
-    pub gateway: Ipv4Addr,
-    pub up: bool,
-    pub info: WanInfo,
-}
 
 /// What the metrics endpoint and the background tasks share.
 pub struct Shared {
@@ -47,10 +37,17 @@ pub struct Shared {
     pub metrics: Metrics,
     pub wans: Mutex<Vec<WanView>>,
     pub gc: Mutex<GcReport>,
+    pub health: HealthTable,
+    pub clock: Clock,
 }
 
 fn ip_be(addr: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(addr.octets())
+}
+
+/// Every WAN interface: the primaries, then the backups.
+fn wan_names(args: &UpArgs) -> Vec<&String> {
+    args.wan.iter().chain(&args.backup).collect()
 }
 
 fn check_args(args: &UpArgs) -> Result<()> {
@@ -60,10 +57,11 @@ fn check_args(args: &UpArgs) -> Result<()> {
             "pcc-ctl up must run as root (it loads eBPF programs and attaches them to interfaces)"
         );
     }
-    if args.wan.len() > MAX_WANS {
+    let wans = wan_names(args);
+    if wans.len() > MAX_WANS {
         bail!(
-            "at most {MAX_WANS} WAN interfaces are supported, got {}",
-            args.wan.len()
+            "at most {MAX_WANS} WAN interfaces (with backups) are supported, got {}",
+            wans.len()
         );
     }
     if args.lan.len() > MAX_LANS {
@@ -73,28 +71,24 @@ fn check_args(args: &UpArgs) -> Result<()> {
         );
     }
     let mut seen = HashSet::new();
-    for name in args.wan.iter().chain(&args.lan) {
+    for name in wans.iter().copied().chain(&args.lan) {
         if !seen.insert(name) {
-            if args.wan.contains(name) && args.lan.contains(name) {
+            if wans.contains(&name) && args.lan.contains(name) {
                 bail!("interface {name} is given as both WAN and LAN");
             }
             bail!("interface {name} is given twice");
         }
     }
-    for (name, _) in &args.weight {
-        if !args.wan.contains(name) {
-            bail!(
-                "--weight names {name}, which is not one of the WANs ({})",
-                args.wan.join(",")
-            );
-        }
-    }
-    for (name, _) in &args.gateway {
-        if !args.wan.contains(name) {
-            bail!(
-                "--gateway names {name}, which is not one of the WANs ({})",
-                args.wan.join(",")
-            );
+    let all = wans
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    let named = args.weight.iter().map(|(n, _)| ("--weight", n));
+    let named = named.chain(args.gateway.iter().map(|(n, _)| ("--gateway", n)));
+    for (option, name) in named.chain(args.health.probe.iter().map(|(n, _)| ("--probe", n))) {
+        if !wans.contains(&name) {
+            bail!("{option} names {name}, which is not one of the WANs ({all})");
         }
     }
     Ok(())
@@ -148,7 +142,7 @@ struct Learned {
 
 async fn learn(nl: &Netlink, args: &UpArgs) -> Result<Learned> {
     let mut wans = Vec::new();
-    for name in &args.wan {
+    for name in wan_names(args) {
         let link = nl.link(name).await?;
         let net = nl
             .ipv4_addr(link.ifindex)
@@ -174,29 +168,17 @@ async fn learn(nl: &Netlink, args: &UpArgs) -> Result<Learned> {
     Ok(Learned { wans, lans })
 }
 
-fn weights_of(wans: &[WanView]) -> [u32; MAX_WANS] {
-    let mut w = [0; MAX_WANS];
-    for wan in wans.iter().filter(|w| w.up) {
-        w[wan.wan_id as usize] = wan.weight;
-    }
-    w
-}
-
-fn write_wans(maps: &mut Maps, wans: &[WanView]) -> Result<()> {
-    for wan in wans {
-        maps.wans
-            .set(u32::from(wan.wan_id), wan.info, 0)
-            .context("cannot write WANS")?;
-    }
-    maps.slots
-        .set(0, slots::build(&weights_of(wans)), 0)
-        .context("cannot write SLOTS")?;
-    Ok(())
+fn mtu16(mtu: u32) -> u16 {
+    mtu.min(u32::from(u16::MAX)) as u16
 }
 
 pub async fn run(args: UpArgs) -> Result<()> {
     check_args(&args)?;
-    let all: Vec<String> = args.wan.iter().chain(&args.lan).cloned().collect();
+    let all: Vec<String> = wan_names(&args)
+        .into_iter()
+        .chain(&args.lan)
+        .cloned()
+        .collect();
     let _locks = InterfaceLocks::acquire(&all)?;
     ensure_bpffs()?;
     let nl = Netlink::connect()?;
@@ -233,7 +215,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
             addr: ip_be(net.addr),
             netmask: ip_be(net.netmask()),
             mac: link.mac,
-            mtu: link.mtu.min(u32::from(u16::MAX)) as u16,
+            mtu: mtu16(link.mtu),
         };
         maps.lans
             .set(lan_id as u32, info, 0)
@@ -257,7 +239,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
             addr: ip_be(net.addr),
             mac: link.mac,
             gateway_mac: [0; 6],
-            mtu: link.mtu.min(u32::from(u16::MAX)) as u16,
+            mtu: mtu16(link.mtu),
             flags: 0,
         };
         wans.push(WanView {
@@ -265,13 +247,19 @@ pub async fn run(args: UpArgs) -> Result<()> {
             wan_id: wan_id as u8,
             weight,
             gateway: *gateway,
+            backup: args.backup.contains(&link.name),
+            link_ok: false,
+            healthy: true,
             up: false,
+            state_changes: 0,
+            since_unix: wan::unix_now(),
             info,
         });
     }
 
     // From here on the kernel holds state of ours: clean it up on every exit path.
     let mut managed = Vec::new();
+    let mut routes = DefaultRoutes::default();
     let result = async {
         for wan in &wans {
             nl.add_managed_neighbour(wan.info.ifindex, wan.gateway).await?;
@@ -279,16 +267,17 @@ pub async fn run(args: UpArgs) -> Result<()> {
         }
         let deadline = tokio::time::Instant::now() + ARP_WAIT;
         loop {
-            refresh_wans(&nl, &mut wans, false).await;
-            if wans.iter().all(|w| w.up) || tokio::time::Instant::now() >= deadline {
+            refresh_links(&nl, &mut wans).await;
+            if wans.iter().all(|w| w.link_ok) || tokio::time::Instant::now() >= deadline {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        for wan in wans.iter().filter(|w| !w.up) {
-            log::warn!("WAN {} is not usable yet (gateway {} unresolved or link down); it joins when it is", wan.name, wan.gateway);
+        for wan in wans.iter_mut() {
+            wan.settle();
+            wan.state_changes = 0;
         }
-        write_wans(&mut maps, &wans)?;
+        wan::write_maps(&mut maps, &wans)?;
         if args.xdp_mode == XdpModeArg::Generic {
             log::warn!("generic XDP mode: every packet pays for an skb first; use native mode where the driver has it");
         }
@@ -298,28 +287,58 @@ pub async fn run(args: UpArgs) -> Result<()> {
         for (link, _, _) in &learned.wans {
             dataplane.attach(Role::Wan, &link.name, args.xdp_mode)?;
         }
+
+        let params = args.health.params();
+        let health: HealthTable = Arc::new(Mutex::new(
+            wans.iter()
+                .map(|w| {
+                    let targets = args.health.probe.iter().find(|(n, _)| *n == w.name).map_or(vec![w.gateway], |(_, t)| t.clone());
+                    WanHealth::new(&targets, args.health.probe_quorum as usize, params)
+                })
+                .collect(),
+        ));
         let shared = Arc::new(Shared {
             maps: Mutex::new(maps),
             metrics: Metrics::new(args.classifier.name())?,
             wans: Mutex::new(wans.clone()),
             gc: Mutex::new(GcReport::default()),
+            health,
+            clock: Clock::new(),
         });
         let server = metrics::bind(args.metrics, shared.clone()).await?;
+        let (health_tx, health_rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut probers = Vec::new();
+        for wan in &wans {
+            let source = ProbeSource {
+                index: wan.wan_id as usize,
+                interface: wan.name.clone(),
+                addr: Ipv4Addr::from(wan.info.addr.to_ne_bytes()),
+                ident: probe_ident(wan.wan_id),
+            };
+            probers.push(health::spawn(source, params, shared.health.clone(), shared.clock, health_tx.clone())?);
+        }
+        let events = Netlink::events()?;
         tokio::spawn(server);
+        routes.follow(&nl, &wans).await;
         log::info!(
             "balancing {} over {} ({} classifier), metrics on http://{}/metrics",
             args.lan.join(","),
-            args.wan.join(","),
+            wans.iter().map(|w| format!("{}{}", w.name, if w.up { "" } else { " (down)" })).collect::<Vec<_>>().join(","),
             args.classifier.name(),
             args.metrics
         );
         println!("pcc-ctl: ready");
         let _ = std::io::stdout().flush();
-        serve(&nl, &shared, wans, &args).await
+        let result = serve(&nl, &shared, wans, &mut routes, events, health_rx, &args).await;
+        for p in probers {
+            p.abort();
+        }
+        result
     }
     .await;
 
     drop(dataplane);
+    routes.restore_all(&nl).await;
     for (ifindex, gateway) in managed {
         if let Err(e) = nl.del_neighbour(ifindex, gateway).await {
             log::warn!("{e:#}");
@@ -328,33 +347,89 @@ pub async fn run(args: UpArgs) -> Result<()> {
     result
 }
 
-/// Runs until SIGINT or SIGTERM: keeps WAN state and gateway MACs fresh, collects garbage.
-async fn serve(nl: &Netlink, shared: &Shared, mut wans: Vec<WanView>, args: &UpArgs) -> Result<()> {
+/// The ICMP identifier of a WAN's probes: inside the router's own ephemeral port range,
+/// which the NAT never hands out, so no translated LAN ping can carry it.
+fn probe_ident(wan_id: u8) -> u16 {
+    let (lo, hi) = local_port_range();
+    let span = u32::from(hi.saturating_sub(lo)).max(1);
+    let base = (std::process::id().wrapping_mul(8) + u32::from(wan_id)) % span;
+    lo + base as u16
+}
+
+/// Runs until SIGINT or SIGTERM: follows netlink events and probe results, keeps the maps and
+/// default routes in step, collects expired connections.
+async fn serve(
+    nl: &Netlink,
+    shared: &Shared,
+    mut wans: Vec<WanView>,
+    routes: &mut DefaultRoutes,
+    mut events: impl futures::Stream<Item = ()> + Unpin,
+    mut health_rx: tokio::sync::mpsc::UnboundedReceiver<()>,
+    args: &UpArgs,
+) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut refresh = tokio::time::interval(REFRESH_INTERVAL);
     let mut gc = tokio::time::interval(GC_INTERVAL);
     let timeouts = args.timeouts.timeouts();
     loop {
-        tokio::select! {
+        let links_changed = tokio::select! {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
-            _ = refresh.tick() => {
-                if refresh_wans(nl, &mut wans, true).await {
-                    write_wans(&mut shared.maps.lock().expect("maps lock poisoned"), &wans)?;
-                    *shared.wans.lock().expect("wans lock poisoned") = wans.clone();
-                }
+            Some(()) = events.next() => {
+                // A burst of events (a link going down takes its routes and neighbours
+                // with it) needs one refresh.
+                while let Some(Some(())) = events.next().now_or_never() {}
+                refresh_links(nl, &mut wans).await
             }
+            Some(()) = health_rx.recv() => {
+                while health_rx.try_recv().is_ok() {}
+                false
+            }
+            _ = refresh.tick() => refresh_links(nl, &mut wans).await,
             _ = gc.tick() => {
                 let report = conntrack::collect(&mut shared.maps.lock().expect("maps lock poisoned"), &timeouts, conntrack::monotonic_ns())?;
                 *shared.gc.lock().expect("gc lock poisoned") = report;
+                continue;
+            }
+        };
+        let mut states_changed = false;
+        {
+            let health = shared.health.lock().expect("health lock poisoned");
+            for wan in wans.iter_mut() {
+                let h = &health[wan.wan_id as usize];
+                wan.healthy = h.is_up();
+                if wan.settle() {
+                    states_changed = true;
+                    if wan.up {
+                        log::info!("WAN {} is up", wan.name);
+                    } else if !wan.link_ok {
+                        log::warn!(
+                            "WAN {} is down: link down, no address or gateway {} unresolved",
+                            wan.name,
+                            wan.gateway
+                        );
+                    } else {
+                        log::warn!("WAN {} is down: {}", wan.name, h.describe());
+                    }
+                }
+            }
+        }
+        if states_changed || links_changed {
+            wan::write_maps(&mut shared.maps.lock().expect("maps lock poisoned"), &wans)?;
+            *shared.wans.lock().expect("wans lock poisoned") = wans.clone();
+        }
+        if states_changed {
+            routes.follow(nl, &wans).await;
+            if !wans.iter().any(|w| w.up) {
+                log::warn!("no WAN is up: traffic from the LAN is dropped until one returns");
             }
         }
     }
     log::info!(
         "stopping: detaching from {}",
-        args.wan
-            .iter()
+        wan_names(args)
+            .into_iter()
             .chain(&args.lan)
             .cloned()
             .collect::<Vec<_>>()
@@ -363,36 +438,34 @@ async fn serve(nl: &Netlink, shared: &Shared, mut wans: Vec<WanView>, args: &UpA
     Ok(())
 }
 
-/// Re-reads link state and gateway MACs; returns whether anything the dataplane sees changed.
-/// `announce` logs state changes (not during start-up, where an error must stay one line).
-async fn refresh_wans(nl: &Netlink, wans: &mut [WanView], announce: bool) -> bool {
+/// Re-reads each WAN's link: carrier, address, MAC, MTU and gateway MAC. Returns whether
+/// anything the dataplane sees changed.
+async fn refresh_links(nl: &Netlink, wans: &mut [WanView]) -> bool {
     let mut changed = false;
     for wan in wans.iter_mut() {
         let link = nl.link(&wan.name).await.ok();
-        let mac = match &link {
-            Some(l) => nl
+        let (mut addr, mut mac) = (None, None);
+        if let Some(l) = &link {
+            addr = nl.ipv4_addr(l.ifindex).await.ok().flatten();
+            mac = nl
                 .neighbour_mac(l.ifindex, wan.gateway)
                 .await
                 .ok()
-                .flatten(),
-            None => None,
-        };
-        let oper_up = link.as_ref().is_some_and(|l| l.oper_up);
+                .flatten();
+        }
         let mut info = wan.info;
         info.gateway_mac = mac.unwrap_or([0; 6]);
-        let up = oper_up && mac.is_some();
-        info.flags = if up { WAN_FLAG_UP } else { 0 };
         if let Some(l) = &link {
             info.mac = l.mac;
-            info.mtu = l.mtu.min(u32::from(u16::MAX)) as u16;
+            info.mtu = mtu16(l.mtu);
         }
-        if up != wan.up && announce {
-            log::info!("WAN {} is {}", wan.name, if up { "up" } else { "down" });
+        if let Some(a) = addr {
+            info.addr = ip_be(a.addr);
         }
-        if info != wan.info || up != wan.up {
+        wan.link_ok = link.as_ref().is_some_and(|l| l.oper_up) && addr.is_some() && mac.is_some();
+        if info != wan.info {
             changed = true;
             wan.info = info;
-            wan.up = up;
         }
     }
     changed

@@ -1,0 +1,177 @@
+//! Probing every WAN: ICMP echo out of that WAN only, to its gateway or configured targets.
+//!
+//! Uses `surge-ping` (maintained async ICMP on tokio) over a raw socket bound to the WAN
+//! (SO_BINDTODEVICE) and to the WAN's address, so a probe can never leave by another WAN
+//! and a dead line cannot be masked by a live one. The echo identifier is taken from the
+//! router's own ephemeral port range, which the NAT never hands out, so a LAN host's ping
+//! translated by the dataplane can never be mistaken for a probe reply or steal one.
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use pcc_common::health::{ProbeParams, TargetHealth};
+use surge_ping::{Client, Config, ICMP, PingIdentifier, PingSequence};
+use tokio::sync::mpsc::UnboundedSender;
+
+/// 56 bytes of payload: 64-byte ICMP messages, like ping's default.
+const PAYLOAD: [u8; 56] = [0; 56];
+
+pub struct Target {
+    pub addr: Ipv4Addr,
+    pub health: TargetHealth,
+}
+
+/// One WAN's probe targets.
+pub struct WanHealth {
+    pub targets: Vec<Target>,
+    /// Targets that must be up for the WAN to be up.
+    pub quorum: usize,
+}
+
+impl WanHealth {
+    pub fn new(targets: &[Ipv4Addr], quorum: usize, params: ProbeParams) -> Self {
+        Self {
+            targets: targets
+                .iter()
+                .map(|&addr| Target {
+                    addr,
+                    health: TargetHealth::new(params),
+                })
+                .collect(),
+            quorum: quorum.clamp(1, targets.len().max(1)),
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.targets.iter().filter(|t| t.health.is_up()).count() >= self.quorum
+    }
+
+    /// Why the WAN is down, for the log.
+    pub fn describe(&self) -> String {
+        let parts: Vec<String> = self
+            .targets
+            .iter()
+            .map(|t| match t.health.down_reason() {
+                Some(r) => format!("{} {}", t.addr, r.describe()),
+                None => format!("{} up", t.addr),
+            })
+            .collect();
+        parts.join(", ")
+    }
+
+    fn mean(&self, f: impl Fn(&Target) -> Option<f64>) -> Option<f64> {
+        let values: Vec<f64> = self.targets.iter().filter_map(f).collect();
+        (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+    }
+
+    /// Smoothed RTT in seconds, averaged over targets.
+    pub fn rtt_seconds(&self) -> Option<f64> {
+        self.mean(|t| t.health.srtt_ms).map(|ms| ms / 1000.0)
+    }
+
+    pub fn jitter_seconds(&self) -> Option<f64> {
+        self.mean(|t| t.health.srtt_ms.map(|_| t.health.jitter_ms))
+            .map(|ms| ms / 1000.0)
+    }
+
+    pub fn loss_ratio(&self, now_ms: u64) -> f64 {
+        self.mean(|t| Some(t.health.loss_ratio(now_ms)))
+            .unwrap_or(0.0)
+    }
+}
+
+/// Every WAN's health, indexed like the controller's WAN list; shared with the metrics.
+pub type HealthTable = Arc<Mutex<Vec<WanHealth>>>;
+
+/// The clock probe times are measured on.
+#[derive(Clone, Copy)]
+pub struct Clock(Instant);
+
+impl Clock {
+    pub fn new() -> Self {
+        Self(Instant::now())
+    }
+    pub fn now_ms(&self) -> u64 {
+        self.0.elapsed().as_millis() as u64
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Where a WAN's probes go out.
+pub struct ProbeSource {
+    pub index: usize,
+    pub interface: String,
+    pub addr: Ipv4Addr,
+    pub ident: u16,
+}
+
+/// Starts probing one WAN. Every up/down change of one of its targets is signalled on
+/// `changed` (the controller then recomputes the WAN's state).
+pub fn spawn(
+    source: ProbeSource,
+    params: ProbeParams,
+    table: HealthTable,
+    clock: Clock,
+    changed: UnboundedSender<()>,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let config = Config::builder()
+        .kind(ICMP::V4)
+        .sock_type_hint(socket2::Type::RAW)
+        .interface(&source.interface)
+        .bind(SocketAddr::new(IpAddr::V4(source.addr), 0))
+        .build();
+    let client = Client::new(&config).with_context(|| {
+        format!(
+            "cannot open an ICMP socket on {} for health probes",
+            source.interface
+        )
+    })?;
+    let targets: Vec<Ipv4Addr> = table.lock().expect("health lock")[source.index]
+        .targets
+        .iter()
+        .map(|t| t.addr)
+        .collect();
+    Ok(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(params.interval_ms));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut seq: u16 = 0;
+        loop {
+            tick.tick().await;
+            for (t, &addr) in targets.iter().enumerate() {
+                let mut pinger = client
+                    .pinger(IpAddr::V4(addr), PingIdentifier(source.ident))
+                    .await;
+                pinger.timeout(Duration::from_millis(params.reply_timeout_ms));
+                if table.lock().expect("health lock")[source.index].targets[t]
+                    .health
+                    .on_sent(seq, clock.now_ms())
+                {
+                    let _ = changed.send(());
+                }
+                let (table, changed, index) = (table.clone(), changed.clone(), source.index);
+                tokio::spawn(async move {
+                    // An error (timeout, unreachable, link down) is a lost probe: nothing to record.
+                    if let Ok((_, rtt)) = pinger.ping(PingSequence(seq), &PAYLOAD).await {
+                        let rtt_ms = rtt.as_secs_f64() * 1000.0;
+                        let mut table = table.lock().expect("health lock");
+                        if table[index].targets[t]
+                            .health
+                            .on_reply(seq, rtt_ms, clock.now_ms())
+                        {
+                            let _ = changed.send(());
+                        }
+                    }
+                });
+            }
+            seq = seq.wrapping_add(1);
+        }
+    }))
+}

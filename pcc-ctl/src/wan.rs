@@ -1,0 +1,174 @@
+//! Each WAN's state: link (carrier, address, gateway MAC) and health (probes) decide whether
+//! it takes new connections; the dataplane's WANS and SLOTS maps and the kernel's default
+//! routes follow.
+use std::{collections::HashMap, net::Ipv4Addr};
+
+use anyhow::{Context as _, Result};
+use pcc_common::{MAX_WANS, WAN_FLAG_UP, WanInfo, slots};
+use rtnetlink::packet_route::route::RouteMessage;
+
+use crate::{maps::Maps, netlink::Netlink};
+
+/// One WAN as the controller tracks it.
+#[derive(Clone, Debug)]
+pub struct WanView {
+    pub name: String,
+    pub wan_id: u8,
+    pub weight: u32,
+    pub gateway: Ipv4Addr,
+    /// Failover-only: used while no primary WAN is up.
+    pub backup: bool,
+    /// Carrier up, IPv4 address present, gateway MAC resolved.
+    pub link_ok: bool,
+    /// Enough probe targets answer.
+    pub healthy: bool,
+    pub up: bool,
+    pub state_changes: u64,
+    /// Unix time of the last state change (start-up counts as one).
+    pub since_unix: u64,
+    pub info: WanInfo,
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl WanView {
+    /// Recomputes `up`; returns whether it changed.
+    pub fn settle(&mut self) -> bool {
+        let up = self.link_ok && self.healthy;
+        self.info.flags = if up { WAN_FLAG_UP } else { 0 };
+        if up == self.up {
+            return false;
+        }
+        self.up = up;
+        self.state_changes += 1;
+        self.since_unix = unix_now();
+        true
+    }
+}
+
+/// Slot-table weights: the live primaries, or, when none is live, the live backups.
+pub fn weights_of(wans: &[WanView]) -> [u32; MAX_WANS] {
+    let any_primary = wans.iter().any(|w| w.up && !w.backup);
+    let mut w = [0; MAX_WANS];
+    for wan in wans.iter().filter(|w| w.up && w.backup != any_primary) {
+        w[wan.wan_id as usize] = wan.weight;
+    }
+    w
+}
+
+/// Writes every WAN and a slot table built over the usable ones.
+pub fn write_maps(maps: &mut Maps, wans: &[WanView]) -> Result<()> {
+    for wan in wans {
+        maps.wans
+            .set(u32::from(wan.wan_id), wan.info, 0)
+            .context("cannot write WANS")?;
+    }
+    maps.slots
+        .set(0, slots::build(&weights_of(wans)), 0)
+        .context("cannot write SLOTS")?;
+    Ok(())
+}
+
+/// Keeps the router's own default route on a live WAN: a dead WAN's default routes are taken
+/// out of the main table while another WAN is up, and put back when it recovers, when every
+/// WAN is down (nothing better to offer) and on exit.
+#[derive(Default)]
+pub struct DefaultRoutes {
+    removed: HashMap<u8, Vec<RouteMessage>>,
+}
+
+impl DefaultRoutes {
+    pub async fn follow(&mut self, nl: &Netlink, wans: &[WanView]) {
+        let any_up = wans.iter().any(|w| w.up);
+        for wan in wans {
+            if wan.up || !any_up {
+                self.restore(nl, wan.wan_id).await;
+                continue;
+            }
+            match nl.default_routes(wan.info.ifindex).await {
+                Ok(routes) => {
+                    for route in routes {
+                        match nl.del_route(route.clone()).await {
+                            Ok(()) => self.removed.entry(wan.wan_id).or_default().push(route),
+                            Err(e) => log::warn!("WAN {}: {e:#}", wan.name),
+                        }
+                    }
+                }
+                Err(e) => log::warn!("WAN {}: {e:#}", wan.name),
+            }
+        }
+    }
+
+    async fn restore(&mut self, nl: &Netlink, wan_id: u8) {
+        for route in self.removed.remove(&wan_id).unwrap_or_default() {
+            if let Err(e) = nl.add_route(route).await {
+                log::warn!("{e:#}");
+            }
+        }
+    }
+
+    pub async fn restore_all(&mut self, nl: &Netlink) {
+        let ids: Vec<u8> = self.removed.keys().copied().collect();
+        for id in ids {
+            self.restore(nl, id).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wan(id: u8, backup: bool, up: bool) -> WanView {
+        WanView {
+            name: format!("wan{id}"),
+            wan_id: id,
+            weight: u32::from(id) + 1,
+            gateway: Ipv4Addr::UNSPECIFIED,
+            backup,
+            link_ok: up,
+            healthy: up,
+            up,
+            state_changes: 0,
+            since_unix: 0,
+            info: WanInfo::default(),
+        }
+    }
+
+    #[test]
+    fn backups_only_carry_traffic_when_no_primary_is_up() {
+        let w = weights_of(&[
+            wan(0, false, true),
+            wan(1, false, false),
+            wan(2, true, true),
+        ]);
+        assert_eq!(&w[..3], &[1, 0, 0]);
+        let w = weights_of(&[
+            wan(0, false, false),
+            wan(1, false, false),
+            wan(2, true, true),
+        ]);
+        assert_eq!(&w[..3], &[0, 0, 3]);
+        let w = weights_of(&[wan(0, false, false), wan(2, true, false)]);
+        assert!(w.iter().all(|&x| x == 0), "nothing up, nothing used");
+    }
+
+    #[test]
+    fn settle_counts_state_changes() {
+        let mut w = wan(0, false, true);
+        assert!(!w.settle());
+        w.healthy = false;
+        assert!(w.settle());
+        assert_eq!((w.up, w.info.flags, w.state_changes), (false, 0, 1));
+        w.healthy = true;
+        assert!(w.settle());
+        assert_eq!(
+            (w.up, w.info.flags, w.state_changes),
+            (true, WAN_FLAG_UP, 2)
+        );
+    }
+}

@@ -5,7 +5,7 @@ use std::{collections::HashMap, net::Ipv4Addr};
 
 use anyhow::{Context as _, Result};
 use pcc_common::{MAX_WANS, WAN_FLAG_UP, WanInfo, slots};
-use rtnetlink::packet_route::route::RouteMessage;
+use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage};
 
 use crate::{maps::Maps, netlink::Netlink};
 
@@ -73,12 +73,37 @@ pub fn write_maps(maps: &mut Maps, wans: &[WanView]) -> Result<()> {
     Ok(())
 }
 
-/// Keeps the router's own default route on a live WAN: a dead WAN's default routes are taken
-/// out of the main table while another WAN is up, and put back when it recovers, when every
-/// WAN is down (nothing better to offer) and on exit.
+/// Added to a dead WAN's default-route metrics: the router's own traffic then prefers a live
+/// WAN, while the dead WAN keeps a route of its own for its health probes (they are bound to
+/// the WAN, and need a route through it to reach targets beyond the gateway).
+const DEMOTED_METRIC: u32 = 1_000_000;
+
+fn metric(route: &RouteMessage) -> u32 {
+    route
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Priority(p) => Some(*p),
+            _ => None,
+        })
+        .unwrap_or(0)
+}
+
+fn with_metric(route: &RouteMessage, metric: u32) -> RouteMessage {
+    let mut r = route.clone();
+    r.attributes
+        .retain(|a| !matches!(a, RouteAttribute::Priority(_)));
+    r.attributes.push(RouteAttribute::Priority(metric));
+    r
+}
+
+/// Keeps the router's own default route on a live WAN: a dead WAN's default routes are
+/// demoted (metric + 1000000) while another WAN is up, and restored when it recovers, when
+/// every WAN is down (nothing better to offer) and on exit.
 #[derive(Default)]
 pub struct DefaultRoutes {
-    removed: HashMap<u8, Vec<RouteMessage>>,
+    /// The original routes of each demoted WAN.
+    demoted: HashMap<u8, Vec<RouteMessage>>,
 }
 
 impl DefaultRoutes {
@@ -89,30 +114,42 @@ impl DefaultRoutes {
                 self.restore(nl, wan.wan_id).await;
                 continue;
             }
-            match nl.default_routes(wan.info.ifindex).await {
-                Ok(routes) => {
-                    for route in routes {
-                        match nl.del_route(route.clone()).await {
-                            Ok(()) => self.removed.entry(wan.wan_id).or_default().push(route),
-                            Err(e) => log::warn!("WAN {}: {e:#}", wan.name),
-                        }
+            let routes = match nl.default_routes(wan.info.ifindex).await {
+                Ok(routes) => routes,
+                Err(e) => {
+                    log::warn!("WAN {}: {e:#}", wan.name);
+                    continue;
+                }
+            };
+            for route in routes.into_iter().filter(|r| metric(r) < DEMOTED_METRIC) {
+                let demoted = with_metric(&route, metric(&route).saturating_add(DEMOTED_METRIC));
+                let result = async {
+                    nl.add_route(demoted).await?;
+                    nl.del_route(route.clone()).await
+                };
+                match result.await {
+                    Ok(()) => self.demoted.entry(wan.wan_id).or_default().push(route),
+                    Err(e) => {
+                        log::warn!("WAN {}: cannot demote its default route: {e:#}", wan.name)
                     }
                 }
-                Err(e) => log::warn!("WAN {}: {e:#}", wan.name),
             }
         }
     }
 
     async fn restore(&mut self, nl: &Netlink, wan_id: u8) {
-        for route in self.removed.remove(&wan_id).unwrap_or_default() {
+        for route in self.demoted.remove(&wan_id).unwrap_or_default() {
+            let demoted = with_metric(&route, metric(&route).saturating_add(DEMOTED_METRIC));
             if let Err(e) = nl.add_route(route).await {
                 log::warn!("{e:#}");
             }
+            // Gone already if the link went away with it.
+            let _ = nl.del_route(demoted).await;
         }
     }
 
     pub async fn restore_all(&mut self, nl: &Netlink) {
-        let ids: Vec<u8> = self.removed.keys().copied().collect();
+        let ids: Vec<u8> = self.demoted.keys().copied().collect();
         for id in ids {
             self.restore(nl, id).await;
         }

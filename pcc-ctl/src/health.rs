@@ -175,3 +175,74 @@ pub fn spawn(
         }
     }))
 }
+
+/// The running probers, one per WAN, restarted when a WAN's address changes (a DHCP renew
+/// with a new lease): a probe socket is bound to the address it started with.
+pub struct Probers {
+    params: ProbeParams,
+    table: HealthTable,
+    clock: Clock,
+    changed: UnboundedSender<()>,
+    running: Vec<Option<(Ipv4Addr, tokio::task::JoinHandle<()>)>>,
+}
+
+impl Probers {
+    pub fn new(
+        params: ProbeParams,
+        table: HealthTable,
+        clock: Clock,
+        changed: UnboundedSender<()>,
+    ) -> Self {
+        Self {
+            params,
+            table,
+            clock,
+            changed,
+            running: Vec::new(),
+        }
+    }
+
+    /// Starts WAN `index`'s prober from `addr`, unless it already runs from there.
+    pub fn ensure(
+        &mut self,
+        index: usize,
+        interface: &str,
+        addr: Ipv4Addr,
+        ident: u16,
+    ) -> Result<()> {
+        if self.running.len() <= index {
+            self.running.resize_with(index + 1, || None);
+        }
+        if let Some((current, _)) = &self.running[index]
+            && *current == addr
+        {
+            return Ok(());
+        }
+        if let Some((_, task)) = self.running[index].take() {
+            task.abort();
+        }
+        let source = ProbeSource {
+            index,
+            interface: interface.to_string(),
+            addr,
+            ident,
+        };
+        let task = spawn(
+            source,
+            self.params,
+            self.table.clone(),
+            self.clock,
+            self.changed.clone(),
+        )?;
+        self.running[index] = Some((addr, task));
+        Ok(())
+    }
+}
+
+impl Drop for Probers {
+    fn drop(&mut self) {
+        for (_, task) in self.running.drain(..).flatten() {
+            task.abort();
+        }
+    }
+}

@@ -16,7 +16,7 @@ use crate::{
     cli::{UpArgs, XdpModeArg},
     conntrack::{self, GcReport},
     dataplane::{Dataplane, Role},
-    health::{self, Clock, HealthTable, ProbeSource, WanHealth},
+    health::{Clock, HealthTable, Probers, WanHealth},
     lock::InterfaceLocks,
     maps::Maps,
     metrics::{self, Metrics},
@@ -307,15 +307,9 @@ pub async fn run(args: UpArgs) -> Result<()> {
         });
         let server = metrics::bind(args.metrics, shared.clone()).await?;
         let (health_tx, health_rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut probers = Vec::new();
+        let mut probers = Probers::new(params, shared.health.clone(), shared.clock, health_tx);
         for wan in &wans {
-            let source = ProbeSource {
-                index: wan.wan_id as usize,
-                interface: wan.name.clone(),
-                addr: Ipv4Addr::from(wan.info.addr.to_ne_bytes()),
-                ident: probe_ident(wan.wan_id),
-            };
-            probers.push(health::spawn(source, params, shared.health.clone(), shared.clock, health_tx.clone())?);
+            probers.ensure(wan.wan_id as usize, &wan.name, wan_addr(wan), probe_ident(wan.wan_id))?;
         }
         let events = Netlink::events()?;
         tokio::spawn(server);
@@ -329,11 +323,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         );
         println!("pcc-ctl: ready");
         let _ = std::io::stdout().flush();
-        let result = serve(&nl, &shared, wans, &mut routes, events, health_rx, &args).await;
-        for p in probers {
-            p.abort();
-        }
-        result
+        serve(&nl, &shared, wans, &mut routes, &mut probers, events, health_rx, &args).await
     }
     .await;
 
@@ -345,6 +335,10 @@ pub async fn run(args: UpArgs) -> Result<()> {
         }
     }
     result
+}
+
+fn wan_addr(wan: &WanView) -> Ipv4Addr {
+    Ipv4Addr::from(wan.info.addr.to_ne_bytes())
 }
 
 /// The ICMP identifier of a WAN's probes: inside the router's own ephemeral port range,
@@ -363,6 +357,7 @@ async fn serve(
     shared: &Shared,
     mut wans: Vec<WanView>,
     routes: &mut DefaultRoutes,
+    probers: &mut Probers,
     mut events: impl futures::Stream<Item = ()> + Unpin,
     mut health_rx: tokio::sync::mpsc::UnboundedReceiver<()>,
     args: &UpArgs,
@@ -393,6 +388,18 @@ async fn serve(
                 continue;
             }
         };
+        if links_changed {
+            for wan in &wans {
+                if let Err(e) = probers.ensure(
+                    wan.wan_id as usize,
+                    &wan.name,
+                    wan_addr(wan),
+                    probe_ident(wan.wan_id),
+                ) {
+                    log::warn!("WAN {}: {e:#}", wan.name);
+                }
+            }
+        }
         let mut states_changed = false;
         {
             let health = shared.health.lock().expect("health lock poisoned");

@@ -19,6 +19,39 @@ pub struct Cli {
 pub enum Command {
     /// Attach the dataplane and balance the LAN's connections over the WANs until SIGINT/SIGTERM.
     Up(UpArgs),
+    /// Show each WAN of a running `pcc-ctl up`: state, gateway, weight, flows, throughput, RTT, jitter, loss.
+    Status(StatusArgs),
+    /// List the connections a running `pcc-ctl up` tracks.
+    Flows(FlowsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// The running controller's `--metrics` address (its API shares the listener).
+    #[arg(long, default_value = "127.0.0.1:9847", value_name = "ADDR:PORT")]
+    pub api: SocketAddr,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct FlowsArgs {
+    /// The running controller's `--metrics` address (its API shares the listener).
+    #[arg(long, default_value = "127.0.0.1:9847", value_name = "ADDR:PORT")]
+    pub api: SocketAddr,
+    /// Only connections through this WAN.
+    #[arg(long, value_name = "IFACE")]
+    pub wan: Option<String>,
+    /// Only connections of this LAN host.
+    #[arg(long, value_name = "ADDR")]
+    pub host: Option<Ipv4Addr>,
+    /// At most this many connections.
+    #[arg(long, default_value_t = 1000)]
+    pub limit: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -237,6 +270,7 @@ mod tests {
         all.extend_from_slice(args);
         Cli::try_parse_from(all).map(|c| match c.command {
             Command::Up(u) => u,
+            other => panic!("not up: {other:?}"),
         })
     }
 

@@ -1,5 +1,6 @@
 //! pcc's controller: learns the ports from the kernel, loads and feeds the XDP dataplane,
 //! collects expired connections and serves metrics. `main.rs` is the command line on top.
+pub mod api;
 pub mod cli;
 pub mod conntrack;
 pub mod dataplane;
@@ -8,5 +9,6 @@ pub mod lock;
 pub mod maps;
 pub mod metrics;
 pub mod netlink;
+pub mod show;
 pub mod up;
 pub mod wan;

@@ -1,6 +1,6 @@
 //! pcc-ctl: the controller and command line of pcc.
 use clap::Parser as _;
-use pcc_ctl::{cli, up};
+use pcc_ctl::{cli, show, up};
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
@@ -18,21 +18,17 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("pcc-ctl: cannot start the async runtime: {e}");
-            std::process::exit(1);
-        }
+    let result = match cli.command {
+        cli::Command::Up(args) => match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime.block_on(up::run(args)),
+            Err(e) => Err(anyhow::anyhow!("cannot start the async runtime: {e}")),
+        },
+        cli::Command::Status(args) => show::status(&args),
+        cli::Command::Flows(args) => show::flows(&args),
     };
-    let result = runtime.block_on(async {
-        match cli.command {
-            cli::Command::Up(args) => up::run(args).await,
-        }
-    });
     if let Err(e) = result {
         eprintln!("pcc-ctl: {e:#}");
         std::process::exit(1);

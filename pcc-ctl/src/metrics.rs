@@ -264,6 +264,8 @@ pub async fn bind(addr: SocketAddr, shared: Arc<Shared>) -> Result<impl Future<O
         .with_context(|| format!("cannot listen on {addr} for metrics"))?;
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
+        .route("/api/status", get(crate::api::status_handler))
+        .route("/api/flows", get(crate::api::flows_handler))
         .with_state(shared);
     Ok(async move {
         if let Err(e) = axum::serve(listener, app).await {

@@ -39,6 +39,9 @@ pub struct Shared {
     pub gc: Mutex<GcReport>,
     pub health: HealthTable,
     pub clock: Clock,
+    /// Per WAN (by `wan_id`): (rx, tx) bits per second over the last second.
+    pub rates: Mutex<Vec<(f64, f64)>>,
+    pub classifier: String,
 }
 
 fn ip_be(addr: Ipv4Addr) -> u32 {
@@ -304,6 +307,8 @@ pub async fn run(args: UpArgs) -> Result<()> {
             gc: Mutex::new(GcReport::default()),
             health,
             clock: Clock::new(),
+            rates: Mutex::new(vec![(0.0, 0.0); wans.len()]),
+            classifier: args.classifier.name().to_string(),
         });
         let server = metrics::bind(args.metrics, shared.clone()).await?;
         let (health_tx, health_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -367,6 +372,8 @@ async fn serve(
     let mut refresh = tokio::time::interval(REFRESH_INTERVAL);
     let mut gc = tokio::time::interval(GC_INTERVAL);
     let timeouts = args.timeouts.timeouts();
+    let mut last_counters: Vec<(u64, u64)> = vec![(0, 0); wans.len()];
+    let mut last_sample = tokio::time::Instant::now();
     loop {
         let links_changed = tokio::select! {
             _ = sigterm.recv() => break,
@@ -381,7 +388,10 @@ async fn serve(
                 while health_rx.try_recv().is_ok() {}
                 false
             }
-            _ = refresh.tick() => refresh_links(nl, &mut wans).await,
+            _ = refresh.tick() => {
+                sample_rates(shared, &wans, &mut last_counters, &mut last_sample);
+                refresh_links(nl, &mut wans).await
+            }
             _ = gc.tick() => {
                 let report = conntrack::collect(&mut shared.maps.lock().expect("maps lock poisoned"), &timeouts, conntrack::monotonic_ns())?;
                 *shared.gc.lock().expect("gc lock poisoned") = report;
@@ -443,6 +453,32 @@ async fn serve(
             .join(",")
     );
     Ok(())
+}
+
+/// Bits per second per WAN since the previous sample, from the dataplane's counters.
+fn sample_rates(
+    shared: &Shared,
+    wans: &[WanView],
+    last: &mut [(u64, u64)],
+    at: &mut tokio::time::Instant,
+) {
+    let now = tokio::time::Instant::now();
+    let secs = now.duration_since(*at).as_secs_f64().max(1e-3);
+    *at = now;
+    let maps = shared.maps.lock().expect("maps lock poisoned");
+    let mut rates = shared.rates.lock().expect("rates lock poisoned");
+    for wan in wans {
+        let id = wan.wan_id as usize;
+        let Ok(c) = maps.wan_counters(wan.wan_id) else {
+            continue;
+        };
+        let (rx, tx) = last[id];
+        rates[id] = (
+            (c.rx_bytes.saturating_sub(rx)) as f64 * 8.0 / secs,
+            (c.tx_bytes.saturating_sub(tx)) as f64 * 8.0 / secs,
+        );
+        last[id] = (c.rx_bytes, c.tx_bytes);
+    }
 }
 
 /// Re-reads each WAN's link: carrier, address, MAC, MTU and gateway MAC. Returns whether

@@ -217,6 +217,21 @@ fn tcp_connection_is_translated_both_ways() {
     assert_eq!(rig.counter(Counter::FwdIn), 1);
     let w = rig.maps.wan_counters(wan as u8).unwrap();
     assert_eq!((w.tx_packets, w.rx_packets, w.flows_created), (2, 1, 1));
+    let key = FlowKey {
+        src_addr: be(CLIENT),
+        dst_addr: be(SERVER),
+        src_port: 40000u16.to_be(),
+        dst_port: 80u16.to_be(),
+        proto: 6,
+        _pad: [0; 3],
+    };
+    let entry = rig.maps.ct_out.get(&key, 0).unwrap();
+    assert_eq!(entry.packets, 2, "the opening SYN counts too");
+    assert_eq!(
+        entry.tcp_flags,
+        pcc_common::CT_TCP_SYN | pcc_common::CT_TCP_ACK,
+        "flags seen from the host"
+    );
 }
 
 #[test]

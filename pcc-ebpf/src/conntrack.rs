@@ -54,6 +54,19 @@ pub fn close(key: &FlowKey, entry: &CtOut) {
     let _ = CT_OUT.remove(key);
 }
 
+/// What the packet that opens a connection says about it.
+#[derive(Clone, Copy)]
+pub struct Opening {
+    pub lan_id: u8,
+    /// The host's MAC, for the replies.
+    pub lan_mac: [u8; 6],
+    /// `CT_TCP_*` of the opening packet.
+    pub tcp_bits: u8,
+    /// Its frame length, counted in the connection's bytes.
+    pub len: u64,
+    pub now: u64,
+}
+
 /// Records a new connection leaving through `wan`, choosing its NAT port.
 ///
 /// Cilium's order: the reply entry goes in first with `BPF_NOEXIST`, so a port is only ever
@@ -65,10 +78,15 @@ pub fn open(
     cfg: &Config,
     wan_id: u8,
     wan: &WanInfo,
-    lan_id: u8,
-    lan_mac: [u8; 6],
-    now: u64,
+    first: &Opening,
 ) -> Result<CtOut, Counter> {
+    let Opening {
+        lan_id,
+        lan_mac,
+        tcp_bits,
+        len,
+        now,
+    } = *first;
     let reply = CtIn {
         lan_addr: key.src_addr,
         lan_port: key.src_port,
@@ -101,11 +119,11 @@ pub fn open(
         nat_addr: wan.addr,
         nat_port,
         wan_id,
-        tcp_flags: 0,
+        tcp_flags: tcp_bits,
         created_ns: now,
         last_seen_ns: now,
-        packets: 0,
-        bytes: 0,
+        packets: 1,
+        bytes: len,
     };
     match CT_OUT.insert(key, &out, BPF_NOEXIST as u64) {
         Ok(()) => Ok(out),

@@ -152,8 +152,14 @@ pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
             }
             // SAFETY: bounds-checked in ipv4().
             let lan_mac = unsafe { (*eth).src };
-            let mut e = conntrack::open(&key, cfg, wan_id, wan, lan_id, lan_mac, now)?;
-            e.tcp_flags = bits;
+            let first = conntrack::Opening {
+                lan_id,
+                lan_mac,
+                tcp_bits: bits,
+                len,
+                now,
+            };
+            let e = conntrack::open(&key, cfg, wan_id, wan, &first)?;
             if let Some(stats) = WAN_STATS.get_ptr_mut(wan_id as u32) {
                 // SAFETY: per-CPU slot.
                 unsafe { (*stats).flows_created += 1 };

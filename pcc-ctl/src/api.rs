@@ -1,0 +1,187 @@
+//! The local read-only API behind `pcc-ctl status` and `pcc-ctl flows`: JSON on the metrics
+//! listener (loopback by default), so one port serves Prometheus and the CLI.
+use std::{collections::HashMap, net::Ipv4Addr, sync::Arc};
+
+use axum::{
+    Json,
+    extract::{Query, State},
+    http::StatusCode,
+};
+use pcc_common::{
+    FlowKey,
+    conntrack::{PROTO_ICMP, PROTO_TCP, PROTO_UDP},
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{conntrack::monotonic_ns, up::Shared};
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct WanStatus {
+    pub name: String,
+    /// "up" or "down".
+    pub state: String,
+    pub since_unix: u64,
+    pub gateway: Ipv4Addr,
+    pub weight: u32,
+    pub backup: bool,
+    pub active_flows: usize,
+    /// Share of the active connections (0..1).
+    pub flow_share: f64,
+    /// Bits per second over the last second: rx = arriving for the LAN, tx = sent out.
+    pub rx_bps: f64,
+    pub tx_bps: f64,
+    pub rtt_seconds: Option<f64>,
+    pub jitter_seconds: Option<f64>,
+    pub loss_ratio: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    pub version: String,
+    pub classifier: String,
+    pub flows_active: usize,
+    pub wans: Vec<WanStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Flow {
+    pub proto: String,
+    pub lan_host: Ipv4Addr,
+    /// ICMP echo: the identifier.
+    pub lan_port: u16,
+    pub remote: Ipv4Addr,
+    pub remote_port: u16,
+    pub wan: String,
+    pub nat_port: u16,
+    pub age_seconds: f64,
+    /// Both directions.
+    pub bytes: u64,
+    pub packets: u64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct FlowFilter {
+    pub wan: Option<String>,
+    pub host: Option<Ipv4Addr>,
+    pub limit: Option<usize>,
+}
+
+fn proto_name(proto: u8) -> String {
+    match proto {
+        PROTO_TCP => "tcp".into(),
+        PROTO_UDP => "udp".into(),
+        PROTO_ICMP => "icmp".into(),
+        p => p.to_string(),
+    }
+}
+
+fn addr(be: u32) -> Ipv4Addr {
+    Ipv4Addr::from(be.to_ne_bytes())
+}
+
+pub fn status(shared: &Shared) -> Status {
+    let gc = *shared.gc.lock().expect("gc lock poisoned");
+    let rates = shared.rates.lock().expect("rates lock poisoned").clone();
+    let health = shared.health.lock().expect("health lock poisoned");
+    let now_ms = shared.clock.now_ms();
+    let wans = shared
+        .wans
+        .lock()
+        .expect("wans lock poisoned")
+        .iter()
+        .map(|w| {
+            let id = w.wan_id as usize;
+            let h = health.get(id);
+            let (rx_bps, tx_bps) = rates.get(id).copied().unwrap_or_default();
+            WanStatus {
+                name: w.name.clone(),
+                state: if w.up { "up" } else { "down" }.into(),
+                since_unix: w.since_unix,
+                gateway: w.gateway,
+                weight: w.weight,
+                backup: w.backup,
+                active_flows: gc.active_per_wan[id],
+                flow_share: if gc.active == 0 {
+                    0.0
+                } else {
+                    gc.active_per_wan[id] as f64 / gc.active as f64
+                },
+                rx_bps,
+                tx_bps,
+                rtt_seconds: h.and_then(|h| h.rtt_seconds()),
+                jitter_seconds: h.and_then(|h| h.jitter_seconds()),
+                loss_ratio: h.map_or(0.0, |h| h.loss_ratio(now_ms)),
+            }
+        })
+        .collect();
+    Status {
+        version: env!("CARGO_PKG_VERSION").into(),
+        classifier: shared.classifier.clone(),
+        flows_active: gc.active,
+        wans,
+    }
+}
+
+pub fn flows(shared: &Shared, filter: &FlowFilter) -> Vec<Flow> {
+    let names: HashMap<u8, String> = shared
+        .wans
+        .lock()
+        .expect("wans lock poisoned")
+        .iter()
+        .map(|w| (w.wan_id, w.name.clone()))
+        .collect();
+    let maps = shared.maps.lock().expect("maps lock poisoned");
+    let now = monotonic_ns();
+    let mut out = Vec::new();
+    for (key, entry) in maps.ct_out.iter().flatten() {
+        let FlowKey {
+            src_addr,
+            dst_addr,
+            src_port,
+            dst_port,
+            proto,
+            ..
+        } = key;
+        let wan = names
+            .get(&entry.wan_id)
+            .cloned()
+            .unwrap_or_else(|| entry.wan_id.to_string());
+        if filter.wan.as_ref().is_some_and(|w| *w != wan)
+            || filter.host.is_some_and(|h| h != addr(src_addr))
+        {
+            continue;
+        }
+        let reply = maps
+            .ct_in
+            .get(&key.reply_key(entry.nat_addr, entry.nat_port), 0)
+            .unwrap_or_default();
+        out.push(Flow {
+            proto: proto_name(proto),
+            lan_host: addr(src_addr),
+            lan_port: u16::from_be(src_port),
+            remote: addr(dst_addr),
+            remote_port: u16::from_be(dst_port),
+            wan,
+            nat_port: u16::from_be(entry.nat_port),
+            age_seconds: now.saturating_sub(entry.created_ns) as f64 / 1e9,
+            bytes: entry.bytes + reply.bytes,
+            packets: entry.packets + reply.packets,
+        });
+        if filter.limit.is_some_and(|l| out.len() >= l) {
+            break;
+        }
+    }
+    out.sort_by(|a, b| (a.lan_host, a.lan_port, a.remote).cmp(&(b.lan_host, b.lan_port, b.remote)));
+    out
+}
+
+pub async fn status_handler(State(shared): State<Arc<Shared>>) -> Json<Status> {
+    Json(status(&shared))
+}
+
+pub async fn flows_handler(
+    State(shared): State<Arc<Shared>>,
+    Query(filter): Query<FlowFilter>,
+) -> Result<Json<Vec<Flow>>, (StatusCode, String)> {
+    Ok(Json(flows(&shared, &filter)))
+}

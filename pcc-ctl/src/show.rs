@@ -1,0 +1,134 @@
+//! `pcc-ctl status` and `pcc-ctl flows`: ask the running controller's API and print.
+use std::{fmt::Write as _, net::SocketAddr};
+
+use anyhow::{Context as _, Result};
+
+use crate::{
+    api::{Flow, Status},
+    cli::{FlowsArgs, StatusArgs},
+    wan::unix_now,
+};
+
+fn get(api: SocketAddr, path: &str) -> Result<String> {
+    let url = format!("http://{api}{path}");
+    let mut response = ureq::get(&url).call().with_context(|| {
+        format!("no pcc-ctl answers at {api} (is `pcc-ctl up` running with --metrics {api}?)")
+    })?;
+    response
+        .body_mut()
+        .read_to_string()
+        .with_context(|| format!("cannot read {url}"))
+}
+
+fn ago(since_unix: u64) -> String {
+    let s = unix_now().saturating_sub(since_unix);
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{}s", s / 60, s % 60),
+        _ => format!("{}h{}m", s / 3600, s % 3600 / 60),
+    }
+}
+
+fn ms(seconds: Option<f64>) -> String {
+    seconds.map_or("-".into(), |s| format!("{:.1}", s * 1000.0))
+}
+
+pub fn render_status(status: &Status) -> String {
+    let mut out = format!(
+        "pcc {} ({} classifier), {} active connections\n",
+        status.version, status.classifier, status.flows_active
+    );
+    let _ = writeln!(
+        out,
+        "{:<10} {:<5} {:>8} {:<15} {:>6} {:>6} {:>6} {:>9} {:>9} {:>7} {:>7} {:>6}",
+        "WAN",
+        "STATE",
+        "SINCE",
+        "GATEWAY",
+        "WEIGHT",
+        "FLOWS",
+        "SHARE",
+        "RX Mb/s",
+        "TX Mb/s",
+        "RTT ms",
+        "JIT ms",
+        "LOSS"
+    );
+    for w in &status.wans {
+        let name = if w.backup {
+            format!("{} (b)", w.name)
+        } else {
+            w.name.clone()
+        };
+        let _ = writeln!(
+            out,
+            "{:<10} {:<5} {:>8} {:<15} {:>6} {:>6} {:>5.1}% {:>9.2} {:>9.2} {:>7} {:>7} {:>5.1}%",
+            name,
+            w.state,
+            ago(w.since_unix),
+            w.gateway.to_string(),
+            w.weight,
+            w.active_flows,
+            w.flow_share * 100.0,
+            w.rx_bps / 1e6,
+            w.tx_bps / 1e6,
+            ms(w.rtt_seconds),
+            ms(w.jitter_seconds),
+            w.loss_ratio * 100.0
+        );
+    }
+    out
+}
+
+pub fn render_flows(flows: &[Flow]) -> String {
+    let mut out = format!(
+        "{:<5} {:<21} {:<21} {:<8} {:>8} {:>9} {:>12} {:>8}\n",
+        "PROTO", "LAN HOST", "REMOTE", "WAN", "NAT PORT", "AGE s", "BYTES", "PACKETS"
+    );
+    for f in flows {
+        let _ = writeln!(
+            out,
+            "{:<5} {:<21} {:<21} {:<8} {:>8} {:>9.1} {:>12} {:>8}",
+            f.proto,
+            format!("{}:{}", f.lan_host, f.lan_port),
+            format!("{}:{}", f.remote, f.remote_port),
+            f.wan,
+            f.nat_port,
+            f.age_seconds,
+            f.bytes,
+            f.packets
+        );
+    }
+    out
+}
+
+pub fn status(args: &StatusArgs) -> Result<()> {
+    let body = get(args.api, "/api/status")?;
+    if args.json {
+        println!("{body}");
+        return Ok(());
+    }
+    let status: Status =
+        serde_json::from_str(&body).context("unexpected answer from /api/status")?;
+    print!("{}", render_status(&status));
+    Ok(())
+}
+
+pub fn flows(args: &FlowsArgs) -> Result<()> {
+    let mut path = format!("/api/flows?limit={}", args.limit);
+    if let Some(w) = &args.wan {
+        path += &format!("&wan={w}");
+    }
+    if let Some(h) = &args.host {
+        path += &format!("&host={h}");
+    }
+    let body = get(args.api, &path)?;
+    if args.json {
+        println!("{body}");
+        return Ok(());
+    }
+    let flows: Vec<Flow> =
+        serde_json::from_str(&body).context("unexpected answer from /api/flows")?;
+    print!("{}", render_flows(&flows));
+    Ok(())
+}

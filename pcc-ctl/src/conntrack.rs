@@ -14,6 +14,8 @@ pub struct GcReport {
     /// Live connections after this pass.
     pub active: usize,
     pub active_per_wan: [usize; MAX_WANS],
+    /// Distinct NAT ports in use per WAN (a port serves one connection per remote endpoint).
+    pub nat_ports_per_wan: [usize; MAX_WANS],
     pub expired: usize,
     pub orphans: usize,
 }
@@ -35,6 +37,7 @@ pub fn collect(maps: &mut Maps, timeouts: &Timeouts, now_ns: u64) -> Result<GcRe
     let mut report = GcReport::default();
     let mut dead_out: Vec<FlowKey> = Vec::new();
     let mut dead_in: Vec<FlowKey> = Vec::new();
+    let mut ports = std::collections::HashSet::new();
     for item in maps.ct_out.iter() {
         let Ok((key, out)) = item else { continue };
         let reply_key = key.reply_key(out.nat_addr, out.nat_port);
@@ -43,6 +46,9 @@ pub fn collect(maps: &mut Maps, timeouts: &Timeouts, now_ns: u64) -> Result<GcRe
                 report.active += 1;
                 if let Some(n) = report.active_per_wan.get_mut(out.wan_id as usize) {
                     *n += 1;
+                    if ports.insert((out.wan_id, out.nat_port)) {
+                        report.nat_ports_per_wan[out.wan_id as usize] += 1;
+                    }
                 }
             }
             Ok(_) => {

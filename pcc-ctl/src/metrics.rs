@@ -30,6 +30,7 @@ pub struct Metrics {
     flows_created: IntCounterVec,
     flows_active: IntGauge,
     flows_active_per_wan: IntGaugeVec,
+    nat_ports: IntGaugeVec,
     packets: IntCounterVec,
     drops: IntCounterVec,
 }
@@ -159,6 +160,12 @@ impl Metrics {
                 registry.register(Box::new(g.clone()))?;
                 g
             },
+            nat_ports: gauge_vec(
+                &registry,
+                "pcc_nat_ports_in_use",
+                "Distinct source NAT ports in use on the WAN",
+                &["wan"],
+            )?,
             flows_active_per_wan: gauge_vec(
                 &registry,
                 "pcc_wan_flows_active",
@@ -234,6 +241,9 @@ impl Metrics {
                 self.flows_active_per_wan
                     .with_label_values(&[n])
                     .set(gc.active_per_wan[wan.wan_id as usize] as i64);
+                self.nat_ports
+                    .with_label_values(&[n])
+                    .set(gc.nat_ports_per_wan[wan.wan_id as usize] as i64);
             }
         }
         let mut out = Vec::new();

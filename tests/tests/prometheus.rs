@@ -1,0 +1,116 @@
+//! The metrics endpoint is valid Prometheus exposition (`promtool check metrics`) and a real
+//! Prometheus server scrapes it and answers a query for `pcc_wan_up`.
+
+use std::time::{Duration, Instant};
+
+use pcc_tests::{Lab, require_root};
+
+#[test]
+fn promtool_accepts_and_prometheus_scrapes() {
+    require_root!();
+    let lab = Lab::builder()
+        .clients(1)
+        .servers(2)
+        .build()
+        .expect("building the lab");
+    lab.start_http().expect("HTTP server");
+    let file = lab.http_file(64 << 10).expect("test file");
+    let pcc = lab.start_pcc(&[]).expect("starting pcc-ctl");
+    lab.download("c1", lab.server_addr(0), &file, &[])
+        .expect("download");
+    let text = pcc.metrics_text().expect("metrics");
+
+    let out = lab
+        .exec_opts(
+            "router",
+            &["promtool", "check", "metrics"],
+            Some(text.as_bytes()),
+            Duration::from_secs(20),
+        )
+        .expect("running promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}",
+        pcc_tests::proc::describe(&out)
+    );
+    for name in [
+        "pcc_wan_up",
+        "pcc_wan_rx_bytes_total",
+        "pcc_wan_tx_bytes_total",
+        "pcc_wan_rx_packets_total",
+        "pcc_wan_tx_packets_total",
+        "pcc_wan_rtt_seconds",
+        "pcc_wan_jitter_seconds",
+        "pcc_wan_loss_ratio",
+        "pcc_wan_state_changes_total",
+        "pcc_flows_active",
+        "pcc_flows_created_total",
+        "pcc_nat_ports_in_use",
+        "pcc_drops_total",
+        "pcc_build_info",
+    ] {
+        assert!(
+            text.contains(&format!("# HELP {name} ")),
+            "{name} missing from /metrics"
+        );
+    }
+
+    // A real Prometheus in the router namespace, scraping every second.
+    let dir = lab.dir().join("prometheus");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: pcc\n    static_configs:\n      - targets: ['{}']\n",
+            pcc.metrics_addr()
+        ),
+    )
+    .unwrap();
+    let _prometheus = lab
+        .spawn(
+            "router",
+            &[
+                "prometheus",
+                &format!("--config.file={}", config.display()),
+                &format!("--storage.tsdb.path={}", dir.join("data").display()),
+                "--web.listen-address=127.0.0.1:9190",
+            ],
+        )
+        .expect("starting prometheus");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_secs(1));
+        let out = lab
+            .exec(
+                "router",
+                &[
+                    "curl",
+                    "-s",
+                    "--max-time",
+                    "2",
+                    "http://127.0.0.1:9190/api/v1/query?query=pcc_wan_up",
+                ],
+            )
+            .expect("curl");
+        last = String::from_utf8_lossy(&out.stdout).into_owned();
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&last) else {
+            continue;
+        };
+        let series = v["data"]["result"].as_array().cloned().unwrap_or_default();
+        if series.len() == 2 {
+            let wans: Vec<&str> = series
+                .iter()
+                .filter_map(|s| s["metric"]["wan"].as_str())
+                .collect();
+            assert!(wans.contains(&"wan0") && wans.contains(&"wan1"), "{last}");
+            assert!(
+                series.iter().all(|s| s["value"][1] == "1"),
+                "both WANs up: {last}"
+            );
+            return;
+        }
+    }
+    panic!("Prometheus never answered pcc_wan_up for both WANs; last answer: {last}");
+}

@@ -109,8 +109,70 @@ fn promtool_accepts_and_prometheus_scrapes() {
                 series.iter().all(|s| s["value"][1] == "1"),
                 "both WANs up: {last}"
             );
+            check_dashboard(&lab, &text);
             return;
         }
     }
     panic!("Prometheus never answered pcc_wan_up for both WANs; last answer: {last}");
+}
+
+/// Every query of the Grafana dashboard is valid PromQL that the live Prometheus evaluates,
+/// and names only metrics pcc exports; the sample Prometheus config is valid.
+fn check_dashboard(lab: &Lab, metrics_text: &str) {
+    let root = pcc_tests::workspace_root();
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("dashboards/grafana-pcc.json")).unwrap(),
+    )
+    .expect("dashboard JSON");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(
+        panels.len() >= 6,
+        "throughput, share, RTT, jitter, loss, state, drops"
+    );
+    for panel in panels {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"]
+                .as_str()
+                .expect("expr")
+                .replace("$__rate_interval", "10s");
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("pcc_") {
+                    assert!(
+                        metrics_text.contains(&format!("# TYPE {word} ")),
+                        "dashboard uses {word}, which pcc does not export"
+                    );
+                }
+            }
+            let query = format!("query={expr}");
+            let args = [
+                "curl",
+                "-s",
+                "--max-time",
+                "5",
+                "-G",
+                "http://127.0.0.1:9190/api/v1/query",
+                "--data-urlencode",
+                &query,
+            ];
+            let out = lab.exec("router", &args).expect("curl");
+            let answer = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                answer.contains(r#""status":"success""#),
+                "panel {}: `{expr}` -> {answer}",
+                panel["title"]
+            );
+        }
+    }
+    let config = root.join("dashboards/prometheus.yml");
+    let out = lab
+        .exec(
+            "router",
+            &["promtool", "check", "config", config.to_str().unwrap()],
+        )
+        .expect("promtool");
+    assert!(
+        out.status.success(),
+        "sample config: {}",
+        pcc_tests::proc::describe(&out)
+    );
 }

@@ -7,6 +7,8 @@
 //! kills its processes and deletes its namespaces; labs of a killed process are removed by the
 //! next [`Lab::builder`]`.build()` (see [`reap_stale_labs`]).
 
+pub mod bench;
+pub mod health;
 pub mod lab;
 pub mod metrics;
 pub mod pcc;

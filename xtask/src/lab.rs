@@ -1,13 +1,17 @@
-//! `cargo xtask lab`: a shaped lab with pcc-ctl and bounded traffic from every client.
+//! `cargo xtask lab`: a shaped lab with pcc-ctl and bounded traffic from every client, a
+//! status line per second, ISP faults on a schedule (`--cut isp0@5 --restore isp0@12`) or typed
+//! while it runs (`cut 0`, `restore 0`, …), and a per-WAN table at the end.
 
 use std::collections::VecDeque;
+use std::io::{BufRead as _, IsTerminal as _};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use clap::Args;
-use pcc_tests::{Lab, LabProcess, Metrics, WAN_NAMES, wan_of_addr};
+use pcc_tests::{Lab, LabProcess, Metrics, PccHandle, WAN_NAMES, wan_of_addr};
 
 /// Parallel downloads per client.
 const STREAMS_PER_CLIENT: usize = 4;
@@ -28,6 +32,25 @@ pub struct LabArgs {
     /// Skip xtask/setup.sh and the pcc-ctl build (use the binary that is there or $PCC_CTL).
     #[arg(long)]
     no_build: bool,
+    /// Kill an ISP's internet at S seconds after traffic starts: nftables in the ISP drops all
+    /// IPv4 from the router, link and ARP stay up (e.g. `isp0@5`; repeatable).
+    #[arg(long, value_parser = parse_at, value_name = "ISP@S")]
+    cut: Vec<(usize, f64)>,
+    /// Undo `--cut` (and `--loss`) at S seconds (e.g. `isp0@12`; repeatable).
+    #[arg(long, value_parser = parse_at, value_name = "ISP@S")]
+    restore: Vec<(usize, f64)>,
+    /// Take the ISP's side of the link down at S seconds (the router's WAN loses carrier).
+    #[arg(long, value_parser = parse_at, value_name = "ISP@S")]
+    down: Vec<(usize, f64)>,
+    /// Bring the ISP's side of the link up again at S seconds.
+    #[arg(long, value_parser = parse_at, value_name = "ISP@S")]
+    up: Vec<(usize, f64)>,
+    /// Random loss of P percent in the ISP (both directions) from S seconds, e.g. `isp0=20@3`.
+    #[arg(long, value_parser = parse_loss_at, value_name = "ISP=P@S")]
+    loss: Vec<(usize, u32, f64)>,
+    /// No status line per second.
+    #[arg(long)]
+    quiet: bool,
     /// Further options for `pcc-ctl up`, e.g. `--weight wan0=2,wan1=1 --classifier src-address`.
     #[arg(
         trailing_var_arg = true,
@@ -37,16 +60,140 @@ pub struct LabArgs {
     pcc_args: Vec<String>,
 }
 
+/// An ISP fault, scheduled or typed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Action {
+    Cut(usize),
+    Restore(usize),
+    Down(usize),
+    Up(usize),
+    Loss(usize, u32),
+    Quit,
+}
+
+impl Action {
+    fn apply(self, lab: &Lab) -> Result<String> {
+        Ok(match self {
+            Action::Cut(i) => {
+                lab.cut_isp(i)?;
+                format!("cut isp{i}: it drops all IPv4 from the router (link and ARP stay up)")
+            }
+            Action::Restore(i) => {
+                lab.restore_isp(i)?;
+                lab.lossy_isp(i, 0)?;
+                format!("restore isp{i}: no more drops")
+            }
+            Action::Down(i) => {
+                lab.carrier_down(i)?;
+                format!("down isp{i}: its up0 is down, wan{i} has no carrier")
+            }
+            Action::Up(i) => {
+                lab.carrier_up(i)?;
+                format!("up isp{i}: carrier back on wan{i}")
+            }
+            Action::Loss(i, p) => {
+                lab.lossy_isp(i, p)?;
+                format!("loss isp{i}: {p}% random loss each way")
+            }
+            Action::Quit => "quit".into(),
+        })
+    }
+}
+
+fn parse_isp(s: &str) -> Result<usize, String> {
+    let n = s.strip_prefix("isp").unwrap_or(s);
+    match n.parse::<usize>() {
+        Ok(i) if i < 2 => Ok(i),
+        _ => Err(format!("expected isp0, isp1, 0 or 1, got `{s}`")),
+    }
+}
+
+fn parse_secs(s: &str) -> Result<f64, String> {
+    s.trim_end_matches('s')
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .ok_or_else(|| format!("expected seconds, got `{s}`"))
+}
+
+fn parse_at(s: &str) -> Result<(usize, f64), String> {
+    let (isp, at) = s
+        .split_once('@')
+        .ok_or_else(|| format!("expected ISP@SECONDS, e.g. isp0@5, got `{s}`"))?;
+    Ok((parse_isp(isp)?, parse_secs(at)?))
+}
+
+fn parse_loss_at(s: &str) -> Result<(usize, u32, f64), String> {
+    let (what, at) = s
+        .split_once('@')
+        .ok_or_else(|| format!("expected ISP=PERCENT@SECONDS, e.g. isp0=20@3, got `{s}`"))?;
+    let (isp, p) = what
+        .split_once('=')
+        .ok_or_else(|| format!("expected ISP=PERCENT@SECONDS, got `{s}`"))?;
+    let p: u32 = p
+        .trim_end_matches('%')
+        .parse()
+        .ok()
+        .filter(|p| *p <= 100)
+        .ok_or_else(|| format!("loss must be 0..=100 percent, got `{p}`"))?;
+    Ok((parse_isp(isp)?, p, parse_secs(at)?))
+}
+
+/// A command typed while the lab runs: `cut 0`, `restore 0`, `down 1`, `up 1`, `loss 0 20`,
+/// `quit`.
+fn parse_command(line: &str) -> Result<Action, String> {
+    let w: Vec<&str> = line.split_whitespace().collect();
+    let isp = |k: usize| {
+        w.get(k)
+            .map_or(Err("which ISP? (0 or 1)".to_string()), |s| parse_isp(s))
+    };
+    match w.first().copied() {
+        Some("cut") => Ok(Action::Cut(isp(1)?)),
+        Some("restore") => Ok(Action::Restore(isp(1)?)),
+        Some("down") => Ok(Action::Down(isp(1)?)),
+        Some("up") => Ok(Action::Up(isp(1)?)),
+        Some("loss") => {
+            let p = w
+                .get(2)
+                .and_then(|p| p.trim_end_matches('%').parse().ok())
+                .filter(|p| *p <= 100)
+                .ok_or("loss ISP PERCENT, e.g. `loss 0 20`")?;
+            Ok(Action::Loss(isp(1)?, p))
+        }
+        Some("quit" | "q" | "exit") => Ok(Action::Quit),
+        _ => Err(
+            "commands: cut N | restore N | down N | up N | loss N PERCENT | quit (N = ISP 0 or 1)"
+                .into(),
+        ),
+    }
+}
+
 pub fn run(args: LabArgs) -> Result<()> {
     let LabArgs {
         clients,
         seconds,
         no_shape,
         no_build,
+        cut,
+        restore,
+        down,
+        up,
+        loss,
+        quiet,
         pcc_args,
     } = args;
     ensure!((1..=50).contains(&clients), "--clients must be 1..=50");
     ensure!((1..=600).contains(&seconds), "--seconds must be 1..=600");
+    let mut schedule: Vec<(f64, Action)> = Vec::new();
+    schedule.extend(cut.iter().map(|&(i, t)| (t, Action::Cut(i))));
+    schedule.extend(restore.iter().map(|&(i, t)| (t, Action::Restore(i))));
+    schedule.extend(down.iter().map(|&(i, t)| (t, Action::Down(i))));
+    schedule.extend(up.iter().map(|&(i, t)| (t, Action::Up(i))));
+    schedule.extend(loss.iter().map(|&(i, p, t)| (t, Action::Loss(i, p))));
+    schedule.sort_by(|a, b| a.0.total_cmp(&b.0));
+    if let Some((t, a)) = schedule.iter().find(|(t, _)| *t >= seconds as f64) {
+        bail!("{a:?} at {t} s is not within the {seconds} s of traffic (--seconds)");
+    }
     ensure!(
         pcc_tests::is_root(),
         "the lab needs root (it creates network namespaces)"
@@ -104,10 +251,25 @@ pub fn run(args: LabArgs) -> Result<()> {
     let file = lab.http_file(FILE_SIZE)?;
     let pcc_refs: Vec<&str> = pcc_args.iter().map(String::as_str).collect();
     let pcc = lab.start_pcc(&pcc_refs)?;
-    eprintln!("xtask lab: pcc-ctl ready, driving traffic for {seconds} s (Ctrl-C stops)");
+    let interactive = std::io::stdin().is_terminal();
+    eprintln!(
+        "xtask lab: pcc-ctl ready, driving traffic for {seconds} s (Ctrl-C stops){}",
+        if interactive {
+            "; type cut N | restore N | down N | up N | loss N PERCENT | quit"
+        } else {
+            ""
+        }
+    );
+    let commands = interactive.then(read_commands);
     let before = pcc.metrics()?;
 
-    let report = drive(&lab, &file, Duration::from_secs(seconds), &stop)?;
+    let control = Control {
+        pcc: &pcc,
+        schedule,
+        commands,
+        status: !quiet,
+    };
+    let report = drive(&lab, &file, Duration::from_secs(seconds), &stop, control)?;
     let after = pcc.metrics()?;
     let log = lab.http_log()?;
     print_report(&lab, &pcc_args, &report, &before, &after, &log);
@@ -135,11 +297,82 @@ struct Report {
 
 /// Every client keeps `STREAMS_PER_CLIENT` curl downloads running (each to the next server
 /// address) and one ping, until `duration` has passed or `stop` is set.
+/// Typed commands, one per line, from a thread reading stdin (it ends with the process).
+fn read_commands() -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// What `drive` does besides traffic: the fault schedule, typed commands, the status line.
+struct Control<'a> {
+    pcc: &'a PccHandle,
+    schedule: Vec<(f64, Action)>,
+    commands: Option<mpsc::Receiver<String>>,
+    status: bool,
+}
+
+/// Prints one status line per second from pcc-ctl's metrics.
+struct Status {
+    last: Option<(Instant, Metrics)>,
+}
+
+impl Status {
+    fn line(&mut self, t: f64, m: Metrics) -> String {
+        let now = Instant::now();
+        let mut parts = Vec::new();
+        for w in WAN_NAMES {
+            let mbit = match &self.last {
+                Some((at, prev)) => {
+                    let dt = now.duration_since(*at).as_secs_f64().max(0.001);
+                    let d =
+                        m.wan("pcc_wan_rx_bytes_total", w) - prev.wan("pcc_wan_rx_bytes_total", w);
+                    format!("{:5.1}", d.max(0.0) * 8.0 / dt / 1e6)
+                }
+                None => "    -".into(),
+            };
+            let state = match m.get("pcc_wan_up", &[("wan", w)]) {
+                Some(v) if v >= 1.0 => "up  ",
+                Some(_) => "DOWN",
+                None => "?   ",
+            };
+            let rtt = m
+                .get("pcc_wan_rtt_seconds", &[("wan", w)])
+                .map_or("    -".into(), |r| format!("{:5.1}", r * 1e3));
+            let loss = m
+                .get("pcc_wan_loss_ratio", &[("wan", w)])
+                .map_or("  -".into(), |l| format!("{:3.0}", l * 100.0));
+            parts.push(format!(
+                "{w} {state} rx {mbit} Mbit/s rtt {rtt} ms loss {loss}%"
+            ));
+        }
+        let drops = m
+            .get("pcc_drops_total", &[("reason", "no_wan_up")])
+            .unwrap_or(0.0);
+        let line = format!(
+            "t={t:5.1}s  {}  | flows {} no_wan_up drops {}",
+            parts.join("  | "),
+            m.get("pcc_flows_active", &[]).unwrap_or(0.0),
+            drops
+        );
+        self.last = Some((now, m));
+        line
+    }
+}
+
 fn drive(
     lab: &Lab,
     file: &pcc_tests::TestFile,
     duration: Duration,
     stop: &AtomicBool,
+    mut control: Control<'_>,
 ) -> Result<Report> {
     let start = Instant::now();
     let deadline = start + duration;
@@ -194,8 +427,45 @@ fn drive(
             start_curl(&c, &mut running)?;
         }
     }
+    let mut status = Status { last: None };
+    let mut next_status = start;
+    let mut schedule: VecDeque<(f64, Action)> = control.schedule.drain(..).collect();
     while Instant::now() < deadline && !stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(100));
+        let t = start.elapsed().as_secs_f64();
+        let mut due = Vec::new();
+        while schedule.front().is_some_and(|(at, _)| *at <= t) {
+            due.extend(schedule.pop_front().map(|(_, a)| a));
+        }
+        if let Some(rx) = &control.commands {
+            while let Ok(line) = rx.try_recv() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                match parse_command(&line) {
+                    Ok(a) => due.push(a),
+                    Err(e) => eprintln!("xtask lab: {e}"),
+                }
+            }
+        }
+        for a in due {
+            if a == Action::Quit {
+                eprintln!("xtask lab: t={t:5.1}s: quit");
+                stop.store(true, Ordering::SeqCst);
+                break;
+            }
+            match a.apply(lab) {
+                Ok(what) => eprintln!("xtask lab: t={t:5.1}s: {what}"),
+                Err(e) => eprintln!("xtask lab: t={t:5.1}s: {a:?} failed: {e:#}"),
+            }
+        }
+        if control.status && Instant::now() >= next_status {
+            next_status += Duration::from_secs(1);
+            match control.pcc.metrics() {
+                Ok(m) => println!("{}", status.line(t, m)),
+                Err(e) => eprintln!("xtask lab: t={t:5.1}s: metrics: {e:#}"),
+            }
+        }
         let mut still = VecDeque::new();
         while let Some((client, mut p)) = running.pop_front() {
             match p.try_wait() {
@@ -342,4 +612,33 @@ fn print_report(
         r.pings_sent,
         after.get("pcc_flows_active", &[]).unwrap_or(0.0)
     );
+    if after.has("pcc_wan_state_changes_total") {
+        let health: Vec<String> = WAN_NAMES
+            .iter()
+            .map(|w| {
+                format!(
+                    "{w} {} ({} changes, rtt {:.1} ms, jitter {:.1} ms, loss {:.0}%)",
+                    if after.wan("pcc_wan_up", w) >= 1.0 {
+                        "up"
+                    } else {
+                        "DOWN"
+                    },
+                    delta("pcc_wan_state_changes_total", w),
+                    after.wan("pcc_wan_rtt_seconds", w) * 1e3,
+                    after.wan("pcc_wan_jitter_seconds", w) * 1e3,
+                    after.wan("pcc_wan_loss_ratio", w) * 100.0
+                )
+            })
+            .collect();
+        println!(
+            "health: {}; no_wan_up drops: {}",
+            health.join(", "),
+            delta_of(after, before, "pcc_drops_total", "reason", "no_wan_up")
+        );
+    }
+}
+
+fn delta_of(after: &Metrics, before: &Metrics, name: &str, label: &str, value: &str) -> f64 {
+    let get = |m: &Metrics| m.get(name, &[(label, value)]).unwrap_or(0.0);
+    get(after) - get(before)
 }

@@ -1,5 +1,6 @@
-//! `cargo xtask setup | test | lab`: the project's build, test and demo entry points.
+//! `cargo xtask setup | test | lab | bench`: the project's build, test and demo entry points.
 
+mod bench;
 mod lab;
 
 use std::path::{Path, PathBuf};
@@ -30,6 +31,9 @@ enum Cmd {
     /// Build a shaped lab, run pcc-ctl in it, drive traffic from every client and print how
     /// connections and bytes spread over wan0/wan1.
     Lab(lab::LabArgs),
+    /// Benchmarks that write their results into BENCHMARKS.md.
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
 }
 
 fn main() {
@@ -38,6 +42,7 @@ fn main() {
         Cmd::Setup => setup(),
         Cmd::Test { cargo_args } => test(&cargo_args),
         Cmd::Lab(args) => lab::run(args),
+        Cmd::Bench(cmd) => bench::run(cmd),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");

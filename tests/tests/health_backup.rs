@@ -1,0 +1,52 @@
+//! `--wan wan0 --backup wan1`: wan1 carries nothing while wan0 lives, everything new while
+//! wan0 is dead, and nothing new again once wan0 is back.
+
+use std::time::Duration;
+
+use pcc_tests::health::{wait_wan_state, wait_wans_up};
+use pcc_tests::{Lab, require_root, scenario};
+
+#[test]
+fn backup_wan_only_while_primary_dead() {
+    require_root!();
+    let lab = Lab::builder()
+        .clients(3)
+        .servers(50)
+        .build()
+        .expect("building the lab");
+    let pcc = lab
+        .start_pcc(&["--wan", "wan0", "--backup", "wan1"])
+        .expect("starting pcc-ctl with a backup WAN");
+    wait_wans_up(&pcc, &["wan0"], Duration::from_secs(10)).expect("wan0 up");
+
+    let spread = scenario::connection_spread(&lab, Some(&pcc)).expect("150 connections");
+    eprintln!("backup, wan0 alive: {}", spread.summary());
+    assert_eq!(
+        spread.per_wan,
+        [150, 0],
+        "with wan0 alive every connection uses it: {}",
+        spread.summary()
+    );
+
+    lab.cut_isp(0).expect("cutting isp0");
+    wait_wan_state(&pcc, "wan0", false, Duration::from_secs(3)).expect("wan0 down within 3 s");
+    let spread = scenario::connection_spread(&lab, Some(&pcc)).expect("150 connections");
+    eprintln!("backup, wan0 dead: {}", spread.summary());
+    assert_eq!(
+        spread.per_wan,
+        [0, 150],
+        "with wan0 dead every new connection uses the backup: {}",
+        spread.summary()
+    );
+
+    lab.restore_isp(0).expect("restoring isp0");
+    wait_wan_state(&pcc, "wan0", true, Duration::from_secs(5)).expect("wan0 up within 5 s");
+    let spread = scenario::connection_spread(&lab, Some(&pcc)).expect("150 connections");
+    eprintln!("backup, wan0 back: {}", spread.summary());
+    assert_eq!(
+        spread.per_wan,
+        [150, 0],
+        "with wan0 back new connections leave the backup: {}",
+        spread.summary()
+    );
+}

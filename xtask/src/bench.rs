@@ -1,0 +1,108 @@
+//! `cargo xtask bench failover`: see `pcc_tests::bench` for what is measured.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, ensure};
+use clap::{Args, Subcommand};
+use pcc_tests::bench::{self, FailoverOpts};
+
+#[derive(Subcommand)]
+pub enum BenchCmd {
+    /// Cut isp0 while UDP flows run (internet dead, then carrier loss) and measure the reply gap
+    /// of the flows on wan0 and how fast pcc-ctl sees wan0 go down and come back. Writes the
+    /// `## Failover` section of BENCHMARKS.md.
+    Failover(FailoverArgs),
+}
+
+#[derive(Args)]
+pub struct FailoverArgs {
+    /// Runs with isp0's internet cut (nftables drop; link and ARP stay up), 1..=20.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Runs with isp0's carrier cut (`ip link set up0 down` in isp0), 0..=20.
+    #[arg(long, default_value_t = 1)]
+    carrier_runs: usize,
+    /// Shape the ISP lines with tbf at this many Mbit/s (default: unshaped).
+    #[arg(long, value_name = "MBIT")]
+    shape: Option<u32>,
+    /// Where to write the section (default: BENCHMARKS.md at the workspace root).
+    #[arg(long, value_name = "PATH")]
+    out: Option<PathBuf>,
+    /// Skip xtask/setup.sh and the pcc-ctl build (use the binary that is there or $PCC_CTL).
+    #[arg(long)]
+    no_build: bool,
+    /// Further options for `pcc-ctl up` (e.g. `--probe-interval 20`); recorded in the section.
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "PCC-CTL OPTIONS"
+    )]
+    pcc_args: Vec<String>,
+}
+
+pub fn run(cmd: BenchCmd) -> Result<()> {
+    match cmd {
+        BenchCmd::Failover(a) => failover(a),
+    }
+}
+
+fn failover(a: FailoverArgs) -> Result<()> {
+    let FailoverArgs {
+        runs,
+        carrier_runs,
+        shape,
+        out,
+        no_build,
+        pcc_args,
+    } = a;
+    ensure!((1..=20).contains(&runs), "--runs must be 1..=20");
+    ensure!(carrier_runs <= 20, "--carrier-runs must be 0..=20");
+    ensure!(
+        pcc_tests::is_root(),
+        "the benchmark needs root (it creates network namespaces)"
+    );
+    let mut pcc_ctl = None;
+    if !no_build {
+        crate::setup()?;
+        let bin = crate::build_pcc_ctl()?;
+        if std::env::var_os("PCC_CTL").is_none() {
+            pcc_ctl = Some(bin);
+        }
+    }
+    // The command line as the section will show it (defaults left out).
+    let mut command = String::from("cargo xtask bench failover");
+    if runs != 5 {
+        command += &format!(" --runs {runs}");
+    }
+    if carrier_runs != 1 {
+        command += &format!(" --carrier-runs {carrier_runs}");
+    }
+    if let Some(m) = shape {
+        command += &format!(" --shape {m}");
+    }
+    if !pcc_args.is_empty() {
+        command += &format!(" {}", pcc_args.join(" "));
+    }
+    let out = out.unwrap_or_else(|| crate::root().join("BENCHMARKS.md"));
+    let opts = FailoverOpts {
+        runs,
+        carrier_runs,
+        shaped: shape,
+        pcc_ctl,
+        pcc_args,
+        verbose: true,
+    };
+    let report = bench::failover_to_file(&opts, &out, &command)?;
+    let md = std::fs::read_to_string(&out)?;
+    if let Some(start) = md.find("## Failover") {
+        let section = &md[start..];
+        let end = section[3..].find("\n## ").map_or(section.len(), |k| k + 4);
+        println!("{}", section[..end].trim_end());
+    }
+    eprintln!(
+        "xtask bench: {} runs, section written to {}",
+        report.runs.len(),
+        out.display()
+    );
+    Ok(())
+}

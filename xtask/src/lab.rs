@@ -334,9 +334,9 @@ impl Status {
                     let dt = now.duration_since(*at).as_secs_f64().max(0.001);
                     let d =
                         m.wan("pcc_wan_rx_bytes_total", w) - prev.wan("pcc_wan_rx_bytes_total", w);
-                    format!("{:5.1}", d.max(0.0) * 8.0 / dt / 1e6)
+                    format!("{:6.1}", d.max(0.0) * 8.0 / dt / 1e6)
                 }
-                None => "    -".into(),
+                None => "     -".into(),
             };
             let state = match m.get("pcc_wan_up", &[("wan", w)]) {
                 Some(v) if v >= 1.0 => "up  ",

@@ -2,6 +2,7 @@
 
 mod bench;
 mod lab;
+mod report;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -34,6 +35,9 @@ enum Cmd {
     /// Benchmarks that write their results into BENCHMARKS.md.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
+    /// QoS report: each WAN alone and both balanced on shaped lines — throughput, loss, delay,
+    /// jitter with TIPHON categories, as text, JSON and an SVG chart.
+    Report(report::ReportArgs),
 }
 
 fn main() {
@@ -43,6 +47,7 @@ fn main() {
         Cmd::Test { cargo_args } => test(&cargo_args),
         Cmd::Lab(args) => lab::run(args),
         Cmd::Bench(cmd) => bench::run(cmd),
+        Cmd::Report(args) => report::run(args),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");

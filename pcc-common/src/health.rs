@@ -54,6 +54,8 @@ struct Probe {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DownReason {
     NoReplies,
+    /// The link under the target went away (carrier, address, interface).
+    LinkDown,
     Loss,
     Latency,
 }
@@ -62,6 +64,7 @@ impl DownReason {
     pub fn describe(self) -> &'static str {
         match self {
             DownReason::NoReplies => "no replies",
+            DownReason::LinkDown => "link down",
             DownReason::Loss => "loss over threshold",
             DownReason::Latency => "latency over threshold",
         }
@@ -108,6 +111,16 @@ impl TargetHealth {
 
     pub fn down_reason(&self) -> Option<DownReason> {
         self.down
+    }
+
+    /// The link went down under the target: it counts as down until `up_after` probes in a row
+    /// are answered again, so a flapping carrier cannot flap the WAN faster than that.
+    pub fn force_down(&mut self, now_ms: u64) {
+        if self.is_up() {
+            self.state_changes += 1;
+        }
+        self.down = Some(DownReason::LinkDown);
+        self.down_at_ms = now_ms;
     }
 
     /// A probe went out. Returns whether the up/down state changed.
@@ -341,6 +354,25 @@ mod tests {
         });
         assert_eq!(changes.len(), 2, "{changes:?}");
         assert!(t.is_up());
+    }
+
+    #[test]
+    fn a_link_blip_needs_a_full_run_of_replies_to_come_back() {
+        let mut t = TargetHealth::new(ProbeParams::default());
+        for i in 0..10u16 {
+            t.on_sent(i, u64::from(i) * 50);
+            t.on_reply(i, 1.0, u64::from(i) * 50 + 1);
+        }
+        t.force_down(490);
+        assert_eq!(t.down_reason(), Some(DownReason::LinkDown));
+        for i in 10..29u16 {
+            t.on_sent(i, u64::from(i) * 50);
+            t.on_reply(i, 1.0, u64::from(i) * 50 + 1);
+        }
+        assert!(!t.is_up(), "19 replies are not enough");
+        t.on_sent(29, 29 * 50);
+        assert!(t.on_reply(29, 1.0, 29 * 50 + 1), "the 20th brings it back");
+        assert_eq!(t.state_changes, 2);
     }
 
     #[test]

@@ -17,9 +17,9 @@ pub mod conntrack;
 #[cfg(feature = "std")]
 pub mod health;
 #[cfg(feature = "std")]
-pub mod qos;
-#[cfg(feature = "std")]
 pub mod packet;
+#[cfg(feature = "std")]
+pub mod qos;
 #[cfg(feature = "std")]
 pub mod slots;
 

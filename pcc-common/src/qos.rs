@@ -78,7 +78,11 @@ impl Tiphon {
 /// a series of round-trip times in ms; `None` entries are lost probes.
 pub fn delay_and_jitter(rtts_ms: &[Option<f64>]) -> (f64, f64, f64) {
     let got: Vec<f64> = rtts_ms.iter().flatten().copied().collect();
-    let loss = if rtts_ms.is_empty() { 0.0 } else { 1.0 - got.len() as f64 / rtts_ms.len() as f64 };
+    let loss = if rtts_ms.is_empty() {
+        0.0
+    } else {
+        1.0 - got.len() as f64 / rtts_ms.len() as f64
+    };
     if got.is_empty() {
         return (f64::NAN, f64::NAN, loss);
     }

@@ -49,6 +49,13 @@ impl WanHealth {
         self.targets.iter().filter(|t| t.health.is_up()).count() >= self.quorum
     }
 
+    /// The WAN's link went down: every target must earn its way back (`--up-after`).
+    pub fn force_down(&mut self, now_ms: u64) {
+        for t in &mut self.targets {
+            t.health.force_down(now_ms);
+        }
+    }
+
     /// Why the WAN is down, for the log.
     pub fn describe(&self) -> String {
         let parts: Vec<String> = self

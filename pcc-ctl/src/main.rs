@@ -3,7 +3,11 @@ use clap::Parser as _;
 use pcc_ctl::{cli, show, up};
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // netlink_proto warns about every event that arrives while its stream shuts down.
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("info,netlink_proto=error"),
+    )
+    .init();
     let cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => e.exit(),

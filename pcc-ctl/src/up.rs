@@ -411,10 +411,14 @@ async fn serve(
             }
         }
         let mut states_changed = false;
+        let mut resolve = Vec::new();
         {
-            let health = shared.health.lock().expect("health lock poisoned");
+            let mut health = shared.health.lock().expect("health lock poisoned");
             for wan in wans.iter_mut() {
-                let h = &health[wan.wan_id as usize];
+                let h = &mut health[wan.wan_id as usize];
+                if wan.up && !wan.link_ok {
+                    h.force_down(shared.clock.now_ms());
+                }
                 wan.healthy = h.is_up();
                 if wan.settle() {
                     states_changed = true;
@@ -428,8 +432,17 @@ async fn serve(
                         );
                     } else {
                         log::warn!("WAN {} is down: {}", wan.name, h.describe());
+                        // The gateway may have a new MAC that the kernel's still-"reachable"
+                        // entry hides for a minute: resolve it afresh.
+                        resolve.push((wan.info.ifindex, wan.gateway));
                     }
                 }
+            }
+        }
+        for (ifindex, gateway) in resolve {
+            let _ = nl.del_neighbour(ifindex, gateway).await;
+            if let Err(e) = nl.add_managed_neighbour(ifindex, gateway).await {
+                log::warn!("{e:#}");
             }
         }
         if states_changed || links_changed {
@@ -506,6 +519,15 @@ async fn refresh_links(nl: &Netlink, wans: &mut [WanView]) -> bool {
             info.addr = ip_be(a.addr);
         }
         wan.link_ok = link.as_ref().is_some_and(|l| l.oper_up) && addr.is_some() && mac.is_some();
+        if let Some(l) = &link
+            && l.oper_up
+            && addr.is_some()
+            && mac.is_none()
+        {
+            // An address removed and added again flushes the gateway's entry with its
+            // "managed" flag: ask for it again, or nothing resolves the gateway.
+            let _ = nl.add_managed_neighbour(l.ifindex, wan.gateway).await;
+        }
         if info != wan.info {
             changed = true;
             wan.info = info;

@@ -18,7 +18,7 @@ pub enum Role {
 }
 
 impl Role {
-    fn program(self) -> &'static str {
+    pub fn program(self) -> &'static str {
         match self {
             Role::Lan => "pcc_lan",
             Role::Wan => "pcc_wan",
@@ -68,11 +68,22 @@ impl Dataplane {
 
     /// The program's file descriptor-backed handle, for tests and benchmarks (TestRun).
     pub fn program_mut(&mut self, role: Role) -> Result<&mut Xdp> {
-        Ok(self
+        self.named_program(role.program())
+    }
+
+    /// Any program of the object by name, loaded on first use (the benchmark-only ones are
+    /// not loaded by `load`).
+    pub fn named_program(&mut self, name: &str) -> Result<&mut Xdp> {
+        let prog: &mut Xdp = self
             .ebpf
-            .program_mut(role.program())
-            .context("program missing")?
-            .try_into()?)
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing"))?
+            .try_into()?;
+        if prog.fd().is_err() {
+            prog.load()
+                .with_context(|| format!("the kernel refused program {name}"))?;
+        }
+        Ok(prog)
     }
 }
 

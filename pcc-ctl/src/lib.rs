@@ -1,6 +1,7 @@
 //! pcc's controller: learns the ports from the kernel, loads and feeds the XDP dataplane,
 //! collects expired connections and serves metrics. `main.rs` is the command line on top.
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod conntrack;
 pub mod dataplane;
@@ -10,5 +11,6 @@ pub mod maps;
 pub mod metrics;
 pub mod netlink;
 pub mod show;
+pub mod testbed;
 pub mod up;
 pub mod wan;

@@ -2,127 +2,41 @@
 //! every checksum recomputed from scratch. Needs root (loading BPF).
 use std::net::Ipv4Addr;
 
-use aya::TestRunOptions;
-use aya::programs::TestRun as _;
 use pcc_common::{
-    Classifier, Config, Counter, FlowKey, LAN_DEVMAP_BASE, LanInfo, MAX_WANS, NatPortRange,
-    SLOT_TABLE_SIZE, WAN_FLAG_UP, WanInfo,
+    Counter, FlowKey, MAX_WANS,
     packet::{Frame, L4, TCP_ACK, TCP_SYN, ipv4_packet, parse},
     slots,
 };
-use pcc_ctl::{
-    dataplane::{Dataplane, Role},
-    maps::Maps,
-};
+use pcc_ctl::{dataplane::Role, testbed::*};
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_REDIRECT: u32 = 4;
+/// The shared test bed, with assertions instead of errors.
+struct Rig(TestBed);
 
-const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
-const CLIENT2_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x12];
-const LAN_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
-const WAN_MACS: [[u8; 6]; 2] = [[0x02, 0, 0, 0, 1, 2], [0x02, 0, 0, 0, 2, 2]];
-const GW_MACS: [[u8; 6]; 2] = [[0x02, 0, 0, 0, 1, 1], [0x02, 0, 0, 0, 2, 1]];
-const WAN_ADDRS: [Ipv4Addr; 2] = [Ipv4Addr::new(198, 18, 1, 2), Ipv4Addr::new(198, 18, 2, 2)];
-const LAN_ADDR: Ipv4Addr = Ipv4Addr::new(198, 19, 10, 1);
-const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 19, 10, 11);
-const CLIENT2: Ipv4Addr = Ipv4Addr::new(198, 19, 10, 12);
-const SERVER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
-const SEED: u32 = 0x5eed_0001;
-/// `lo`: BPF_PROG_TEST_RUN wants a real ingress device, and the devmap a real target.
-const LO: u32 = 1;
-
-fn be(a: Ipv4Addr) -> u32 {
-    u32::from_ne_bytes(a.octets())
+impl std::ops::Deref for Rig {
+    type Target = TestBed;
+    fn deref(&self) -> &TestBed {
+        &self.0
+    }
 }
 
-struct Rig {
-    dataplane: Dataplane,
-    maps: Maps,
-    nat_ports: NatPortRange,
+impl std::ops::DerefMut for Rig {
+    fn deref_mut(&mut self) -> &mut TestBed {
+        &mut self.0
+    }
 }
 
 impl Rig {
     fn new(max_connections: u32) -> Rig {
-        assert!(
-            unsafe { libc::geteuid() } == 0,
-            "program tests load BPF: run them as root"
-        );
-        let (dataplane, mut maps) = Dataplane::load(max_connections).expect("load the dataplane");
-        let nat_ports = NatPortRange::default();
-        maps.config
-            .set(
-                0,
-                Config {
-                    classifier: Classifier::BothAddresses as u8,
-                    lan_count: 1,
-                    _pad: [0; 2],
-                    hash_seed: SEED,
-                    nat_ports,
-                },
-                0,
-            )
-            .unwrap();
-        let lan = LanInfo {
-            ifindex: LO,
-            addr: be(LAN_ADDR),
-            netmask: be(Ipv4Addr::new(255, 255, 255, 0)),
-            mac: LAN_MAC,
-            mtu: 1500,
-        };
-        maps.lans.set(0, lan, 0).unwrap();
-        maps.devmap.set(LAN_DEVMAP_BASE, LO, None, 0).unwrap();
-        let mut weights = [0; MAX_WANS];
-        for i in 0..2 {
-            let wan = WanInfo {
-                ifindex: LO,
-                addr: be(WAN_ADDRS[i]),
-                mac: WAN_MACS[i],
-                gateway_mac: GW_MACS[i],
-                mtu: 1500,
-                flags: WAN_FLAG_UP,
-            };
-            maps.wans.set(i as u32, wan, 0).unwrap();
-            maps.devmap.set(i as u32, LO, None, 0).unwrap();
-            weights[i] = 1;
-        }
-        maps.slots.set(0, slots::build(&weights), 0).unwrap();
-        Rig {
-            dataplane,
-            maps,
-            nat_ports,
-        }
+        Rig(TestBed::new(max_connections).expect("program tests load BPF: run them as root"))
     }
 
     fn run(&mut self, role: Role, frame: &[u8]) -> (u32, Vec<u8>) {
-        let mut out = vec![0u8; frame.len() + 256];
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
-        let mut ctx = [0u8; 24];
-        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-        ctx[12..16].copy_from_slice(&LO.to_ne_bytes());
-        let prog = self.dataplane.program_mut(role).unwrap();
-        let result = prog
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                ..TestRunOptions::default()
-            })
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(result.data_size_out as usize);
-        (result.return_value, out)
+        let (action, out, _) = self.0.run(role, frame).expect("BPF_PROG_TEST_RUN");
+        (action, out)
     }
 
     fn counter(&self, c: Counter) -> u64 {
         self.maps.counters().unwrap()[c as usize]
-    }
-
-    /// The WAN the slot table gives a client/server pair (both-addresses classifier).
-    fn expected_wan(&self, src: Ipv4Addr, dst: Ipv4Addr) -> usize {
-        let h = Classifier::BothAddresses.hash(SEED, be(src), be(dst), 0, 0);
-        let table = self.maps.slots.get(&0, 0).unwrap();
-        table.slots[h as usize % SLOT_TABLE_SIZE] as usize
     }
 }
 

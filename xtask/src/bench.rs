@@ -12,6 +12,23 @@ pub enum BenchCmd {
     /// of the flows on wan0 and how fast pcc-ctl sees wan0 go down and come back. Writes the
     /// `## Failover` section of BENCHMARKS.md.
     Failover(FailoverArgs),
+    /// Per-packet cost of the XDP programs (BPF_PROG_TEST_RUN) beside the XDP_DROP floor,
+    /// conntrack at 0/100k/1M connections, map memory, NAT port shortage. Writes the
+    /// `## Program cost` section of BENCHMARKS.md.
+    Program(ProgramArgs),
+}
+
+#[derive(Args)]
+pub struct ProgramArgs {
+    /// Samples per figure (the median of single runs is reported).
+    #[arg(long, default_value_t = 20_000)]
+    samples: usize,
+    /// Where to write the section (default: BENCHMARKS.md at the workspace root).
+    #[arg(long, value_name = "PATH")]
+    out: Option<PathBuf>,
+    /// Skip xtask/setup.sh and the build.
+    #[arg(long)]
+    no_build: bool,
 }
 
 #[derive(Args)]
@@ -43,6 +60,7 @@ pub struct FailoverArgs {
 pub fn run(cmd: BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Failover(a) => failover(a),
+        BenchCmd::Program(a) => crate::program_bench::run(a.samples, a.out, a.no_build),
     }
 }
 

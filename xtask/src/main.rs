@@ -2,6 +2,7 @@
 
 mod bench;
 mod lab;
+mod program_bench;
 mod report;
 
 use std::path::{Path, PathBuf};

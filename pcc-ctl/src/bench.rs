@@ -1,0 +1,318 @@
+//! Program benchmarks on the test bed (BPF_PROG_TEST_RUN): per-packet cost of each path
+//! beside the XDP_DROP floor, at several conntrack fill levels, map memory, and NAT port
+//! choice when the ports towards one server run short. Printed as JSON for `cargo xtask
+//! bench program`.
+//!
+//! Each sample is one run on a fresh copy of the frame (`repeat` would feed the program its
+//! own rewritten output); the kernel times the run itself, and the median of many samples is
+//! reported, measured the same way for the floor.
+use std::{net::Ipv4Addr, process::Command};
+
+use anyhow::{Context as _, Result, bail};
+use pcc_common::{
+    CtIn, CtOut, FlowKey, MAX_WANS,
+    packet::{Frame, L4, TCP_ACK, TCP_SYN},
+    slots,
+};
+use serde::Serialize;
+
+use crate::{dataplane::Role, testbed::*};
+
+#[derive(Serialize, serde::Deserialize)]
+pub struct Cost {
+    pub path: String,
+    pub median_ns: f64,
+    pub p90_ns: f64,
+}
+
+#[derive(Serialize, serde::Deserialize)]
+pub struct FillLevel {
+    pub connections: u32,
+    pub established_ns: f64,
+    pub new_connection_ns: f64,
+    /// New connections per second one core can set up (1e9 / new_connection_ns).
+    pub new_per_second: f64,
+}
+
+#[derive(Serialize, serde::Deserialize)]
+pub struct PortShortage {
+    pub ports_taken_pct: f64,
+    pub attempts: u32,
+    pub opened: u32,
+    pub exhausted_drops: u64,
+    pub median_ns: f64,
+}
+
+#[derive(Serialize, serde::Deserialize)]
+pub struct Report {
+    pub samples: usize,
+    pub costs: Vec<Cost>,
+    pub map_bytes_per_connection: f64,
+    pub map_mib_for_1m: f64,
+    pub fill_levels: Vec<FillLevel>,
+    pub port_shortage: Vec<PortShortage>,
+}
+
+fn frame(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, l4: impl Fn(u16) -> L4) -> Vec<u8> {
+    Frame {
+        dst_mac: LAN_MAC,
+        src_mac: CLIENT_MAC,
+        src,
+        dst,
+        ttl: 64,
+        id: 1,
+        l4: l4(sport),
+    }
+    .bytes()
+}
+
+fn tcp(flags: u8) -> impl Fn(u16) -> L4 {
+    move |sport| L4::Tcp {
+        sport,
+        dport: 80,
+        flags,
+        payload: vec![0; 64],
+    }
+}
+
+fn udp(sport: u16) -> L4 {
+    L4::Udp {
+        sport,
+        dport: 53,
+        payload: vec![0; 64],
+        checksum: true,
+    }
+}
+
+fn stats(mut ns: Vec<f64>) -> (f64, f64) {
+    ns.sort_by(f64::total_cmp);
+    let at = |q: f64| ns[((ns.len() - 1) as f64 * q) as usize];
+    (at(0.5), at(0.9))
+}
+
+/// Median and p90 of `n` runs of `program` on the frames `make(i)` gives.
+fn measure(
+    tb: &mut TestBed,
+    program: &str,
+    n: usize,
+    make: impl Fn(usize) -> Vec<u8>,
+) -> Result<(f64, f64)> {
+    let mut ns = Vec::with_capacity(n);
+    for i in 0..n {
+        let (_, _, d) = tb.run_named(program, &make(i))?;
+        ns.push(d.as_nanos() as f64);
+    }
+    Ok(stats(ns))
+}
+
+/// Inserts `n` synthetic connection pairs (hosts of 10.x are never seen on the wire: the
+/// entries only occupy the table).
+fn prefill(tb: &mut TestBed, n: u32) -> Result<()> {
+    for i in 0..n {
+        let key = FlowKey {
+            src_addr: u32::from_ne_bytes([198, 19, (i >> 16) as u8, (i >> 8) as u8]),
+            dst_addr: be(Ipv4Addr::new(203, 0, 113, 200)),
+            src_port: (i as u16).to_be(),
+            dst_port: 443u16.to_be(),
+            proto: 6,
+            _pad: [0; 3],
+        };
+        let nat_port = (1024 + (i % 31_000) as u16).to_be();
+        let nat_addr = be(Ipv4Addr::new(198, 18, 9, (i / 31_000) as u8));
+        let out = CtOut {
+            nat_addr,
+            nat_port,
+            wan_id: 0,
+            ..Default::default()
+        };
+        let reply = CtIn {
+            lan_addr: key.src_addr,
+            lan_port: key.src_port,
+            ..Default::default()
+        };
+        tb.maps
+            .ct_in
+            .insert(key.reply_key(nat_addr, nat_port), reply, 0)?;
+        tb.maps.ct_out.insert(key, out, 0)?;
+    }
+    Ok(())
+}
+
+/// `bytes_memlock` of a map, as bpftool reports it.
+fn map_bytes(name: &str) -> Result<f64> {
+    let out = Command::new("bpftool")
+        .args(["-j", "map", "show", "name", name])
+        .output()
+        .context("running bpftool")?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("bpftool JSON")?;
+    let entry = if v.is_array() { v[0].clone() } else { v };
+    entry["bytes_memlock"]
+        .as_f64()
+        .with_context(|| format!("no bytes_memlock for {name}: {entry}"))
+}
+
+/// Costs at one fill level: established TCP, and new connections (distinct source ports).
+fn fill_level(n: usize, fill: u32) -> Result<FillLevel> {
+    let mut tb = TestBed::new(fill + n as u32 + 1024)?;
+    prefill(&mut tb, fill)?;
+    tb.run(Role::Lan, &frame(CLIENT, 40000, SERVER, tcp(TCP_SYN)))?;
+    let (established_ns, _) = measure(&mut tb, "pcc_lan", n, |_| {
+        frame(CLIENT, 40000, SERVER, tcp(TCP_ACK))
+    })?;
+    let (new_connection_ns, _) = measure(&mut tb, "pcc_lan", n, |i| {
+        frame(CLIENT, 1024 + (i % 60_000) as u16, SERVER, tcp(TCP_SYN))
+    })?;
+    Ok(FillLevel {
+        connections: fill,
+        established_ns,
+        new_connection_ns,
+        new_per_second: 1e9 / new_connection_ns,
+    })
+}
+
+/// New connections to one server when `pct` % of the NAT ports towards it are taken.
+fn port_shortage(pct: f64, attempts: u32) -> Result<PortShortage> {
+    let mut tb = TestBed::new(70_000)?;
+    let mut w = [0; MAX_WANS];
+    w[0] = 1;
+    tb.maps.slots.set(0, slots::build(&w), 0)?;
+    let ports = tb.nat_ports;
+    let taken = (f64::from(ports.len()) * pct / 100.0) as u32;
+    for i in 0..taken {
+        let remote = FlowKey {
+            src_addr: be(SERVER),
+            dst_addr: be(WAN_ADDRS[0]),
+            src_port: 80u16.to_be(),
+            dst_port: ports.nth(i).to_be(),
+            proto: 6,
+            _pad: [0; 3],
+        };
+        tb.maps.ct_in.insert(remote, CtIn::default(), 0)?;
+    }
+    let mut ns = Vec::new();
+    let mut opened = 0;
+    for i in 0..attempts {
+        let (action, _, d) = tb.run(
+            Role::Lan,
+            &frame(CLIENT, 33_000 + i as u16, SERVER, tcp(TCP_SYN)),
+        )?;
+        ns.push(d.as_nanos() as f64);
+        opened += u32::from(action == XDP_REDIRECT);
+    }
+    let exhausted_drops = tb.maps.counters()?[pcc_common::Counter::DropNatPortsExhausted as usize];
+    Ok(PortShortage {
+        ports_taken_pct: pct,
+        attempts,
+        opened,
+        exhausted_drops,
+        median_ns: stats(ns).0,
+    })
+}
+
+/// `pcc-bench program [--samples N] [--quick]`: `--quick` (the smoke run) stops at 10 000
+/// connections instead of 1 000 000.
+pub fn program_costs(args: &[&str]) -> Result<()> {
+    let (mut samples, mut fills) = (20_000usize, vec![0, 100_000, 1_000_000]);
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match *arg {
+            "--samples" => samples = it.next().context("--samples takes a number")?.parse()?,
+            "--quick" => fills = vec![0, 10_000],
+            other => bail!("unknown option {other}: pcc-bench program [--samples N] [--quick]"),
+        }
+    }
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&measure_all(samples, &fills)?)?
+    );
+    Ok(())
+}
+
+/// Every program figure (see the module comment).
+pub fn measure_all(samples: usize, fills: &[u32]) -> Result<Report> {
+    let mut tb = TestBed::new(samples as u32 + 1024)?;
+    let wan = tb.expected_wan(CLIENT, SERVER);
+    let mut costs = Vec::new();
+    let mut add = |path: &str, (median_ns, p90_ns): (f64, f64)| {
+        costs.push(Cost {
+            path: path.into(),
+            median_ns,
+            p90_ns,
+        })
+    };
+    add(
+        "XDP_DROP floor",
+        measure(&mut tb, "bench_drop", samples, |_| {
+            frame(CLIENT, 5000, SERVER, udp)
+        })?,
+    );
+    // Open the connections, then time their later packets.
+    let (_, out, _) = tb.run(Role::Lan, &frame(CLIENT, 40000, SERVER, tcp(TCP_SYN)))?;
+    let nat_tcp = pcc_common::packet::parse(&out).context("NATed SYN")?.sport;
+    tb.run(Role::Lan, &frame(CLIENT, 5000, SERVER, udp))?;
+    add(
+        "established TCP, LAN to WAN",
+        measure(&mut tb, "pcc_lan", samples, |_| {
+            frame(CLIENT, 40000, SERVER, tcp(TCP_ACK))
+        })?,
+    );
+    add(
+        "established UDP, LAN to WAN",
+        measure(&mut tb, "pcc_lan", samples, |_| {
+            frame(CLIENT, 5000, SERVER, udp)
+        })?,
+    );
+    let reply = Frame {
+        dst_mac: WAN_MACS[wan],
+        src_mac: GW_MACS[wan],
+        src: SERVER,
+        dst: WAN_ADDRS[wan],
+        ttl: 50,
+        id: 2,
+        l4: L4::Tcp {
+            sport: 80,
+            dport: nat_tcp,
+            flags: TCP_ACK,
+            payload: vec![0; 64],
+        },
+    }
+    .bytes();
+    add(
+        "TCP reply, WAN to LAN",
+        measure(&mut tb, "pcc_wan", samples, |_| reply.clone())?,
+    );
+    add(
+        "new TCP connection",
+        measure(&mut tb, "pcc_lan", samples, |i| {
+            frame(CLIENT2, 1024 + (i % 60_000) as u16, SERVER, tcp(TCP_SYN))
+        })?,
+    );
+    let mut arp = frame(CLIENT, 5000, SERVER, udp);
+    arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    add(
+        "passed to the kernel (ARP)",
+        measure(&mut tb, "pcc_lan", samples, |_| arp.clone())?,
+    );
+    drop(tb);
+
+    let one_m = TestBed::new(1 << 20)?;
+    let map_bytes = map_bytes("CT_OUT")? + map_bytes("CT_IN")?;
+    drop(one_m);
+    let per_conn = map_bytes / f64::from(1u32 << 20);
+    let mut fill_levels = Vec::new();
+    for &fill in fills {
+        fill_levels.push(fill_level(samples.min(20_000), fill)?);
+    }
+    let mut port_shortage_rows = Vec::new();
+    for pct in [0.0, 90.0, 99.0, 100.0] {
+        port_shortage_rows.push(port_shortage(pct, (samples as u32).min(500))?);
+    }
+    Ok(Report {
+        samples,
+        costs,
+        map_bytes_per_connection: per_conn,
+        map_mib_for_1m: map_bytes / (1024.0 * 1024.0),
+        fill_levels,
+        port_shortage: port_shortage_rows,
+    })
+}

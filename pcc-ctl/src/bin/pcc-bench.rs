@@ -1,0 +1,69 @@
+//! pcc-bench: benchmark helpers that need the BPF object (run as root by `cargo xtask bench`).
+//!
+//! `pcc-bench attach drop|sink IFACE` attaches the XDP_DROP floor or the counting sink in
+//! native mode until SIGINT/SIGTERM, then prints `{"packets":N,"bytes":N}`.
+//! `pcc-bench program [--repeat N]` prints the per-packet cost of the dataplane programs
+//! (BPF_PROG_TEST_RUN) as JSON.
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    EbpfLoader,
+    maps::PerCpuArray,
+    programs::{Xdp, XdpMode},
+};
+use pcc_ctl::dataplane::PROGRAM;
+
+fn attach(kind: &str, iface: &str) -> Result<()> {
+    let name = match kind {
+        "drop" => "bench_drop",
+        "sink" => "bench_sink",
+        other => bail!("unknown program {other} (drop or sink)"),
+    };
+    let mut ebpf = EbpfLoader::new()
+        .load(PROGRAM)
+        .context("loading the BPF object")?;
+    let prog: &mut Xdp = ebpf
+        .program_mut(name)
+        .context("program missing")?
+        .try_into()?;
+    prog.load()?;
+    prog.attach(iface, XdpMode::Driver)
+        .with_context(|| format!("attaching {name} to {iface}"))?;
+    println!("attached");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        anyhow::Ok(())
+    })?;
+    let stats: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(ebpf.map("SINK_STATS").context("no SINK_STATS")?)?;
+    let packets: u64 = stats.get(&0, 0)?.iter().sum();
+    let bytes: u64 = stats.get(&1, 0)?.iter().sum();
+    println!("{{\"packets\":{packets},\"bytes\":{bytes}}}");
+    Ok(())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["attach", kind, iface] => attach(kind, iface),
+        ["program", rest @ ..] => pcc_ctl::bench::program_costs(rest),
+        _ => Err(anyhow::anyhow!(
+            "usage: pcc-bench attach drop|sink IFACE | pcc-bench program [--repeat N]"
+        )),
+    };
+    if let Err(e) = result {
+        eprintln!("pcc-bench: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,126 @@
+//! A dataplane loaded but attached nowhere, configured with one LAN and two WANs on `lo`, to
+//! run the programs on crafted frames with BPF_PROG_TEST_RUN: the program tests and the
+//! program benchmarks share it. Needs root.
+use std::{net::Ipv4Addr, time::Duration};
+
+use anyhow::{Context as _, Result, ensure};
+use aya::{TestRunOptions, programs::TestRun as _};
+use pcc_common::{
+    Classifier, Config, LAN_DEVMAP_BASE, LanInfo, MAX_WANS, NatPortRange, SLOT_TABLE_SIZE,
+    WAN_FLAG_UP, WanInfo, slots,
+};
+
+use crate::{
+    dataplane::{Dataplane, Role},
+    maps::Maps,
+};
+
+pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
+pub const CLIENT2_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x12];
+pub const LAN_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+pub const WAN_MACS: [[u8; 6]; 2] = [[0x02, 0, 0, 0, 1, 2], [0x02, 0, 0, 0, 2, 2]];
+pub const GW_MACS: [[u8; 6]; 2] = [[0x02, 0, 0, 0, 1, 1], [0x02, 0, 0, 0, 2, 1]];
+pub const WAN_ADDRS: [Ipv4Addr; 2] = [Ipv4Addr::new(198, 18, 1, 2), Ipv4Addr::new(198, 18, 2, 2)];
+pub const LAN_ADDR: Ipv4Addr = Ipv4Addr::new(198, 19, 10, 1);
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 19, 10, 11);
+pub const CLIENT2: Ipv4Addr = Ipv4Addr::new(198, 19, 10, 12);
+pub const SERVER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+pub const SEED: u32 = 0x5eed_0001;
+/// `lo`: BPF_PROG_TEST_RUN wants a real ingress device, and the devmap a real target.
+pub const LO: u32 = 1;
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_REDIRECT: u32 = 4;
+
+/// Network byte order, as the maps store addresses.
+pub fn be(a: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(a.octets())
+}
+
+pub struct TestBed {
+    pub dataplane: Dataplane,
+    pub maps: Maps,
+    pub nat_ports: NatPortRange,
+}
+
+impl TestBed {
+    pub fn new(max_connections: u32) -> Result<TestBed> {
+        // SAFETY: geteuid has no preconditions.
+        ensure!(
+            unsafe { libc::geteuid() } == 0,
+            "loading BPF programs needs root"
+        );
+        let (dataplane, mut maps) = Dataplane::load(max_connections)?;
+        let nat_ports = NatPortRange::default();
+        let config = Config {
+            classifier: Classifier::BothAddresses as u8,
+            lan_count: 1,
+            _pad: [0; 2],
+            hash_seed: SEED,
+            nat_ports,
+        };
+        maps.config.set(0, config, 0)?;
+        let lan = LanInfo {
+            ifindex: LO,
+            addr: be(LAN_ADDR),
+            netmask: be(Ipv4Addr::new(255, 255, 255, 0)),
+            mac: LAN_MAC,
+            mtu: 1500,
+        };
+        maps.lans.set(0, lan, 0)?;
+        maps.devmap.set(LAN_DEVMAP_BASE, LO, None, 0)?;
+        let mut weights = [0; MAX_WANS];
+        for (i, weight) in weights.iter_mut().enumerate().take(2) {
+            let wan = WanInfo {
+                ifindex: LO,
+                addr: be(WAN_ADDRS[i]),
+                mac: WAN_MACS[i],
+                gateway_mac: GW_MACS[i],
+                mtu: 1500,
+                flags: WAN_FLAG_UP,
+            };
+            maps.wans.set(i as u32, wan, 0)?;
+            maps.devmap.set(i as u32, LO, None, 0)?;
+            *weight = 1;
+        }
+        maps.slots.set(0, slots::build(&weights), 0)?;
+        Ok(TestBed {
+            dataplane,
+            maps,
+            nat_ports,
+        })
+    }
+
+    /// Runs `role`'s program once on `frame`: (XDP action, frame out, the kernel's time for the
+    /// run).
+    pub fn run(&mut self, role: Role, frame: &[u8]) -> Result<(u32, Vec<u8>, Duration)> {
+        self.run_named(role.program(), frame)
+    }
+
+    /// Like [`run`](Self::run) for any program of the object (e.g. the `bench_drop` floor).
+    pub fn run_named(&mut self, program: &str, frame: &[u8]) -> Result<(u32, Vec<u8>, Duration)> {
+        let mut out = vec![0u8; frame.len() + 256];
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&LO.to_ne_bytes());
+        let prog = self.dataplane.named_program(program)?;
+        let options = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            ..TestRunOptions::default()
+        };
+        let result = prog.test_run(options).context("BPF_PROG_TEST_RUN")?;
+        out.truncate(result.data_size_out as usize);
+        Ok((result.return_value, out, result.duration))
+    }
+
+    /// The WAN the slot table gives a client/server pair (both-addresses classifier).
+    pub fn expected_wan(&self, src: Ipv4Addr, dst: Ipv4Addr) -> usize {
+        let h = Classifier::BothAddresses.hash(SEED, be(src), be(dst), 0, 0);
+        let table = self.maps.slots.get(&0, 0).expect("SLOTS");
+        table.slots[h as usize % SLOT_TABLE_SIZE] as usize
+    }
+}

@@ -1,0 +1,23 @@
+//! Smoke run of the program benchmark: it runs, produces every figure, asserts no timing.
+#[test]
+fn program_benchmark_produces_every_figure() {
+    let report = pcc_ctl::bench::measure_all(200, &[0, 10_000]).expect("program benchmark");
+    assert_eq!(
+        report.costs.len(),
+        6,
+        "floor, established TCP/UDP, reply, new, passed"
+    );
+    assert!(report.costs.iter().all(|c| c.median_ns > 0.0));
+    assert_eq!(report.fill_levels.len(), 2);
+    assert!(report.map_bytes_per_connection > 0.0);
+    let full = report.port_shortage.last().expect("rows");
+    assert_eq!(
+        (full.opened, full.exhausted_drops),
+        (0, u64::from(full.attempts)),
+        "no port left, all counted"
+    );
+    assert_eq!(
+        report.port_shortage[0].opened, report.port_shortage[0].attempts,
+        "all ports free, all open"
+    );
+}

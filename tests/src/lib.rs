@@ -8,6 +8,8 @@
 //! next [`Lab::builder`]`.build()` (see [`reap_stale_labs`]).
 
 pub mod bench;
+pub mod bench_forward;
+pub mod controller_bench;
 pub mod health;
 pub mod lab;
 pub mod metrics;

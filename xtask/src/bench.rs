@@ -16,6 +16,29 @@ pub enum BenchCmd {
     /// conntrack at 0/100k/1M connections, map memory, NAT port shortage. Writes the
     /// `## Program cost` section of BENCHMARKS.md.
     Program(ProgramArgs),
+    /// Forwarding rate of the lab router (max pps, CPU ns per packet at a fixed rate): pcc vs
+    /// the kernel (ip_forward, ECMP, nft masquerade) vs the generator's ceiling. Writes the
+    /// `## Forwarding rate` section of BENCHMARKS.md.
+    Forward(crate::forward_bench::ForwardArgs),
+    /// pcc-ctl's RSS and CPU at idle and while ~100k connections churn. Writes the
+    /// `## Controller` section of BENCHMARKS.md.
+    Controller(ControllerArgs),
+}
+
+#[derive(Args)]
+pub struct ControllerArgs {
+    /// Seconds of each measurement (10..=600).
+    #[arg(long, default_value_t = 30)]
+    seconds: u64,
+    /// Distinct UDP flows the churn cycles through (1000..=200000).
+    #[arg(long, default_value_t = 100_000)]
+    flows: u32,
+    /// Where to write the section (default: BENCHMARKS.md at the workspace root).
+    #[arg(long, value_name = "PATH")]
+    out: Option<PathBuf>,
+    /// Skip xtask/setup.sh and the build.
+    #[arg(long)]
+    no_build: bool,
 }
 
 #[derive(Args)]
@@ -61,6 +84,8 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Failover(a) => failover(a),
         BenchCmd::Program(a) => crate::program_bench::run(a.samples, a.out, a.no_build),
+        BenchCmd::Forward(a) => crate::forward_bench::run(a),
+        BenchCmd::Controller(a) => controller(a),
     }
 }
 
@@ -121,6 +146,19 @@ fn failover(a: FailoverArgs) -> Result<()> {
         "xtask bench: {} runs, section written to {}",
         report.runs.len(),
         out.display()
+    );
+    Ok(())
+}
+
+fn controller(a: ControllerArgs) -> Result<()> {
+    if !a.no_build {
+        crate::setup()?;
+        crate::build_pcc_ctl()?;
+    }
+    let out = a.out.unwrap_or_else(|| crate::root().join("BENCHMARKS.md"));
+    print!(
+        "{}",
+        pcc_tests::controller_bench::run(a.seconds, a.flows, &out)?
     );
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! `cargo xtask setup | test | lab | bench`: the project's build, test and demo entry points.
 
 mod bench;
+mod forward_bench;
 mod lab;
 mod program_bench;
 mod report;

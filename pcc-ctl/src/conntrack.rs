@@ -31,9 +31,20 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// One pass over both tables. Keys are collected first and deleted afterwards: deleting
-/// while walking a BPF hash with `get_next_key` can restart the walk.
-pub fn collect(maps: &mut Maps, timeouts: &Timeouts, now_ns: u64) -> Result<GcReport> {
+/// How often (in passes) the reply table is walked for orphans too. Orphans only come from
+/// a failure between the two inserts or a half deleted under a packet, so they are rare,
+/// and walking `CT_IN` doubles the cost of a pass (every entry costs syscalls).
+pub const ORPHAN_SCAN_EVERY: u64 = 8;
+
+/// One pass over the forward table (and, with `scan_orphans`, the reply table). Keys are
+/// collected first and deleted afterwards: deleting while walking a BPF hash with
+/// `get_next_key` can restart the walk.
+pub fn collect(
+    maps: &mut Maps,
+    timeouts: &Timeouts,
+    now_ns: u64,
+    scan_orphans: bool,
+) -> Result<GcReport> {
     let mut report = GcReport::default();
     let mut dead_out: Vec<FlowKey> = Vec::new();
     let mut dead_in: Vec<FlowKey> = Vec::new();
@@ -62,7 +73,7 @@ pub fn collect(maps: &mut Maps, timeouts: &Timeouts, now_ns: u64) -> Result<GcRe
             }
         }
     }
-    for item in maps.ct_in.iter() {
+    for item in maps.ct_in.iter().take_while(|_| scan_orphans) {
         let Ok((key, reply)) = item else { continue };
         let original = key.original_key(reply.lan_addr, reply.lan_port);
         if maps.ct_out.get(&original, 0).is_err()

@@ -374,6 +374,7 @@ async fn serve(
     let timeouts = args.timeouts.timeouts();
     let mut last_counters: Vec<(u64, u64)> = vec![(0, 0); wans.len()];
     let mut last_sample = tokio::time::Instant::now();
+    let mut gc_passes: u64 = 0;
     loop {
         let links_changed = tokio::select! {
             _ = sigterm.recv() => break,
@@ -393,7 +394,9 @@ async fn serve(
                 refresh_links(nl, &mut wans).await
             }
             _ = gc.tick() => {
-                let report = conntrack::collect(&mut shared.maps.lock().expect("maps lock poisoned"), &timeouts, conntrack::monotonic_ns())?;
+                gc_passes += 1;
+                let scan_orphans = gc_passes % conntrack::ORPHAN_SCAN_EVERY == 0;
+                let report = conntrack::collect(&mut shared.maps.lock().expect("maps lock poisoned"), &timeouts, conntrack::monotonic_ns(), scan_orphans)?;
                 *shared.gc.lock().expect("gc lock poisoned") = report;
                 continue;
             }

@@ -650,25 +650,25 @@ fn garbage_collection_expires_closed_and_idle_connections() {
     );
     let t = Timeouts::default();
     let now = monotonic_ns();
-    let report = collect(&mut rig.maps, &t, now).unwrap();
+    let report = collect(&mut rig.maps, &t, now, true).unwrap();
     assert_eq!(
         (report.active, report.expired),
         (3, 0),
         "nothing expires at once: {report:?}"
     );
-    let report = collect(&mut rig.maps, &t, now + 11_000_000_000).unwrap();
+    let report = collect(&mut rig.maps, &t, now + 11_000_000_000, true).unwrap();
     assert_eq!(
         (report.active, report.expired),
         (2, 1),
         "the closed connection goes after 10 s: {report:?}"
     );
-    let report = collect(&mut rig.maps, &t, now + 31_000_000_000).unwrap();
+    let report = collect(&mut rig.maps, &t, now + 31_000_000_000, true).unwrap();
     assert_eq!(
         (report.active, report.expired),
         (1, 1),
         "unanswered UDP after 30 s: {report:?}"
     );
-    let report = collect(&mut rig.maps, &t, now + 121_000_000_000).unwrap();
+    let report = collect(&mut rig.maps, &t, now + 121_000_000_000, true).unwrap();
     assert_eq!(
         (report.active, report.expired),
         (0, 1),
@@ -689,7 +689,7 @@ fn garbage_collection_expires_closed_and_idle_connections() {
         _pad: [0; 3],
     };
     rig.maps.ct_out.remove(&key).unwrap();
-    let report = collect(&mut rig.maps, &t, monotonic_ns() + 3_000_000_000).unwrap();
+    let report = collect(&mut rig.maps, &t, monotonic_ns() + 3_000_000_000, true).unwrap();
     assert_eq!(report.orphans, 1);
     assert_eq!(rig.maps.ct_in.keys().count(), 0);
 }

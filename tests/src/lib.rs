@@ -9,6 +9,7 @@
 
 pub mod bench;
 pub mod bench_forward;
+pub mod clinic_bench;
 pub mod controller_bench;
 pub mod health;
 pub mod lab;

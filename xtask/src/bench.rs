@@ -23,6 +23,25 @@ pub enum BenchCmd {
     /// pcc-ctl's RSS and CPU at idle and while ~100k connections churn. Writes the
     /// `## Controller` section of BENCHMARKS.md.
     Controller(ControllerArgs),
+    /// 12 downloads from 3 clients over two shaped lines: the kernel on one line vs pcc on
+    /// both. Writes the `## Clinic` section of BENCHMARKS.md.
+    Clinic(ClinicArgs),
+}
+
+#[derive(Args)]
+pub struct ClinicArgs {
+    /// Seconds of load per setup (3..=300).
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// Line rate in Mbit/s.
+    #[arg(long, default_value_t = 20)]
+    rate: u32,
+    /// Where to write the section (default: BENCHMARKS.md at the workspace root).
+    #[arg(long, value_name = "PATH")]
+    out: Option<PathBuf>,
+    /// Skip xtask/setup.sh and the build.
+    #[arg(long)]
+    no_build: bool,
 }
 
 #[derive(Args)]
@@ -86,6 +105,7 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Program(a) => crate::program_bench::run(a.samples, a.out, a.no_build),
         BenchCmd::Forward(a) => crate::forward_bench::run(a),
         BenchCmd::Controller(a) => controller(a),
+        BenchCmd::Clinic(a) => clinic(a),
     }
 }
 
@@ -160,5 +180,15 @@ fn controller(a: ControllerArgs) -> Result<()> {
         "{}",
         pcc_tests::controller_bench::run(a.seconds, a.flows, &out)?
     );
+    Ok(())
+}
+
+fn clinic(a: ClinicArgs) -> Result<()> {
+    if !a.no_build {
+        crate::setup()?;
+        crate::build_pcc_ctl()?;
+    }
+    let out = a.out.unwrap_or_else(|| crate::root().join("BENCHMARKS.md"));
+    print!("{}", pcc_tests::clinic_bench::run(a.seconds, a.rate, &out)?);
     Ok(())
 }

@@ -6,7 +6,9 @@
 //! Each sample is one run on a fresh copy of the frame (`repeat` would feed the program its
 //! own rewritten output); the kernel times the run itself, and the median of many samples is
 //! reported, measured the same way for the floor.
-use std::{net::Ipv4Addr, process::Command};
+use std::net::Ipv4Addr;
+
+use aya::maps::IterableMap;
 
 use anyhow::{Context as _, Result, bail};
 use pcc_common::{
@@ -138,17 +140,17 @@ fn prefill(tb: &mut TestBed, n: u32) -> Result<()> {
     Ok(())
 }
 
-/// `bytes_memlock` of a map, as bpftool reports it.
-fn map_bytes(name: &str) -> Result<f64> {
-    let out = Command::new("bpftool")
-        .args(["-j", "map", "show", "name", name])
-        .output()
-        .context("running bpftool")?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("bpftool JSON")?;
-    let entry = if v.is_array() { v[0].clone() } else { v };
-    entry["bytes_memlock"]
-        .as_f64()
-        .with_context(|| format!("no bytes_memlock for {name}: {entry}"))
+/// A map's `memlock` as the kernel reports it for our own file descriptor (by fd, not by
+/// name: other pcc instances may have maps of the same name).
+fn map_bytes(map: &aya::maps::MapData) -> Result<f64> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let fd = map.fd().as_fd().as_raw_fd();
+    let info =
+        std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).context("reading fdinfo")?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("memlock:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("no memlock in fdinfo")
 }
 
 /// Costs at one fill level: established TCP, and new connections (distinct source ports).
@@ -296,7 +298,8 @@ pub fn measure_all(samples: usize, fills: &[u32]) -> Result<Report> {
     drop(tb);
 
     let one_m = TestBed::new(1 << 20)?;
-    let map_bytes = map_bytes("CT_OUT")? + map_bytes("CT_IN")?;
+    let map_bytes = map_bytes(IterableMap::map(&one_m.maps.ct_out))?
+        + map_bytes(IterableMap::map(&one_m.maps.ct_in))?;
     drop(one_m);
     let per_conn = map_bytes / f64::from(1u32 << 20);
     let mut fill_levels = Vec::new();

@@ -424,6 +424,14 @@ impl MachineInfo {
         }
     }
 
+    /// `date; N × CPU; kernel K; built from `commit`` for a section's "When and where" line.
+    pub fn when_and_where(&self) -> String {
+        format!(
+            "{}; {} × {}; kernel {}; built from `{}`",
+            self.date, self.nproc, self.cpu_model, self.kernel, self.commit
+        )
+    }
+
     pub fn probe() -> Self {
         let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let cpu_model = cpuinfo

@@ -76,11 +76,7 @@ pub fn run(seconds: u64, rate: u32, out: &Path) -> Result<String> {
         command += &format!(" --rate {rate}");
     }
     let _ = writeln!(s, "- Command: `{command}`");
-    let _ = writeln!(
-        s,
-        "- When and where: {}; {} × {}; kernel {}; built from `{}`\n",
-        m.date, m.nproc, m.cpu_model, m.kernel, m.commit
-    );
+    let _ = writeln!(s, "- When and where: {}\n", m.when_and_where());
     let _ = writeln!(
         s,
         "| setup | aggregate Mbit/s | wan0 Mbit/s | wan1 Mbit/s | of {} Mbit/s capacity |\n| --- | ---: | ---: | ---: | ---: |",

@@ -161,11 +161,7 @@ pub fn run(seconds: u64, flows: u32, out: &Path) -> Result<String> {
         command += &format!(" --flows {flows}");
     }
     let _ = writeln!(s, "- Command: `{command}`");
-    let _ = writeln!(
-        s,
-        "- When and where: {}; {} × {}; kernel {}; built from `{}`",
-        m.date, m.nproc, m.cpu_model, m.kernel, m.commit
-    );
+    let _ = writeln!(s, "- When and where: {}", m.when_and_where());
     let _ = writeln!(
         s,
         "- Churn: a raw-socket sender in a LAN client cycles {flows} distinct UDP flows (2 source addresses × ports, 50 servers) as fast as Python sends; each new flow is a new connection, idle ones expire after 30 s\n"

@@ -91,10 +91,7 @@ pub fn run(samples: usize, out: Option<PathBuf>, no_build: bool) -> Result<()> {
         command += &format!(" --samples {samples}");
     }
     let m = pcc_tests::bench::MachineInfo::probe_for(Some(&bin));
-    let when = format!(
-        "{}; {} × {}; kernel {}; built from `{}`",
-        m.date, m.nproc, m.cpu_model, m.kernel, m.commit
-    );
+    let when = m.when_and_where();
     let section = section(&report, &command, &when);
     let path = out.unwrap_or_else(|| crate::root().join("BENCHMARKS.md"));
     pcc_tests::bench::update_section(&path, "Program cost", &section)?;

@@ -368,8 +368,15 @@ impl Bed<'_> {
             gen_proc.stdout_text(),
             gen_proc.stderr_text()
         );
+        // Each counter gets its own timestamp (the middle of its read: `ip netns exec` takes
+        // tens of ms on a busy machine), and each rate its own interval.
+        let stamp = |t: Instant| Instant::now() - (Instant::now() - t) / 2;
+        let t = Instant::now();
         let sent0 = self.lab.link_stats("switch", "p-lan")?.tx_packets;
+        let ts0 = stamp(t);
+        let t = Instant::now();
         let n0 = self.counted(mode)?;
+        let tn0 = stamp(t);
         let c0 = cpu_times()?;
         let r0 = runtime_ns(&self.napi_threads);
         let t0 = Instant::now();
@@ -394,11 +401,15 @@ impl Bed<'_> {
                 }
             }
         }
-        let n1 = self.counted(mode)?;
         let c1 = cpu_times()?;
         let r1 = runtime_ns(&self.napi_threads);
         let dt = t0.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let n1 = self.counted(mode)?;
+        let dtn = (stamp(t) - tn0).as_secs_f64();
+        let t = Instant::now();
         let sent1 = self.lab.link_stats("switch", "p-lan")?.tx_packets;
+        let dts = (stamp(t) - ts0).as_secs_f64();
         gen_proc.signal(libc::SIGINT);
         let _ = gen_proc.wait_timeout(Duration::from_secs(5));
         drop(gen_proc);
@@ -422,13 +433,14 @@ impl Bed<'_> {
         let w = Window {
             mode,
             offered_pps: rate,
-            sent_pps: sent1.saturating_sub(sent0) as f64 / dt,
-            pps: n as f64 / dt,
+            sent_pps: sent1.saturating_sub(sent0) as f64 / dts,
+            pps: n as f64 / dtn,
             router_cpu_busy: router_busy,
             napi_busy: router_busy_ns / (dt * 1e9),
             gen_cpu_busy: busy(GEN_CPU),
+            // CPU rate over packet rate: the two were read over slightly different intervals.
             ns_per_packet: if n > 0 {
-                router_busy_ns / n as f64
+                (router_busy_ns / dt) / (n as f64 / dtn)
             } else {
                 f64::NAN
             },
@@ -730,7 +742,7 @@ pub fn render_markdown(r: &ForwardReport, m: &MachineInfo, command: &str) -> Str
     );
     let _ = writeln!(
         s,
-        "- **max pps** = packets counted behind the router (sinks; lan0's XDP drops for the ceiling, from `ethtool -S … xdp_drops`) per second over a {:.0} s window after {:.1} s of warm-up, trafgen unlimited (**delivered to lan0** = what the switch put into lan0's ring, `p-lan` tx); **ns/packet** = CPU time of the router's lan0 NAPI thread (`/proc/PID/schedstat`) over the window ÷ packets counted, with trafgen limited to {} pps (`-b`), so other work on the machine is not in it; **net** = minus the ceiling's ns/packet (what forwarding adds to receiving a frame and dropping it in XDP). Medians of {} runs. Other work shares the machine: CPU {ROUTER_CPU} was {:.0} % busy with the lab idle just before the runs, which lowers the max pps figures; the ns/packet figures count only the router's thread, but softirq work of other namespaces that the kernel runs when that thread re-enables bottom halves is charged to it too, so they are upper bounds",
+        "- **max pps** = packets counted behind the router (sinks; lan0's XDP drops for the ceiling, from `ethtool -S … xdp_drops`) per second over a {:.0} s window after {:.1} s of warm-up, trafgen unlimited (**delivered to lan0** = frames the switch put into lan0's ring, `p-lan` tx; frames that find the ring full are dropped before it and not in this count); **ns/packet** = CPU time of the router's lan0 NAPI thread (`/proc/PID/schedstat`) over the window ÷ packets counted, with trafgen limited to {} pps (`-b`), so other work on the machine is not in it; **net** = minus the ceiling's ns/packet (what forwarding adds to receiving a frame and dropping it in XDP). Medians of {} runs. Other work shares the machine: CPU {ROUTER_CPU} was {:.0} % busy with the lab idle just before the runs, which lowers the max pps figures; the ns/packet figures count only the router's thread, but softirq work of other namespaces that the kernel runs when that thread re-enables bottom halves is charged to it too, so they are upper bounds",
         r.seconds,
         WARMUP.as_secs_f64(),
         r.rate_pps,
@@ -742,7 +754,7 @@ pub fn render_markdown(r: &ForwardReport, m: &MachineInfo, command: &str) -> Str
     }
     let _ = writeln!(
         s,
-        "- Reading the figures: **max pps** is the router's capacity only where it is clearly below what the switch delivered into lan0 (the rest was dropped at lan0's ring) and the router's thread was busy ≥ 90 % (*router (saturated)*); drops with the thread less busy mean it was not scheduled soon enough (the veth ring holds 256 frames; the sinks' threads share its CPU), and where counted and delivered match, the generator was the limit. When the router is not saturated its NAPI thread sleeps and is woken for each batch; the wake-up and context switch are charged to that batch's packets, so the lighter the per-packet work (the ceiling's XDP_DROP) the smaller the batches and the higher the ns/packet can come out. A negative **net** figure means that overhead dominates the difference, not that forwarding is free; the ns/packet at max (bigger batches) is shown beside it"
+        "- Reading the figures: **max pps** is the router's capacity only where it is clearly below what the switch delivered into lan0 (frames lost in or behind the router) and the router's thread was busy ≥ 90 % (*router (saturated)*); losses with the thread less busy point at scheduling (the sinks' threads share its CPU; a veth ring holds 256 frames) or at the kernel path itself, and where counted and delivered match, the generator was the limit. When the router is not saturated its NAPI thread sleeps and is woken for each batch; the wake-up and context switch are charged to that batch's packets, so the lighter the per-packet work (the ceiling's XDP_DROP) the smaller the batches and the higher the ns/packet can come out. A negative **net** figure means that overhead dominates the difference, not that forwarding is free; the ns/packet at max (bigger batches) is shown beside it"
     );
     let _ = writeln!(s);
     let _ = writeln!(
@@ -773,7 +785,7 @@ pub fn render_markdown(r: &ForwardReport, m: &MachineInfo, command: &str) -> Str
         } else if busy >= 0.9 {
             "router (saturated)"
         } else {
-            "lan0 ring overflows, thread not saturated"
+            "frames lost past lan0, thread not saturated"
         };
         let _ = writeln!(
             s,

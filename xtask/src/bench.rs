@@ -124,14 +124,7 @@ fn failover(a: FailoverArgs) -> Result<()> {
         pcc_tests::is_root(),
         "the benchmark needs root (it creates network namespaces)"
     );
-    let mut pcc_ctl = None;
-    if !no_build {
-        crate::setup()?;
-        let bin = crate::build_pcc_ctl()?;
-        if std::env::var_os("PCC_CTL").is_none() {
-            pcc_ctl = Some(bin);
-        }
-    }
+    let pcc_ctl = crate::prepare(no_build)?;
     // The command line as the section will show it (defaults left out).
     let mut command = String::from("cargo xtask bench failover");
     if runs != 5 {
@@ -146,7 +139,7 @@ fn failover(a: FailoverArgs) -> Result<()> {
     if !pcc_args.is_empty() {
         command += &format!(" {}", pcc_args.join(" "));
     }
-    let out = out.unwrap_or_else(|| crate::root().join("BENCHMARKS.md"));
+    let out = crate::benchmarks_file(out);
     let opts = FailoverOpts {
         runs,
         carrier_runs,
@@ -171,11 +164,8 @@ fn failover(a: FailoverArgs) -> Result<()> {
 }
 
 fn controller(a: ControllerArgs) -> Result<()> {
-    if !a.no_build {
-        crate::setup()?;
-        crate::build_pcc_ctl()?;
-    }
-    let out = a.out.unwrap_or_else(|| crate::root().join("BENCHMARKS.md"));
+    crate::prepare(a.no_build)?;
+    let out = crate::benchmarks_file(a.out);
     print!(
         "{}",
         pcc_tests::controller_bench::run(a.seconds, a.flows, &out)?
@@ -184,11 +174,8 @@ fn controller(a: ControllerArgs) -> Result<()> {
 }
 
 fn clinic(a: ClinicArgs) -> Result<()> {
-    if !a.no_build {
-        crate::setup()?;
-        crate::build_pcc_ctl()?;
-    }
-    let out = a.out.unwrap_or_else(|| crate::root().join("BENCHMARKS.md"));
+    crate::prepare(a.no_build)?;
+    let out = crate::benchmarks_file(a.out);
     print!("{}", pcc_tests::clinic_bench::run(a.seconds, a.rate, &out)?);
     Ok(())
 }

@@ -37,14 +37,7 @@ pub fn run(a: ForwardArgs) -> Result<()> {
         pcc_tests::is_root(),
         "the benchmark needs root (it creates network namespaces)"
     );
-    let mut pcc_ctl = None;
-    if !no_build {
-        crate::setup()?;
-        let bin = crate::build_pcc_ctl()?;
-        if std::env::var_os("PCC_CTL").is_none() {
-            pcc_ctl = Some(bin);
-        }
-    }
+    let pcc_ctl = crate::prepare(no_build)?;
     let mut command = String::from("cargo xtask bench forward");
     if runs != 3 {
         command += &format!(" --runs {runs}");
@@ -55,7 +48,7 @@ pub fn run(a: ForwardArgs) -> Result<()> {
     if rate != 100_000 {
         command += &format!(" --rate {rate}");
     }
-    let out = out.unwrap_or_else(|| crate::root().join("BENCHMARKS.md"));
+    let out = crate::benchmarks_file(out);
     let opts = ForwardOpts {
         runs,
         seconds,

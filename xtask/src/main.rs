@@ -86,6 +86,22 @@ pub(crate) fn setup() -> Result<()> {
     status(cmd, "bash xtask/setup.sh")
 }
 
+/// Unless `no_build`: installs what is missing and builds pcc-ctl. Returns the binary the
+/// lab should run, unless `$PCC_CTL` already names one.
+pub(crate) fn prepare(no_build: bool) -> Result<Option<PathBuf>> {
+    if no_build {
+        return Ok(None);
+    }
+    setup()?;
+    let bin = build_pcc_ctl()?;
+    Ok(std::env::var_os("PCC_CTL").is_none().then_some(bin))
+}
+
+/// Where a benchmark writes its section: `--out`, else BENCHMARKS.md at the root.
+pub(crate) fn benchmarks_file(out: Option<PathBuf>) -> PathBuf {
+    out.unwrap_or_else(|| root().join("BENCHMARKS.md"))
+}
+
 pub(crate) fn build_pcc_ctl() -> Result<PathBuf> {
     let mut cmd = cargo();
     cmd.args(["build", "--release", "-p", "pcc-ctl"]);

@@ -71,10 +71,7 @@ pub fn run(samples: usize, out: Option<PathBuf>, no_build: bool) -> Result<()> {
         pcc_tests::is_root(),
         "the benchmark needs root (it loads BPF programs)"
     );
-    if !no_build {
-        crate::setup()?;
-        crate::build_pcc_ctl()?;
-    }
+    crate::prepare(no_build)?;
     let bin = crate::root().join("target/release/pcc-bench");
     let output = Command::new(&bin)
         .args(["program", "--samples", &samples.to_string()])
@@ -93,7 +90,7 @@ pub fn run(samples: usize, out: Option<PathBuf>, no_build: bool) -> Result<()> {
     let m = pcc_tests::bench::MachineInfo::probe_for(Some(&bin));
     let when = m.when_and_where();
     let section = section(&report, &command, &when);
-    let path = out.unwrap_or_else(|| crate::root().join("BENCHMARKS.md"));
+    let path = crate::benchmarks_file(out);
     pcc_tests::bench::update_section(&path, "Program cost", &section)?;
     print!("{section}");
     Ok(())

@@ -269,10 +269,7 @@ pub fn run(args: ReportArgs) -> Result<()> {
         (5..=300).contains(&args.seconds),
         "--seconds must be 5..=300"
     );
-    if !args.no_build {
-        crate::setup()?;
-        crate::build_pcc_ctl()?;
-    }
+    crate::prepare(args.no_build)?;
     let lab = Lab::builder()
         .clients(3)
         .servers(12)

@@ -264,22 +264,8 @@ fn one_run(
         let snap = flows.snapshot();
         let on0 = snap.on_wan_at(0, t_fault);
         // Wait until every flow that was on wan0 answered over wan1, then a little longer.
-        let moved_all = health::wait_until(
-            "flows moved to wan1",
-            DETECT_TIMEOUT,
-            Duration::from_millis(50),
-            || {
-                let s = flows.snapshot();
-                Ok(on0
-                    .iter()
-                    .all(|&i| {
-                        s.flows[i]
-                            .between(t_fault, f64::MAX)
-                            .any(|r| r.wan == Some(1))
-                    })
-                    .then_some(()))
-            },
-        );
+        let moved_all =
+            flows.wait_answered_over("flows moved to wan1", &on0, 1, t_fault, DETECT_TIMEOUT);
         if let Err(e) = moved_all {
             note.push(format!("{e:#}"));
         }

@@ -528,6 +528,29 @@ impl Lab {
 }
 
 impl UdpFlows {
+    /// Waits (polling every 50 ms, at most `timeout`) until every flow in `which` has had a
+    /// reply over WAN `wan` since `since` (a [`mono_now`] time).
+    pub fn wait_answered_over(
+        &mut self,
+        what: &str,
+        which: &[usize],
+        wan: usize,
+        since: f64,
+        timeout: Duration,
+    ) -> Result<()> {
+        wait_until(what, timeout, Duration::from_millis(50), || {
+            let s = self.snapshot();
+            Ok(which
+                .iter()
+                .all(|&i| {
+                    s.flows[i]
+                        .between(since, f64::MAX)
+                        .any(|r| r.wan == Some(wan))
+                })
+                .then_some(()))
+        })
+    }
+
     /// What every flow saw so far.
     pub fn snapshot(&mut self) -> FlowsReport {
         let mut flows: Vec<FlowRecord> = self

@@ -4,8 +4,7 @@
 use std::time::Duration;
 
 use pcc_tests::health::{
-    as_refs, flow_pairs, health_summary, mono_now, wait_route, wait_until, wait_wan_state,
-    wait_wans_up,
+    as_refs, flow_pairs, health_summary, mono_now, wait_route, wait_wan_state, wait_wans_up,
 };
 use pcc_tests::{Lab, require_root};
 
@@ -43,23 +42,9 @@ fn carrier_loss_fails_over_and_back() {
         t_down - t_cut
     );
     wait_route(&lab, lab.server_addr(0), "wan1", S(2)).expect("router's own route on wan1");
-    wait_until(
-        "every wan0 flow answered over wan1",
-        S(3),
-        Duration::from_millis(50),
-        || {
-            let s = flows.snapshot();
-            Ok(on0
-                .iter()
-                .all(|&i| {
-                    s.flows[i]
-                        .between(t_cut, f64::MAX)
-                        .any(|r| r.wan == Some(1))
-                })
-                .then_some(()))
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e:#}\n{}", flows.snapshot().describe()));
+    flows
+        .wait_answered_over("every wan0 flow answered over wan1", &on0, 1, t_cut, S(3))
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", flows.snapshot().describe()));
 
     let t_up_cmd = mono_now();
     lab.carrier_up(0).expect("carrier up");

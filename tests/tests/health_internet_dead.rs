@@ -61,23 +61,9 @@ fn internet_dead_fails_over_and_back() {
     wait_route(&lab, probe_dst, "wan1", S(2)).expect("router's own route moves to wan1");
 
     // The flows that were on wan0 answer over wan1 now; those on wan1 never stopped.
-    pcc_tests::health::wait_until(
-        "every wan0 flow answered over wan1",
-        S(5),
-        Duration::from_millis(50),
-        || {
-            let s = flows.snapshot();
-            Ok(on0
-                .iter()
-                .all(|&i| {
-                    s.flows[i]
-                        .between(t_cut, f64::MAX)
-                        .any(|r| r.wan == Some(1))
-                })
-                .then_some(()))
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e:#}\n{}", flows.snapshot().describe()));
+    flows
+        .wait_answered_over("every wan0 flow answered over wan1", &on0, 1, t_cut, S(5))
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", flows.snapshot().describe()));
     std::thread::sleep(S(1));
     let now = mono_now();
     let snap = flows.snapshot();

@@ -729,12 +729,16 @@ fn claim_prefix() -> Result<String> {
         {
             continue;
         }
-        let created = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(Path::new(MARKER_DIR).join(&prefix));
-        if let Ok(mut f) = created {
-            writeln!(f, "{}", std::process::id())?;
+        // The marker must appear with the pid already in it: a reaper in another thread or
+        // process that read an empty marker would take the lab for a dead one and delete it.
+        // So write a private file first and hard-link it into place (link fails if the name
+        // exists, like O_EXCL).
+        let claim = Path::new(MARKER_DIR).join(format!(".claim-{}-{n}", std::process::id()));
+        fs::write(&claim, format!("{}\n", std::process::id()))
+            .with_context(|| format!("writing {}", claim.display()))?;
+        let linked = fs::hard_link(&claim, Path::new(MARKER_DIR).join(&prefix));
+        let _ = fs::remove_file(&claim);
+        if linked.is_ok() {
             return Ok(prefix);
         }
     }

@@ -23,8 +23,11 @@ pub const DEFAULT_MAX_CONNECTIONS: u32 = 65_536;
 pub struct Config {
     /// A [`crate::Classifier`] as `u8`.
     pub classifier: u8,
+    /// `LANS[..lan_count]` and `WANS[..wan_count]` are in use: the dataplane's loops over
+    /// them stop there.
     pub lan_count: u8,
-    pub _pad: [u8; 2],
+    pub wan_count: u8,
+    pub _pad: u8,
     pub hash_seed: u32,
     /// Source NAT ports the dataplane may hand out (host byte order).
     pub nat_ports: crate::NatPortRange,
@@ -104,7 +107,10 @@ pub struct FlowKey {
     pub src_port: u16,
     pub dst_port: u16,
     pub proto: u8,
-    pub _pad: [u8; 3],
+    // Two scalar pads, not `[u8; 3]`: zeroing a 3-byte array compiles to a call of a `memset`
+    // subprogram in BPF, on every packet.
+    pad0: u8,
+    pad1: u16,
 }
 
 /// TCP flags seen on a connection, one side's view (`tcp_flags` in the values).
@@ -186,31 +192,37 @@ mod pod {
 }
 
 impl FlowKey {
+    /// Addresses and ports in network byte order, as on the wire.
+    #[inline(always)]
+    pub const fn new(
+        src_addr: u32,
+        dst_addr: u32,
+        src_port: u16,
+        dst_port: u16,
+        proto: u8,
+    ) -> Self {
+        FlowKey {
+            src_addr,
+            dst_addr,
+            src_port,
+            dst_port,
+            proto,
+            pad0: 0,
+            pad1: 0,
+        }
+    }
+
     /// The `CT_IN` key of the replies to this `CT_OUT` connection once it is NATed to
     /// `nat_addr:nat_port`.
     #[inline(always)]
     pub fn reply_key(&self, nat_addr: u32, nat_port: u16) -> FlowKey {
-        FlowKey {
-            src_addr: self.dst_addr,
-            dst_addr: nat_addr,
-            src_port: self.dst_port,
-            dst_port: nat_port,
-            proto: self.proto,
-            _pad: [0; 3],
-        }
+        FlowKey::new(self.dst_addr, nat_addr, self.dst_port, nat_port, self.proto)
     }
 
     /// The `CT_OUT` key of the connection a `CT_IN` entry (`self` is its key) translates to.
     #[inline(always)]
     pub fn original_key(&self, lan_addr: u32, lan_port: u16) -> FlowKey {
-        FlowKey {
-            src_addr: lan_addr,
-            dst_addr: self.src_addr,
-            src_port: lan_port,
-            dst_port: self.src_port,
-            proto: self.proto,
-            _pad: [0; 3],
-        }
+        FlowKey::new(lan_addr, self.src_addr, lan_port, self.src_port, self.proto)
     }
 }
 
@@ -220,26 +232,9 @@ mod tests {
 
     #[test]
     fn reply_and_original_keys_round_trip() {
-        let out = FlowKey {
-            src_addr: 1,
-            dst_addr: 2,
-            src_port: 3,
-            dst_port: 4,
-            proto: 6,
-            _pad: [0; 3],
-        };
+        let out = FlowKey::new(1, 2, 3, 4, 6);
         let reply = out.reply_key(9, 10);
-        assert_eq!(
-            reply,
-            FlowKey {
-                src_addr: 2,
-                dst_addr: 9,
-                src_port: 4,
-                dst_port: 10,
-                proto: 6,
-                _pad: [0; 3]
-            }
-        );
+        assert_eq!(reply, FlowKey::new(2, 9, 4, 10, 6));
         assert_eq!(reply.original_key(1, 3), out);
     }
 

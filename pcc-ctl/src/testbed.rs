@@ -56,7 +56,8 @@ impl TestBed {
         let config = Config {
             classifier: Classifier::BothAddresses as u8,
             lan_count: 1,
-            _pad: [0; 2],
+            wan_count: 2,
+            _pad: 0,
             hash_seed: SEED,
             nat_ports,
         };
@@ -100,6 +101,17 @@ impl TestBed {
 
     /// Like [`run`](Self::run) for any program of the object (e.g. the `bench_drop` floor).
     pub fn run_named(&mut self, program: &str, frame: &[u8]) -> Result<(u32, Vec<u8>, Duration)> {
+        self.run_repeated(program, frame, 1)
+    }
+
+    /// Runs `program` `repeat` times back to back on one copy of `frame` (each run sees the
+    /// previous run's output); the duration is the kernel's mean per run.
+    pub fn run_repeated(
+        &mut self,
+        program: &str,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, Vec<u8>, Duration)> {
         let mut out = vec![0u8; frame.len() + 256];
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
         let mut ctx = [0u8; 24];
@@ -110,6 +122,7 @@ impl TestBed {
             data_in: Some(frame),
             data_out: Some(&mut out),
             ctx_in: Some(&ctx),
+            repeat,
             ..TestRunOptions::default()
         };
         let result = prog.test_run(options).context("BPF_PROG_TEST_RUN")?;

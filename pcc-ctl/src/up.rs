@@ -205,7 +205,8 @@ pub async fn run(args: UpArgs) -> Result<()> {
     let config = Config {
         classifier: args.classifier as u8,
         lan_count: learned.lans.len() as u8,
-        _pad: [0; 2],
+        wan_count: learned.wans.len() as u8,
+        _pad: 0,
         hash_seed: args.hash_seed,
         nat_ports,
     };

@@ -8,6 +8,19 @@ fn program_benchmark_produces_every_figure() {
         "floor, established TCP/UDP, reply, new, passed"
     );
     assert!(report.costs.iter().all(|c| c.median_ns > 0.0));
+    // measure_amortized checked every repeated call still took its path (the right action).
+    let amortized: Vec<&str> = report.amortized.iter().map(|c| c.path.as_str()).collect();
+    assert_eq!(
+        amortized,
+        [
+            "XDP_DROP floor",
+            "established TCP, LAN to WAN",
+            "established UDP, LAN to WAN",
+            "TCP reply, WAN to LAN",
+            "passed to the kernel (ARP)"
+        ]
+    );
+    assert!(report.amortized.iter().all(|c| c.median_ns > 0.0));
     assert_eq!(report.fill_levels.len(), 2);
     assert!(report.map_bytes_per_connection > 0.0);
     let full = report.port_shortage.last().expect("rows");

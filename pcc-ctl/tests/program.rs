@@ -131,14 +131,7 @@ fn tcp_connection_is_translated_both_ways() {
     assert_eq!(rig.counter(Counter::FwdIn), 1);
     let w = rig.maps.wan_counters(wan as u8).unwrap();
     assert_eq!((w.tx_packets, w.rx_packets, w.flows_created), (2, 1, 1));
-    let key = FlowKey {
-        src_addr: be(CLIENT),
-        dst_addr: be(SERVER),
-        src_port: 40000u16.to_be(),
-        dst_port: 80u16.to_be(),
-        proto: 6,
-        _pad: [0; 3],
-    };
+    let key = FlowKey::new(be(CLIENT), be(SERVER), 40000u16.to_be(), 80u16.to_be(), 6);
     let entry = rig.maps.ct_out.get(&key, 0).unwrap();
     assert_eq!(entry.packets, 2, "the opening SYN counts too");
     assert_eq!(
@@ -572,14 +565,7 @@ fn a_connection_on_a_dead_wan_moves_to_a_live_one() {
         WAN_ADDRS[1 - wan],
         "re-pinned to the live WAN"
     );
-    let key = FlowKey {
-        src_addr: be(CLIENT),
-        dst_addr: be(SERVER),
-        src_port: 5000u16.to_be(),
-        dst_port: 53u16.to_be(),
-        proto: 17,
-        _pad: [0; 3],
-    };
+    let key = FlowKey::new(be(CLIENT), be(SERVER), 5000u16.to_be(), 53u16.to_be(), 17);
     assert_eq!(
         rig.maps.ct_out.get(&key, 0).unwrap().wan_id as usize,
         1 - wan
@@ -680,14 +666,7 @@ fn garbage_collection_expires_closed_and_idle_connections() {
         Role::Lan,
         &from_client(CLIENT, CLIENT_MAC, tcp(40002, 80, TCP_SYN)).bytes(),
     );
-    let key = FlowKey {
-        src_addr: be(CLIENT),
-        dst_addr: be(SERVER),
-        src_port: 40002u16.to_be(),
-        dst_port: 80u16.to_be(),
-        proto: 6,
-        _pad: [0; 3],
-    };
+    let key = FlowKey::new(be(CLIENT), be(SERVER), 40002u16.to_be(), 80u16.to_be(), 6);
     rig.maps.ct_out.remove(&key).unwrap();
     let report = collect(&mut rig.maps, &t, monotonic_ns() + 3_000_000_000, true).unwrap();
     assert_eq!(report.orphans, 1);

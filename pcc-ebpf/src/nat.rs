@@ -99,14 +99,7 @@ pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
         return Err(Counter::PassLocal);
     }
     let (sport, dport, flags) = lan_ports(ctx, proto)?;
-    let key = FlowKey {
-        src_addr: src,
-        dst_addr: dst,
-        src_port: sport,
-        dst_port: dport,
-        proto,
-        _pad: [0; 3],
-    };
+    let key = FlowKey::new(src, dst, sport, dport, proto);
     let bits = if proto == IPPROTO_TCP {
         conntrack::tcp_bits(flags)
     } else {
@@ -115,25 +108,26 @@ pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
     let now = conntrack::now_ns();
     let len = frame_len(ctx);
 
-    let mut entry = None;
+    // (NAT address, NAT port, wan_id, WAN) of the connection, looked up once.
+    let mut found = None;
     if let Some(e) = CT_OUT.get_ptr_mut(&key) {
         // SAFETY: a live entry of our map; concurrent writers only touch counters.
         let e = unsafe { &mut *e };
-        let wan_up = WANS.get(e.wan_id as u32).is_some_and(|w| w.is_up());
-        if wan_up && !conntrack::reopens(e, bits) {
-            e.last_seen_ns = now;
-            e.tcp_flags |= bits;
-            e.packets += 1;
-            e.bytes += len;
-            entry = Some(*e);
-        } else {
+        match WANS.get(e.wan_id as u32) {
+            Some(wan) if wan.is_up() && !conntrack::reopens(e, bits) => {
+                e.last_seen_ns = now;
+                e.tcp_flags |= bits;
+                e.packets += 1;
+                e.bytes += len;
+                found = Some((e.nat_addr, e.nat_port, e.wan_id, wan));
+            }
             // The WAN died (its upstream already broke the connection) or the tuple is being
             // reused: start afresh on a live WAN.
-            conntrack::close(&key, e);
+            _ => conntrack::close(&key, e),
         }
     }
-    let entry = match entry {
-        Some(e) => e,
+    let (nat_addr, nat_port, wan_id, wan) = match found {
+        Some(f) => f,
         None => {
             // A reset opens nothing (as in nf_conntrack): it answers a connection we do not
             // have, so the kernel may deal with it.
@@ -141,9 +135,8 @@ pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
                 return Err(Counter::PassUntracked);
             }
             let cfg = CONFIG.get(0).ok_or(Counter::DropNoWan)?;
-            let lan_id = select::lan_for(ctx.ingress_ifindex() as u32, src, dst)?;
-            let wan_id = select::wan_for(&key, cfg)?;
-            let wan = WANS.get(wan_id as u32).ok_or(Counter::DropNoWan)?;
+            let lan_id = select::lan_for(ctx.ingress_ifindex() as u32, src, dst, cfg)?;
+            let (wan_id, wan) = select::wan_for(&key, cfg)?;
             if wan.gateway_mac == [0; 6] {
                 return Err(Counter::PassNoNeighbour);
             }
@@ -164,21 +157,26 @@ pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
                 // SAFETY: per-CPU slot.
                 unsafe { (*stats).flows_created += 1 };
             }
-            e
+            // Another CPU may have opened the same connection first, on another WAN.
+            let wan = if e.wan_id == wan_id {
+                wan
+            } else {
+                WANS.get(e.wan_id as u32).ok_or(Counter::DropNoWan)?
+            };
+            (e.nat_addr, e.nat_port, e.wan_id, wan)
         }
     };
 
-    let wan = WANS.get(entry.wan_id as u32).ok_or(Counter::DropNoWan)?;
     if tot_len > wan.mtu {
         return Err(Counter::PassMtu);
     }
     // SAFETY: every pointer below was bounds-checked by ipv4() and lan_ports().
     unsafe {
-        (*ip).check = csum::replace4((*ip).check, src, entry.nat_addr);
-        (*ip).src = entry.nat_addr;
-        rewrite_l4(ctx, proto, src, entry.nat_addr, true, entry.nat_port)?;
+        (*ip).check = csum::replace4((*ip).check, src, nat_addr);
+        (*ip).src = nat_addr;
+        rewrite_l4(ctx, proto, src, nat_addr, true, nat_port)?;
     }
-    if let Some(stats) = WAN_STATS.get_ptr_mut(entry.wan_id as u32) {
+    if let Some(stats) = WAN_STATS.get_ptr_mut(wan_id as u32) {
         // SAFETY: per-CPU slot.
         unsafe {
             (*stats).tx_packets += 1;
@@ -186,7 +184,7 @@ pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
         }
     }
     // SAFETY: bounds-checked in ipv4().
-    let action = unsafe { fib::forward(eth, ip, &wan.gateway_mac, &wan.mac, entry.wan_id as u32)? };
+    let action = unsafe { fib::forward(eth, ip, &wan.gateway_mac, &wan.mac, wan_id as u32)? };
     Ok((action, Counter::FwdOut))
 }
 
@@ -274,14 +272,7 @@ pub fn wan_to_lan(ctx: &XdpContext) -> Verdict {
         }
         _ => return Err(Counter::PassUntracked),
     };
-    let key = FlowKey {
-        src_addr: src,
-        dst_addr: dst,
-        src_port: sport,
-        dst_port: dport,
-        proto,
-        _pad: [0; 3],
-    };
+    let key = FlowKey::new(src, dst, sport, dport, proto);
     let entry = CT_IN.get_ptr_mut(&key).ok_or(Counter::PassUntracked)?;
     let len = frame_len(ctx);
     // SAFETY: a live entry of our map; concurrent writers only touch counters.
@@ -364,14 +355,7 @@ fn icmp_error_to_lan(ctx: &XdpContext, eth: *mut EthHdr, ip: *mut Ipv4Hdr) -> Ve
     // SAFETY: bounds-checked by ptr_at.
     let (in_sport, in_dport) = unsafe { ((*inner_l4).sport, (*inner_l4).dport) };
     let key = match in_proto {
-        IPPROTO_TCP | IPPROTO_UDP => FlowKey {
-            src_addr: in_dst,
-            dst_addr: in_src,
-            src_port: in_dport,
-            dst_port: in_sport,
-            proto: in_proto,
-            _pad: [0; 3],
-        },
+        IPPROTO_TCP | IPPROTO_UDP => FlowKey::new(in_dst, in_src, in_dport, in_sport, in_proto),
         IPPROTO_ICMP => {
             let echo = ptr_at::<IcmpHdr>(ctx, INNER_L4_OFF).ok_or(Counter::PassUntracked)?;
             // SAFETY: bounds-checked by ptr_at.
@@ -379,14 +363,7 @@ fn icmp_error_to_lan(ctx: &XdpContext, eth: *mut EthHdr, ip: *mut Ipv4Hdr) -> Ve
             if kind != ICMP_ECHO_REQUEST {
                 return Err(Counter::PassUntracked);
             }
-            FlowKey {
-                src_addr: in_dst,
-                dst_addr: in_src,
-                src_port: 0,
-                dst_port: id,
-                proto: in_proto,
-                _pad: [0; 3],
-            }
+            FlowKey::new(in_dst, in_src, 0, id, in_proto)
         }
         _ => return Err(Counter::PassUntracked),
     };

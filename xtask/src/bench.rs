@@ -65,6 +65,9 @@ pub struct ProgramArgs {
     /// Samples per figure (the median of single runs is reported).
     #[arg(long, default_value_t = 20_000)]
     samples: usize,
+    /// Runs of the whole benchmark, each in its own process; each figure is their median.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=20))]
+    runs: u16,
     /// Where to write the section (default: BENCHMARKS.md at the workspace root).
     #[arg(long, value_name = "PATH")]
     out: Option<PathBuf>,
@@ -102,7 +105,9 @@ pub struct FailoverArgs {
 pub fn run(cmd: BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Failover(a) => failover(a),
-        BenchCmd::Program(a) => crate::program_bench::run(a.samples, a.out, a.no_build),
+        BenchCmd::Program(a) => {
+            crate::program_bench::run(a.samples, a.runs.into(), a.out, a.no_build)
+        }
         BenchCmd::Forward(a) => crate::forward_bench::run(a),
         BenchCmd::Controller(a) => controller(a),
         BenchCmd::Clinic(a) => clinic(a),

@@ -2,7 +2,7 @@
 //!
 //! `pcc-bench attach drop|sink IFACE` attaches the XDP_DROP floor or the counting sink in
 //! native mode until SIGINT/SIGTERM, then prints `{"packets":N,"bytes":N}`.
-//! `pcc-bench program [--repeat N]` prints the per-packet cost of the dataplane programs
+//! `pcc-bench program [--samples N] [--quick] [--amortized]` prints the per-packet cost of the dataplane programs
 //! (BPF_PROG_TEST_RUN) as JSON.
 use anyhow::{Context as _, Result, bail};
 use aya::{
@@ -59,7 +59,7 @@ fn main() {
         ["attach", kind, iface] => attach(kind, iface),
         ["program", rest @ ..] => pcc_ctl::bench::program_costs(rest),
         _ => Err(anyhow::anyhow!(
-            "usage: pcc-bench attach drop|sink IFACE | pcc-bench program [--repeat N]"
+            "usage: pcc-bench attach drop|sink IFACE | pcc-bench program [--samples N] [--quick] [--amortized]"
         )),
     };
     if let Err(e) = result {

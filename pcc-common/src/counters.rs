@@ -19,8 +19,11 @@ pub enum Counter {
     PassTtl,
     /// A protocol or ICMP type the fast path does not translate.
     PassUnsupported,
-    /// IP options or fragments: the kernel's slow path.
-    PassOptionsOrFragment,
+    /// IP options: the kernel's slow path (its forwarding is guarded, see the README).
+    PassIpOptions,
+    /// A fragment pcc does not translate (from a WAN, of a datagram whose first fragment
+    /// matched no connection or was not seen yet): the kernel's business, never the LAN's.
+    PassFragment,
     /// Bigger than the WAN's MTU: the kernel fragments or answers "fragmentation needed".
     PassMtu,
     /// Arrived on a WAN and matches no connection: the kernel decides (it never reaches the LAN
@@ -28,8 +31,18 @@ pub enum Counter {
     PassUntracked,
     /// The WAN's gateway MAC is not known yet.
     PassNoNeighbour,
-    /// Headers cut short by the end of the frame.
-    DropMalformed,
+    /// Shorter than its Ethernet header, or than an IPv4 header after it.
+    DropRunt,
+    /// IPv4 header invalid: version, IHL < 5 or past the total length, total length shorter
+    /// than the header or past the frame.
+    DropBadIpHeader,
+    /// Transport header cut short by the total length or the frame, TCP data offset < 5 or
+    /// past the packet, UDP length below 8 or past the packet.
+    DropBadTransportHeader,
+    /// From the LAN: a later fragment of a datagram whose first fragment pcc did not
+    /// translate (it came first, or never): without its ports it cannot be translated, and
+    /// untranslated it would leak a LAN address.
+    DropFragmentUntracked,
     /// From the LAN with a source address outside every LAN subnet (BCP 38).
     DropSpoofed,
     /// No WAN is up.
@@ -52,11 +65,15 @@ impl Counter {
         Counter::PassLocal,
         Counter::PassTtl,
         Counter::PassUnsupported,
-        Counter::PassOptionsOrFragment,
+        Counter::PassIpOptions,
+        Counter::PassFragment,
         Counter::PassMtu,
         Counter::PassUntracked,
         Counter::PassNoNeighbour,
-        Counter::DropMalformed,
+        Counter::DropRunt,
+        Counter::DropBadIpHeader,
+        Counter::DropBadTransportHeader,
+        Counter::DropFragmentUntracked,
         Counter::DropSpoofed,
         Counter::DropNoWan,
         Counter::DropConntrackFull,
@@ -66,7 +83,7 @@ impl Counter {
 
     /// Whether the packet is dropped (else forwarded or passed to the kernel).
     pub const fn is_drop(self) -> bool {
-        self as u32 >= Counter::DropMalformed as u32
+        self as u32 >= Counter::DropRunt as u32
     }
 
     /// What the packet's fate was: "forwarded", "passed" (to the kernel) or "dropped".
@@ -77,7 +94,8 @@ impl Counter {
             | Counter::PassLocal
             | Counter::PassTtl
             | Counter::PassUnsupported
-            | Counter::PassOptionsOrFragment
+            | Counter::PassIpOptions
+            | Counter::PassFragment
             | Counter::PassMtu
             | Counter::PassUntracked
             | Counter::PassNoNeighbour => "passed",
@@ -95,11 +113,15 @@ impl Counter {
             Counter::PassLocal => "local",
             Counter::PassTtl => "ttl_expired",
             Counter::PassUnsupported => "unsupported",
-            Counter::PassOptionsOrFragment => "options_or_fragment",
+            Counter::PassIpOptions => "ip_options",
+            Counter::PassFragment => "fragment",
             Counter::PassMtu => "over_mtu",
             Counter::PassUntracked => "untracked",
             Counter::PassNoNeighbour => "no_neighbour",
-            Counter::DropMalformed => "malformed",
+            Counter::DropRunt => "runt",
+            Counter::DropBadIpHeader => "bad_ip_header",
+            Counter::DropBadTransportHeader => "bad_transport_header",
+            Counter::DropFragmentUntracked => "fragment_untracked",
             Counter::DropSpoofed => "spoofed_source",
             Counter::DropNoWan => "no_wan_up",
             Counter::DropConntrackFull => "conntrack_full",

@@ -113,6 +113,43 @@ pub struct FlowKey {
     pad1: u16,
 }
 
+/// Datagrams whose fragments are in flight at once, per direction of arrival (`FRAGS`).
+pub const FRAG_TRACK_SIZE: u32 = 8192;
+
+/// One fragmented datagram as it arrived (before translation): RFC 791 identifies a datagram
+/// by source, destination, protocol and identification.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub src_addr: u32,
+    pub dst_addr: u32,
+    pub ip_id: u16,
+    pub proto: u8,
+    pad0: u8,
+}
+
+impl FragKey {
+    #[inline(always)]
+    pub const fn new(src_addr: u32, dst_addr: u32, ip_id: u16, proto: u8) -> Self {
+        FragKey {
+            src_addr,
+            dst_addr,
+            ip_id,
+            proto,
+            pad0: 0,
+        }
+    }
+}
+
+/// The transport ports of a fragmented datagram (network byte order), learned from its first
+/// fragment: later fragments carry no transport header (Cilium's `ipv4_frag_l4ports`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragPorts {
+    pub src_port: u16,
+    pub dst_port: u16,
+}
+
 /// TCP flags seen on a connection, one side's view (`tcp_flags` in the values).
 pub const CT_TCP_SYN: u8 = 1;
 pub const CT_TCP_FIN: u8 = 2;
@@ -189,6 +226,8 @@ mod pod {
     unsafe impl aya::Pod for super::CtOut {}
     unsafe impl aya::Pod for super::CtIn {}
     unsafe impl aya::Pod for super::WanCounters {}
+    unsafe impl aya::Pod for super::FragKey {}
+    unsafe impl aya::Pod for super::FragPorts {}
 }
 
 impl FlowKey {

@@ -165,6 +165,98 @@ impl Frame {
     }
 }
 
+impl Frame {
+    /// The frame split into IP fragments of at most `chunk` payload bytes each (rounded down
+    /// to the 8-byte unit of fragment offsets, RFC 791), each with a valid header checksum.
+    pub fn fragments(&self, chunk: usize) -> Vec<Vec<u8>> {
+        let chunk = (chunk / 8).max(1) * 8;
+        let segment = self.l4.bytes(self.src, self.dst);
+        let pieces: Vec<&[u8]> = segment.chunks(chunk).collect();
+        let last = pieces.len() - 1;
+        pieces
+            .iter()
+            .enumerate()
+            .map(|(i, piece)| {
+                let mut ip = ipv4_packet(
+                    self.src,
+                    self.dst,
+                    self.ttl,
+                    self.id,
+                    self.l4.proto(),
+                    piece,
+                );
+                let units = (i * chunk / 8) as u16;
+                let mf = if i < last { 0x2000 } else { 0 };
+                ip[6..8].copy_from_slice(&(mf | units).to_be_bytes());
+                ip[10..12].copy_from_slice(&[0, 0]);
+                let c = csum::checksum(&ip[..20]);
+                ip[10..12].copy_from_slice(&c.to_be_bytes());
+                let mut f = Vec::with_capacity(14 + ip.len());
+                f.extend_from_slice(&self.dst_mac);
+                f.extend_from_slice(&self.src_mac);
+                f.extend_from_slice(&ETH_P_IP.to_be_bytes());
+                f.extend_from_slice(&ip);
+                f
+            })
+            .collect()
+    }
+}
+
+/// Reassembles the frames of one fragmented datagram (any order) into a single unfragmented
+/// frame, to [`parse`] and check as a whole. `None` if a header is not IPv4, the fragments
+/// disagree on addresses, protocol or ID, or a piece is missing.
+pub fn reassemble(frames: &[Vec<u8>]) -> Option<Vec<u8>> {
+    let first = frames.first()?;
+    if first.len() < 34 {
+        return None;
+    }
+    let ident = |f: &[u8]| {
+        (
+            f[14 + 4..14 + 6].to_vec(),
+            f[14 + 9],
+            f[14 + 12..14 + 20].to_vec(),
+        )
+    };
+    let mut pieces = Vec::new();
+    for f in frames {
+        if f.len() < 34 || be16(f, 12) != ETH_P_IP || f[14] != 0x45 || ident(f) != ident(first) {
+            return None;
+        }
+        let tot = usize::from(be16(f, 16));
+        let frag = be16(f, 20);
+        let data = f.get(34..14 + tot)?;
+        pieces.push((
+            usize::from(frag & 0x1fff) * 8,
+            frag & 0x2000 != 0,
+            data.to_vec(),
+        ));
+    }
+    pieces.sort_by_key(|p| p.0);
+    let mut payload = Vec::new();
+    for (offset, _, data) in &pieces {
+        if *offset != payload.len() {
+            return None;
+        }
+        payload.extend_from_slice(data);
+    }
+    if pieces.last()?.1 {
+        return None;
+    }
+    let hdr = &first[14..34];
+    let src = Ipv4Addr::new(hdr[12], hdr[13], hdr[14], hdr[15]);
+    let dst = Ipv4Addr::new(hdr[16], hdr[17], hdr[18], hdr[19]);
+    let mut f = first[..14].to_vec();
+    f.extend_from_slice(&ipv4_packet(
+        src,
+        dst,
+        hdr[8],
+        be16(hdr, 4),
+        hdr[9],
+        &payload,
+    ));
+    Some(f)
+}
+
 /// What a frame says, with every checksum verified from scratch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Parsed {
@@ -285,5 +377,38 @@ mod tests {
             assert!(p.ip_checksum_ok && p.l4_checksum_ok, "{p:?}");
             assert_eq!((p.src, p.dst, p.ttl), (a, b, 64));
         }
+    }
+
+    #[test]
+    fn fragments_reassemble_to_the_whole_datagram() {
+        let f = Frame {
+            dst_mac: [1; 6],
+            src_mac: [2; 6],
+            src: Ipv4Addr::new(198, 19, 10, 11),
+            dst: Ipv4Addr::new(203, 0, 113, 10),
+            ttl: 64,
+            id: 0x4242,
+            l4: L4::Udp {
+                sport: 5000,
+                dport: 7,
+                payload: (0..4000u32).map(|i| i as u8).collect(),
+                checksum: true,
+            },
+        };
+        let mut frags = f.fragments(1480);
+        assert_eq!(frags.len(), 3);
+        for (i, fr) in frags.iter().enumerate() {
+            assert_eq!(
+                csum::checksum(&fr[14..34]),
+                0,
+                "fragment {i} header checksum"
+            );
+            assert_eq!(be16(fr, 20) & 0x2000 != 0, i < 2, "MF of fragment {i}");
+        }
+        frags.reverse();
+        let whole = parse(&reassemble(&frags).expect("reassembles")).expect("parses");
+        assert!(whole.l4_checksum_ok);
+        assert_eq!((whole.sport, whole.dport, whole.l4.len()), (5000, 7, 4008));
+        assert!(reassemble(&frags[..2]).is_none(), "a missing piece");
     }
 }

@@ -7,7 +7,9 @@ use anyhow::{Context as _, Result, ensure};
 use aya::{TestRunOptions, programs::TestRun as _};
 use pcc_common::{
     Classifier, Config, LAN_DEVMAP_BASE, LanInfo, MAX_WANS, NatPortRange, SLOT_TABLE_SIZE,
-    WAN_FLAG_UP, WanInfo, slots,
+    WAN_FLAG_UP, WanInfo,
+    packet::{Frame, L4},
+    slots,
 };
 
 use crate::{
@@ -135,5 +137,31 @@ impl TestBed {
         let h = Classifier::BothAddresses.hash(SEED, be(src), be(dst), 0, 0);
         let table = self.maps.slots.get(&0, 0).expect("SLOTS");
         table.slots[h as usize % SLOT_TABLE_SIZE] as usize
+    }
+}
+
+/// A frame from a LAN host `src` (MAC `mac`) to `SERVER`.
+pub fn from_client(src: Ipv4Addr, mac: [u8; 6], l4: L4) -> Frame {
+    Frame {
+        dst_mac: LAN_MAC,
+        src_mac: mac,
+        src,
+        dst: SERVER,
+        ttl: 64,
+        id: 1,
+        l4,
+    }
+}
+
+/// A frame from `SERVER` to WAN `wan`'s address, as its gateway delivers it.
+pub fn from_server(wan: usize, l4: L4) -> Frame {
+    Frame {
+        dst_mac: WAN_MACS[wan],
+        src_mac: GW_MACS[wan],
+        src: SERVER,
+        dst: WAN_ADDRS[wan],
+        ttl: 50,
+        id: 2,
+        l4,
     }
 }

@@ -5,6 +5,7 @@
 mod bench;
 mod conntrack;
 mod fib;
+mod frag;
 mod nat;
 mod parse;
 mod select;
@@ -12,12 +13,12 @@ mod select;
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
-    maps::{Array, DevMap, HashMap, PerCpuArray},
+    maps::{Array, DevMap, HashMap, LruHashMap, PerCpuArray},
     programs::XdpContext,
 };
 use pcc_common::{
-    Config, Counter, CtIn, CtOut, DEFAULT_MAX_CONNECTIONS, DEVMAP_SIZE, FlowKey, LanInfo, MAX_LANS,
-    MAX_WANS, SlotTable, WanCounters, WanInfo,
+    Config, Counter, CtIn, CtOut, DEFAULT_MAX_CONNECTIONS, DEVMAP_SIZE, FRAG_TRACK_SIZE, FlowKey,
+    FragKey, FragPorts, LanInfo, MAX_LANS, MAX_WANS, SlotTable, WanCounters, WanInfo,
 };
 
 #[map]
@@ -39,6 +40,9 @@ static CT_OUT: HashMap<FlowKey, CtOut> = HashMap::with_max_entries(DEFAULT_MAX_C
 /// Connections by their WAN-side tuple (remote, WAN address, NAT port).
 #[map]
 static CT_IN: HashMap<FlowKey, CtIn> = HashMap::with_max_entries(DEFAULT_MAX_CONNECTIONS, 0);
+/// Ports of fragmented datagrams in flight, from their first fragment (both directions).
+#[map]
+static FRAGS: LruHashMap<FragKey, FragPorts> = LruHashMap::with_max_entries(FRAG_TRACK_SIZE, 0);
 /// Per-CPU so counting never bounces a cache line between cores; summed at scrape time.
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT as u32, 0);

@@ -3,12 +3,12 @@ use aya_ebpf::programs::XdpContext;
 use pcc_common::{CT_TCP_RST, Counter, CtIn, FlowKey, LAN_DEVMAP_BASE, csum};
 
 use crate::{
-    CONFIG, CT_IN, CT_OUT, LANS, WAN_STATS, WANS, conntrack, fib,
+    CONFIG, CT_IN, CT_OUT, LANS, WAN_STATS, WANS, conntrack, fib, frag,
     parse::{
-        ETH_LEN, ETH_P_IP, EthHdr, ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST,
-        ICMP_PARAM_PROBLEM, ICMP_TIME_EXCEEDED, IP_LEN, IP_MF_OFFSET, IPPROTO_ICMP, IPPROTO_TCP,
-        IPPROTO_UDP, IcmpHdr, Ipv4Hdr, L4_OFF, TcpHdr, UdpHdr, frame_len,
-        is_multicast_or_broadcast, ptr_at,
+        self, EthHdr, Fragment, ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST,
+        ICMP_PARAM_PROBLEM, ICMP_TIME_EXCEEDED, IP_LEN, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+        IcmpHdr, Ipv4, Ipv4Hdr, L4_OFF, TcpHdr, UdpHdr, frame_len, is_multicast_or_broadcast,
+        ptr_at,
     },
     select,
 };
@@ -16,62 +16,30 @@ use crate::{
 /// `Ok((XDP action, what happened))`, or `Err(reason)` to pass or drop.
 pub type Verdict = Result<(u32, Counter), Counter>;
 
-/// The frame's Ethernet and IPv4 headers, if it is a plain IPv4 packet the fast path may
-/// translate: no options, no fragment, lengths consistent with the frame.
+/// The transport ports of a LAN packet (ICMP echo: identifier, 0) and its TCP flags; for a
+/// later fragment, the ports its first fragment carried.
 #[inline(always)]
-fn ipv4(ctx: &XdpContext) -> Result<(*mut EthHdr, *mut Ipv4Hdr), Counter> {
-    let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(Counter::DropMalformed)?;
-    // SAFETY: bounds-checked by ptr_at.
-    if unsafe { (*eth).ether_type } != ETH_P_IP {
-        return Err(Counter::PassNotIpv4);
+fn lan_ports(ctx: &XdpContext, p: &Ipv4) -> Result<(u16, u16, u8), Counter> {
+    if p.fragment == Fragment::Later {
+        let ports = frag::ports(p).ok_or(Counter::DropFragmentUntracked)?;
+        return Ok((ports.src_port, ports.dst_port, 0));
     }
-    let ip = ptr_at::<Ipv4Hdr>(ctx, ETH_LEN).ok_or(Counter::DropMalformed)?;
-    // SAFETY: bounds-checked by ptr_at.
-    let (version_ihl, tot_len, frag_off) = unsafe {
-        (
-            (*ip).version_ihl,
-            u16::from_be((*ip).tot_len) as u64,
-            (*ip).frag_off,
-        )
-    };
-    if version_ihl >> 4 != 4 || version_ihl & 0xf < 5 {
-        return Err(Counter::DropMalformed);
-    }
-    if tot_len < IP_LEN as u64 || tot_len + ETH_LEN as u64 > frame_len(ctx) {
-        return Err(Counter::DropMalformed);
-    }
-    if version_ihl & 0xf != 5 || frag_off & IP_MF_OFFSET != 0 {
-        return Err(Counter::PassOptionsOrFragment);
-    }
-    // SAFETY: bounds-checked by ptr_at.
-    if unsafe { (*ip).ttl } <= 1 {
-        return Err(Counter::PassTtl);
-    }
-    Ok((eth, ip))
-}
-
-/// The transport ports of a LAN packet (ICMP echo: identifier, 0) and its TCP flags.
-#[inline(always)]
-fn lan_ports(ctx: &XdpContext, proto: u8) -> Result<(u16, u16, u8), Counter> {
-    match proto {
+    match p.proto {
         IPPROTO_TCP => {
-            let th = ptr_at::<TcpHdr>(ctx, L4_OFF).ok_or(Counter::DropMalformed)?;
-            // SAFETY: bounds-checked by ptr_at.
+            let th = parse::tcp(ctx, p)?;
+            // SAFETY: bounds-checked by parse::tcp.
             let th = unsafe { &*th };
-            if th.off_res >> 4 < 5 {
-                return Err(Counter::DropMalformed);
-            }
             Ok((th.sport, th.dport, th.flags))
         }
         IPPROTO_UDP => {
-            let uh = ptr_at::<UdpHdr>(ctx, L4_OFF).ok_or(Counter::DropMalformed)?;
-            // SAFETY: bounds-checked by ptr_at.
+            let uh = parse::udp(ctx, p)?;
+            // SAFETY: bounds-checked by parse::udp.
             let uh = unsafe { &*uh };
             Ok((uh.sport, uh.dport, 0))
         }
         IPPROTO_ICMP => {
-            let ih = ptr_at::<IcmpHdr>(ctx, L4_OFF).ok_or(Counter::DropMalformed)?;
-            // SAFETY: bounds-checked by ptr_at.
+            let ih = parse::icmp(ctx, p)?;
+            // SAFETY: bounds-checked by parse::icmp.
             let ih = unsafe { &*ih };
             if ih.kind != ICMP_ECHO_REQUEST {
                 return Err(Counter::PassUnsupported);
@@ -85,20 +53,12 @@ fn lan_ports(ctx: &XdpContext, proto: u8) -> Result<(u16, u16, u8), Counter> {
 /// LAN ingress.
 #[inline(always)]
 pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
-    let (eth, ip) = ipv4(ctx)?;
-    // SAFETY: bounds-checked in ipv4().
-    let (src, dst, proto, tot_len) = unsafe {
-        (
-            (*ip).src,
-            (*ip).dst,
-            (*ip).proto,
-            u16::from_be((*ip).tot_len),
-        )
-    };
+    let p = parse::ipv4(ctx)?;
+    let (eth, ip, src, dst, proto, tot_len) = (p.eth, p.ip, p.src, p.dst, p.proto, p.tot_len);
     if is_multicast_or_broadcast(dst) {
         return Err(Counter::PassLocal);
     }
-    let (sport, dport, flags) = lan_ports(ctx, proto)?;
+    let (sport, dport, flags) = lan_ports(ctx, &p)?;
     let key = FlowKey::new(src, dst, sport, dport, proto);
     let bits = if proto == IPPROTO_TCP {
         conntrack::tcp_bits(flags)
@@ -129,6 +89,10 @@ pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
     let (nat_addr, nat_port, wan_id, wan) = match found {
         Some(f) => f,
         None => {
+            // Only a packet with a transport header can open a connection.
+            if p.fragment == Fragment::Later {
+                return Err(Counter::DropFragmentUntracked);
+            }
             // A reset opens nothing (as in nf_conntrack): it answers a connection we do not
             // have, so the kernel may deal with it.
             if bits & CT_TCP_RST != 0 {
@@ -143,7 +107,7 @@ pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
             if tot_len > wan.mtu {
                 return Err(Counter::PassMtu);
             }
-            // SAFETY: bounds-checked in ipv4().
+            // SAFETY: bounds-checked in parse::ipv4().
             let lan_mac = unsafe { (*eth).src };
             let first = conntrack::Opening {
                 lan_id,
@@ -170,11 +134,18 @@ pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
     if tot_len > wan.mtu {
         return Err(Counter::PassMtu);
     }
-    // SAFETY: every pointer below was bounds-checked by ipv4() and lan_ports().
+    if p.fragment == Fragment::First {
+        frag::remember(&p, sport, dport);
+    }
+    // SAFETY: every pointer below was bounds-checked by parse::ipv4() and lan_ports().
     unsafe {
         (*ip).check = csum::replace4((*ip).check, src, nat_addr);
         (*ip).src = nat_addr;
-        rewrite_l4(ctx, proto, src, nat_addr, true, nat_port)?;
+        // A later fragment has no transport header; the first one's checksum update covers
+        // the whole datagram.
+        if p.fragment != Fragment::Later {
+            rewrite_l4(ctx, proto, src, nat_addr, true, nat_port)?;
+        }
     }
     if let Some(stats) = WAN_STATS.get_ptr_mut(wan_id as u32) {
         // SAFETY: per-CPU slot.
@@ -183,7 +154,7 @@ pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
             (*stats).tx_bytes += len;
         }
     }
-    // SAFETY: bounds-checked in ipv4().
+    // SAFETY: bounds-checked in parse::ipv4().
     let action = unsafe { fib::forward(eth, ip, &wan.gateway_mac, &wan.mac, wan_id as u32)? };
     Ok((action, Counter::FwdOut))
 }
@@ -206,7 +177,7 @@ unsafe fn rewrite_l4(
 ) -> Result<(), Counter> {
     match proto {
         IPPROTO_TCP => {
-            let th = ptr_at::<TcpHdr>(ctx, L4_OFF).ok_or(Counter::DropMalformed)?;
+            let th = ptr_at::<TcpHdr>(ctx, L4_OFF).ok_or(Counter::DropBadTransportHeader)?;
             // SAFETY: bounds-checked by ptr_at.
             let th = unsafe { &mut *th };
             let port = if source { &mut th.sport } else { &mut th.dport };
@@ -215,7 +186,7 @@ unsafe fn rewrite_l4(
             *port = new_port;
         }
         IPPROTO_UDP => {
-            let uh = ptr_at::<UdpHdr>(ctx, L4_OFF).ok_or(Counter::DropMalformed)?;
+            let uh = ptr_at::<UdpHdr>(ctx, L4_OFF).ok_or(Counter::DropBadTransportHeader)?;
             // SAFETY: bounds-checked by ptr_at.
             let uh = unsafe { &mut *uh };
             let port = if source { &mut uh.sport } else { &mut uh.dport };
@@ -224,7 +195,7 @@ unsafe fn rewrite_l4(
             *port = new_port;
         }
         _ => {
-            let ih = ptr_at::<IcmpHdr>(ctx, L4_OFF).ok_or(Counter::DropMalformed)?;
+            let ih = ptr_at::<IcmpHdr>(ctx, L4_OFF).ok_or(Counter::DropBadTransportHeader)?;
             // SAFETY: bounds-checked by ptr_at.
             let ih = unsafe { &mut *ih };
             ih.check = csum::replace2(ih.check, ih.id, new_port);
@@ -234,46 +205,60 @@ unsafe fn rewrite_l4(
     Ok(())
 }
 
+/// The transport ports of a WAN packet as (remote port, NAT port) and its TCP flags; for a
+/// later fragment, those its first fragment carried. ICMP errors are handed on.
+#[inline(always)]
+fn wan_ports(ctx: &XdpContext, p: &Ipv4) -> Result<(u16, u16, u8), Verdict> {
+    if p.fragment == Fragment::Later {
+        let ports = frag::ports(p).ok_or(Err(Counter::PassFragment))?;
+        return Ok((ports.src_port, ports.dst_port, 0));
+    }
+    match p.proto {
+        IPPROTO_TCP => {
+            let th = parse::tcp(ctx, p).map_err(Err)?;
+            // SAFETY: bounds-checked by parse::tcp.
+            unsafe { Ok(((*th).sport, (*th).dport, (*th).flags)) }
+        }
+        IPPROTO_UDP => {
+            let uh = parse::udp(ctx, p).map_err(Err)?;
+            // SAFETY: bounds-checked by parse::udp.
+            unsafe { Ok(((*uh).sport, (*uh).dport, 0)) }
+        }
+        IPPROTO_ICMP => {
+            let ih = parse::icmp(ctx, p).map_err(Err)?;
+            // SAFETY: bounds-checked by parse::icmp.
+            let (kind, id) = unsafe { ((*ih).kind, (*ih).id) };
+            match kind {
+                ICMP_ECHO_REPLY => Ok((0, id, 0)),
+                // An error is small; a fragmented one is not worth translating.
+                ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAM_PROBLEM
+                    if p.fragment == Fragment::Whole =>
+                {
+                    Err(icmp_error_to_lan(ctx, p.eth, p.ip))
+                }
+                _ => Err(Err(Counter::PassUntracked)),
+            }
+        }
+        _ => Err(Err(Counter::PassUntracked)),
+    }
+}
+
 /// WAN ingress.
 #[inline(always)]
 pub fn wan_to_lan(ctx: &XdpContext) -> Verdict {
-    let (eth, ip) = ipv4(ctx)?;
-    // SAFETY: bounds-checked in ipv4().
-    let (src, dst, proto, tot_len) = unsafe {
-        (
-            (*ip).src,
-            (*ip).dst,
-            (*ip).proto,
-            u16::from_be((*ip).tot_len),
-        )
-    };
-    let (sport, dport, flags) = match proto {
-        IPPROTO_TCP => {
-            let th = ptr_at::<TcpHdr>(ctx, L4_OFF).ok_or(Counter::DropMalformed)?;
-            // SAFETY: bounds-checked by ptr_at.
-            unsafe { ((*th).sport, (*th).dport, (*th).flags) }
-        }
-        IPPROTO_UDP => {
-            let uh = ptr_at::<UdpHdr>(ctx, L4_OFF).ok_or(Counter::DropMalformed)?;
-            // SAFETY: bounds-checked by ptr_at.
-            unsafe { ((*uh).sport, (*uh).dport, 0) }
-        }
-        IPPROTO_ICMP => {
-            let ih = ptr_at::<IcmpHdr>(ctx, L4_OFF).ok_or(Counter::DropMalformed)?;
-            // SAFETY: bounds-checked by ptr_at.
-            let (kind, id) = unsafe { ((*ih).kind, (*ih).id) };
-            match kind {
-                ICMP_ECHO_REPLY => (0, id, 0),
-                ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAM_PROBLEM => {
-                    return icmp_error_to_lan(ctx, eth, ip);
-                }
-                _ => return Err(Counter::PassUntracked),
-            }
-        }
-        _ => return Err(Counter::PassUntracked),
+    let p = parse::ipv4(ctx)?;
+    let (eth, ip, src, dst, proto, tot_len) = (p.eth, p.ip, p.src, p.dst, p.proto, p.tot_len);
+    let (sport, dport, flags) = match wan_ports(ctx, &p) {
+        Ok(ports) => ports,
+        Err(verdict) => return verdict,
     };
     let key = FlowKey::new(src, dst, sport, dport, proto);
-    let entry = CT_IN.get_ptr_mut(&key).ok_or(Counter::PassUntracked)?;
+    let untracked = if p.fragment == Fragment::Whole {
+        Counter::PassUntracked
+    } else {
+        Counter::PassFragment
+    };
+    let entry = CT_IN.get_ptr_mut(&key).ok_or(untracked)?;
     let len = frame_len(ctx);
     // SAFETY: a live entry of our map; concurrent writers only touch counters.
     let entry: CtIn = unsafe {
@@ -292,14 +277,19 @@ pub fn wan_to_lan(ctx: &XdpContext) -> Verdict {
     if tot_len > lan.mtu {
         return Err(Counter::PassMtu);
     }
-    // SAFETY: bounds-checked in ipv4() and above.
+    if p.fragment == Fragment::First {
+        frag::remember(&p, sport, dport);
+    }
+    // SAFETY: bounds-checked in parse::ipv4() and wan_ports().
     unsafe {
         (*ip).check = csum::replace4((*ip).check, dst, entry.lan_addr);
         (*ip).dst = entry.lan_addr;
-        rewrite_l4(ctx, proto, dst, entry.lan_addr, false, entry.lan_port)?;
+        if p.fragment != Fragment::Later {
+            rewrite_l4(ctx, proto, dst, entry.lan_addr, false, entry.lan_port)?;
+        }
     }
     count_rx(entry.wan_id, len);
-    // SAFETY: bounds-checked in ipv4().
+    // SAFETY: bounds-checked in parse::ipv4().
     let action = unsafe {
         fib::forward(
             eth,
@@ -333,7 +323,7 @@ const INNER_L4_OFF: usize = INNER_IP_OFF + IP_LEN;
 /// (Cilium's `snat_v4_rewrite_*_embedded`, Linux's `nf_nat_icmp_reply_translation`).
 #[inline(always)]
 fn icmp_error_to_lan(ctx: &XdpContext, eth: *mut EthHdr, ip: *mut Ipv4Hdr) -> Verdict {
-    let icmp = ptr_at::<IcmpHdr>(ctx, L4_OFF).ok_or(Counter::DropMalformed)?;
+    let icmp = ptr_at::<IcmpHdr>(ctx, L4_OFF).ok_or(Counter::DropBadTransportHeader)?;
     let inner = ptr_at::<Ipv4Hdr>(ctx, INNER_IP_OFF).ok_or(Counter::PassUntracked)?;
     // RFC 792 guarantees the quoted header plus 8 bytes: ports, or an echo's identifier.
     let inner_l4 = ptr_at::<UdpHdr>(ctx, INNER_L4_OFF).ok_or(Counter::PassUntracked)?;

@@ -3,6 +3,7 @@
 //! Fields are kept exactly as on the wire (network byte order); callers compare them with
 //! constants converted once at compile time (`u16::to_be`).
 use aya_ebpf::programs::XdpContext;
+use pcc_common::Counter;
 
 pub const ETH_LEN: usize = 14;
 pub const IP_LEN: usize = 20;
@@ -10,6 +11,8 @@ pub const L4_OFF: usize = ETH_LEN + IP_LEN;
 pub const ETH_P_IP: u16 = 0x0800_u16.to_be();
 /// More-fragments flag and fragment offset: any of them set means a fragment.
 pub const IP_MF_OFFSET: u16 = 0x3fff_u16.to_be();
+/// The fragment offset alone: non-zero in every fragment but the first.
+pub const IP_OFFSET: u16 = 0x1fff_u16.to_be();
 
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
@@ -102,4 +105,110 @@ pub fn frame_len(ctx: &XdpContext) -> u64 {
 pub fn is_multicast_or_broadcast(addr_be: u32) -> bool {
     let first = u32::from_be(addr_be) >> 24;
     first >= 224 || addr_be == u32::MAX
+}
+
+/// Where a packet sits in its datagram (RFC 791).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Fragment {
+    /// Not fragmented.
+    Whole,
+    /// Offset 0, more fragments follow: carries the transport header.
+    First,
+    /// Offset > 0: payload only, no transport header.
+    Later,
+}
+
+/// A parsed IPv4 packet the fast path may translate. Addresses and `ip_id` as on the wire.
+pub struct Ipv4 {
+    pub eth: *mut EthHdr,
+    pub ip: *mut Ipv4Hdr,
+    pub src: u32,
+    pub dst: u32,
+    pub proto: u8,
+    pub tot_len: u16,
+    pub ip_id: u16,
+    pub fragment: Fragment,
+}
+
+/// The frame's Ethernet and IPv4 headers, checked the way the kernel's `ip_rcv_core` checks
+/// them (a header the kernel would drop is dropped here, counted). Options go to the kernel,
+/// and so does TTL <= 1 (it answers "time exceeded").
+#[inline(always)]
+pub fn ipv4(ctx: &XdpContext) -> Result<Ipv4, Counter> {
+    let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(Counter::DropRunt)?;
+    // SAFETY: bounds-checked by ptr_at.
+    if unsafe { (*eth).ether_type } != ETH_P_IP {
+        return Err(Counter::PassNotIpv4);
+    }
+    let ip = ptr_at::<Ipv4Hdr>(ctx, ETH_LEN).ok_or(Counter::DropRunt)?;
+    // SAFETY: bounds-checked by ptr_at.
+    let h = unsafe { &*ip };
+    let (version_ihl, tot_len) = (h.version_ihl, u16::from_be(h.tot_len));
+    let ihl_bytes = u16::from(version_ihl & 0xf) * 4;
+    if version_ihl >> 4 != 4 || ihl_bytes < IP_LEN as u16 || tot_len < ihl_bytes {
+        return Err(Counter::DropBadIpHeader);
+    }
+    if u64::from(tot_len) + ETH_LEN as u64 > frame_len(ctx) {
+        return Err(Counter::DropBadIpHeader);
+    }
+    if ihl_bytes != IP_LEN as u16 {
+        return Err(Counter::PassIpOptions);
+    }
+    if h.ttl <= 1 {
+        return Err(Counter::PassTtl);
+    }
+    let fragment = if h.frag_off & IP_MF_OFFSET == 0 {
+        Fragment::Whole
+    } else if h.frag_off & IP_OFFSET == 0 {
+        Fragment::First
+    } else {
+        Fragment::Later
+    };
+    Ok(Ipv4 {
+        eth,
+        ip,
+        src: h.src,
+        dst: h.dst,
+        proto: h.proto,
+        tot_len,
+        ip_id: h.id,
+        fragment,
+    })
+}
+
+/// The TCP header of a whole packet or first fragment. The first fragment must hold the
+/// whole header (RFC 1858: tiny fragments are an attack on filters).
+#[inline(always)]
+pub fn tcp(ctx: &XdpContext, p: &Ipv4) -> Result<*mut TcpHdr, Counter> {
+    let th = ptr_at::<TcpHdr>(ctx, L4_OFF).ok_or(Counter::DropBadTransportHeader)?;
+    // SAFETY: bounds-checked by ptr_at.
+    let data_offset = u16::from(unsafe { (*th).off_res } >> 4) * 4;
+    if data_offset < 20 || data_offset > p.tot_len - IP_LEN as u16 {
+        return Err(Counter::DropBadTransportHeader);
+    }
+    Ok(th)
+}
+
+/// The UDP header of a whole packet or first fragment. Its length covers the whole datagram,
+/// so only a whole packet can be held to it.
+#[inline(always)]
+pub fn udp(ctx: &XdpContext, p: &Ipv4) -> Result<*mut UdpHdr, Counter> {
+    let uh = ptr_at::<UdpHdr>(ctx, L4_OFF).ok_or(Counter::DropBadTransportHeader)?;
+    // SAFETY: bounds-checked by ptr_at.
+    let len = u16::from_be(unsafe { (*uh).len });
+    let payload = p.tot_len - IP_LEN as u16;
+    if len < 8 || payload < 8 || (p.fragment == Fragment::Whole && len > payload) {
+        return Err(Counter::DropBadTransportHeader);
+    }
+    Ok(uh)
+}
+
+/// The ICMP header of a whole packet or first fragment.
+#[inline(always)]
+pub fn icmp(ctx: &XdpContext, p: &Ipv4) -> Result<*mut IcmpHdr, Counter> {
+    let ih = ptr_at::<IcmpHdr>(ctx, L4_OFF).ok_or(Counter::DropBadTransportHeader)?;
+    if p.tot_len < (IP_LEN + size_of::<IcmpHdr>()) as u16 {
+        return Err(Counter::DropBadTransportHeader);
+    }
+    Ok(ih)
 }

@@ -392,20 +392,15 @@ pub fn measure_all(samples: usize, fills: &[u32]) -> Result<Report> {
             frame(CLIENT, 5000, SERVER, udp)
         })?,
     );
-    let reply = Frame {
-        dst_mac: WAN_MACS[wan],
-        src_mac: GW_MACS[wan],
-        src: SERVER,
-        dst: WAN_ADDRS[wan],
-        ttl: 50,
-        id: 2,
-        l4: L4::Tcp {
+    let reply = from_server(
+        wan,
+        L4::Tcp {
             sport: 80,
             dport: nat_tcp,
             flags: TCP_ACK,
             payload: vec![0; 64],
         },
-    }
+    )
     .bytes();
     add(
         "TCP reply, WAN to LAN",

@@ -456,19 +456,6 @@ fn lan_traffic_the_fast_path_does_not_own_is_passed_or_dropped_and_counted() {
             Counter::DropRunt,
         ),
         (
-            "IP options",
-            {
-                let mut f = from_client(CLIENT, CLIENT_MAC, udp()).bytes();
-                f[14] = 0x46;
-                f.splice(34..34, [1, 1, 1, 0]);
-                let tl = u16::from_be_bytes([f[16], f[17]]) + 4;
-                f[16..18].copy_from_slice(&tl.to_be_bytes());
-                f
-            },
-            XDP_PASS,
-            Counter::PassIpOptions,
-        ),
-        (
             "GRE",
             {
                 let mut f = from_client(CLIENT, CLIENT_MAC, udp()).bytes();

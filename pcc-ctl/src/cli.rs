@@ -88,6 +88,10 @@ pub struct UpArgs {
     /// XDP attach mode.
     #[arg(long, value_enum, default_value = "native")]
     pub xdp_mode: XdpModeArg,
+    /// Do not install the nftables table that keeps kernel-forwarded LAN traffic from leaving
+    /// a WAN un-NATed and unsolicited WAN traffic out of the LAN (with your own firewall).
+    #[arg(long)]
+    pub no_forward_guard: bool,
     /// Conntrack capacity in connections; beyond it new connections are dropped and counted.
     #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(16..=16_777_216))]
     pub max_connections: u32,

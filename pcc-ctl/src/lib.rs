@@ -5,6 +5,7 @@ pub mod bench;
 pub mod cli;
 pub mod conntrack;
 pub mod dataplane;
+pub mod guard;
 pub mod health;
 pub mod lock;
 pub mod maps;

@@ -16,6 +16,7 @@ use crate::{
     cli::{UpArgs, XdpModeArg},
     conntrack::{self, GcReport},
     dataplane::{Dataplane, Role},
+    guard::{ForwardGuard, GuardSpec},
     health::{Clock, HealthTable, Probers, WanHealth},
     lock::InterfaceLocks,
     maps::Maps,
@@ -264,7 +265,16 @@ pub async fn run(args: UpArgs) -> Result<()> {
     // From here on the kernel holds state of ours: clean it up on every exit path.
     let mut managed = Vec::new();
     let mut routes = DefaultRoutes::default();
+    let mut guard = None;
     let result = async {
+        if !args.no_forward_guard {
+            let wan_names: Vec<String> = learned.wans.iter().map(|(l, _, _)| l.name.clone()).collect();
+            let lans: Vec<(String, Ipv4Net)> = learned.lans.iter().map(|(l, n)| (l.name.clone(), *n)).collect();
+            let spec = GuardSpec { wans: &wan_names, lans: &lans, ports: (skip_min, skip_max) };
+            let g = ForwardGuard::install(&spec)?;
+            log::info!("kernel forwarding guarded by nftables table ip {}", g.table());
+            guard = Some(g);
+        }
         for wan in &wans {
             nl.add_managed_neighbour(wan.info.ifindex, wan.gateway).await?;
             managed.push((wan.info.ifindex, wan.gateway));
@@ -334,6 +344,9 @@ pub async fn run(args: UpArgs) -> Result<()> {
     .await;
 
     drop(dataplane);
+    if let Some(g) = guard {
+        g.remove();
+    }
     routes.restore_all(&nl).await;
     for (ifindex, gateway) in managed {
         if let Err(e) = nl.del_neighbour(ifindex, gateway).await {

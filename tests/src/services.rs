@@ -82,23 +82,34 @@ while True:
             continue
         local = s.getsockname()
         log.write(f"{peer[0]} {peer[1]} {local[0]} {local[1]} {len(data)}\n")
-        s.sendto(f"{peer[0]}:{peer[1]}".encode(), peer)
+        reply = f"{peer[0]}:{peer[1]}".encode()
+        # "echo:..." asks for the datagram back too (big ones come back fragmented).
+        if data.startswith(b"echo:"):
+            reply += b"|" + data
+        s.sendto(reply, peer)
 "#;
 
 const UDP_PROBE_PY: &str = r#"
 import socket, sys
 dst, port, sport, tries, wait = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+size = int(sys.argv[6]) if len(sys.argv) > 6 else 0
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("0.0.0.0", sport))
 s.settimeout(wait)
 for i in range(tries):
-    s.sendto(f"probe {i}".encode(), (dst, port))
+    # A sized probe carries `size` bytes and must come back whole and unchanged.
+    body = b"echo:" + bytes((i + n) % 251 for n in range(size)) if size else f"probe {i}".encode()
+    s.sendto(body, (dst, port))
     try:
         data, peer = s.recvfrom(65535)
     except socket.timeout:
         continue
-    print(f"{s.getsockname()[1]} {peer[0]}:{peer[1]} {data.decode()}")
+    seen, _, echoed = data.partition(b"|")
+    if size and echoed != body:
+        print(f"echo of {len(body)} bytes came back as {len(echoed)} different bytes", file=sys.stderr)
+        sys.exit(2)
+    print(f"{s.getsockname()[1]} {peer[0]}:{peer[1]} {seen.decode()}")
     sys.exit(0)
 print(f"no reply from {dst}:{port} after {tries} tries", file=sys.stderr)
 sys.exit(1)
@@ -456,6 +467,20 @@ impl Lab {
         sport: u16,
         tries: u32,
     ) -> Result<UdpReply> {
+        self.udp_echo(client, dst, port, sport, tries, 0)
+    }
+
+    /// Like [`udp_probe`](Self::udp_probe) with `size` bytes of payload that the echo server
+    /// must send back unchanged (over 1472 bytes, both ways travel as IP fragments).
+    pub fn udp_echo(
+        &self,
+        client: &str,
+        dst: Ipv4Addr,
+        port: u16,
+        sport: u16,
+        tries: u32,
+        size: usize,
+    ) -> Result<UdpReply> {
         let script = self.script("udp_probe.py", UDP_PROBE_PY)?;
         let out = self.exec_opts(
             client,
@@ -467,6 +492,7 @@ impl Lab {
                 &sport.to_string(),
                 &tries.to_string(),
                 "1.0",
+                &size.to_string(),
             ],
             None,
             Duration::from_secs(u64::from(tries) + 10),

@@ -1,6 +1,6 @@
 //! Packets nobody on the LAN asked for (UDP and TCP SYNs from the ISPs and the internet, to
 //! the router's WAN addresses and straight to LAN addresses) never reach the LAN while pcc
-//! runs.
+//! runs, with the kernel's forwarding off and on.
 
 use pcc_tests::{Lab, require_root};
 
@@ -56,7 +56,22 @@ const SENT_COUNTERS: &str = "table inet pcctest {
 #[test]
 fn unsolicited_traffic_never_reaches_the_lan() {
     require_root!();
-    let lab = Lab::builder().build().expect("building the lab");
+    check(false);
+}
+
+/// With `ip_forward=1` the kernel would route what pcc passes up straight into the LAN; pcc's
+/// forwarding guard (an nftables table of its own) must stop it.
+#[test]
+fn unsolicited_traffic_never_reaches_the_lan_with_kernel_forwarding_on() {
+    require_root!();
+    check(true);
+}
+
+fn check(ip_forward: bool) {
+    let lab = Lab::builder()
+        .ip_forward(ip_forward)
+        .build()
+        .expect("building the lab");
     lab.start_udp_echo().expect("UDP echo server");
     let sender = lab.dir().join("unsolicited.py");
     std::fs::write(&sender, SENDER_PY).unwrap();
@@ -157,6 +172,22 @@ fn unsolicited_traffic_never_reaches_the_lan() {
             "{c}: {p} packets from a third party to the live flow's NAT port {nat_target} \
              reached the LAN (expected address-and-port-dependent filtering, like conntrack)"
         );
+    }
+    if ip_forward {
+        // The kernel did try to forward them: pcc's guard is what stopped them.
+        let chain = lab
+            .run(
+                "router",
+                &["nft", "list", "chain", "ip", "pcc_guard_lan0", "forward"],
+            )
+            .expect("the guard's forward chain");
+        let dropped: u64 = chain
+            .lines()
+            .find(|l| l.contains("unsolicited from a WAN"))
+            .and_then(|l| l.split_whitespace().skip_while(|w| *w != "packets").nth(1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(dropped > 0, "the guard dropped nothing:\n{chain}");
     }
     // pcc still serves the LAN.
     let again = lab

@@ -1,0 +1,162 @@
+//! The kernel forwarding guard. Whatever the XDP programs pass to the kernel (IP options,
+//! packets over a WAN's MTU, anything unknown) is forwarded by the kernel itself when
+//! `net.ipv4.ip_forward=1`, as on most routers, and would leave a WAN with its LAN source
+//! address, or let unsolicited traffic from a WAN into the LAN. An nftables table of pcc's own
+//! closes both holes for as long as pcc runs:
+//!
+//! - LAN sources leaving a WAN through the kernel are masqueraded, TCP and UDP to ports inside
+//!   the router's own ephemeral range (`net.ipv4.ip_local_port_range`), which pcc's NAT never
+//!   hands out, so the kernel's mappings and pcc's can never collide on a WAN address;
+//! - from a WAN to a LAN only replies the kernel itself tracks pass (`ct state
+//!   established,related`), everything else is dropped and counted.
+//!
+//! The `nft` tool is the interface (it ships with every nftables system, and applies a whole
+//! table atomically from text), so the rules are plain to read with `nft list table ip NAME`.
+use std::{
+    io::Write as _,
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, Result, ensure};
+
+use crate::netlink::Ipv4Net;
+
+/// What the guard protects.
+pub struct GuardSpec<'a> {
+    pub wans: &'a [String],
+    pub lans: &'a [(String, Ipv4Net)],
+    /// Masquerade ports: the router's ephemeral range.
+    pub ports: (u16, u16),
+}
+
+/// The installed table; removed by [`ForwardGuard::remove`].
+pub struct ForwardGuard {
+    table: String,
+}
+
+/// The table name for a set of LANs: one pcc instance per LAN port, so the first LAN names
+/// it (nft identifiers: letters, digits, `_`).
+pub fn table_name(first_lan: &str) -> String {
+    let clean: String = first_lan
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("pcc_guard_{clean}")
+}
+
+fn quoted(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|n| format!("\"{n}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The ruleset, replacing any table of the same name atomically (left behind by a pcc that
+/// was killed).
+pub fn ruleset(table: &str, spec: &GuardSpec) -> String {
+    let wans = quoted(spec.wans);
+    let lan_names: Vec<String> = spec.lans.iter().map(|(n, _)| n.clone()).collect();
+    let lans = quoted(&lan_names);
+    let nets = spec
+        .lans
+        .iter()
+        .map(|(_, net)| {
+            let network = u32::from(net.addr) & u32::from(net.netmask());
+            format!("{}/{}", std::net::Ipv4Addr::from(network), net.prefix)
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let (lo, hi) = spec.ports;
+    format!(
+        "table ip {table}\n\
+         delete table ip {table}\n\
+         table ip {table} {{\n\
+         \tchain forward {{\n\
+         \t\ttype filter hook forward priority filter; policy accept;\n\
+         \t\tiifname {{ {wans} }} oifname {{ {lans} }} ct state established,related accept\n\
+         \t\tiifname {{ {wans} }} oifname {{ {lans} }} counter drop comment \"unsolicited from a WAN\"\n\
+         \t}}\n\
+         \tchain postrouting {{\n\
+         \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+         \t\toifname {{ {wans} }} ip saddr {{ {nets} }} meta l4proto {{ tcp, udp }} counter masquerade to :{lo}-{hi} comment \"LAN traffic the XDP path passed to the kernel\"\n\
+         \t\toifname {{ {wans} }} ip saddr {{ {nets} }} counter masquerade\n\
+         \t}}\n\
+         }}\n"
+    )
+}
+
+fn nft(stdin: &str) -> Result<()> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot run nft (install nftables, or pass --no-forward-guard)")?;
+    child
+        .stdin
+        .take()
+        .context("nft stdin")?
+        .write_all(stdin.as_bytes())
+        .context("writing to nft")?;
+    let out = child.wait_with_output().context("waiting for nft")?;
+    ensure!(
+        out.status.success(),
+        "nft refused the ruleset: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+impl ForwardGuard {
+    pub fn install(spec: &GuardSpec) -> Result<ForwardGuard> {
+        let first_lan = spec.lans.first().map_or("lan", |(n, _)| n.as_str());
+        let table = table_name(first_lan);
+        nft(&ruleset(&table, spec))
+            .with_context(|| format!("cannot install the forwarding guard (table ip {table})"))?;
+        Ok(ForwardGuard { table })
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// Removes the table; a failure is logged, not fatal (the controller is exiting).
+    pub fn remove(self) {
+        if let Err(e) = nft(&format!("delete table ip {}\n", self.table)) {
+            log::warn!("removing the forwarding guard: {e:#}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    #[test]
+    fn ruleset_names_every_port_and_subnet() {
+        let wans = vec!["wan0".to_string(), "wan1".to_string()];
+        let lans = vec![(
+            "lan0".to_string(),
+            Ipv4Net {
+                addr: Ipv4Addr::new(198, 19, 10, 1),
+                prefix: 24,
+            },
+        )];
+        let spec = GuardSpec {
+            wans: &wans,
+            lans: &lans,
+            ports: (32768, 60999),
+        };
+        let r = ruleset(&table_name("lan0"), &spec);
+        assert!(r.starts_with("table ip pcc_guard_lan0\ndelete table ip pcc_guard_lan0\n"));
+        assert!(r.contains("iifname { \"wan0\", \"wan1\" } oifname { \"lan0\" } ct state"));
+        assert!(r.contains(
+            "ip saddr { 198.19.10.0/24 } meta l4proto { tcp, udp } counter masquerade to :32768-60999"
+        ));
+        assert_eq!(table_name("br-lan.10"), "pcc_guard_br_lan_10");
+    }
+}

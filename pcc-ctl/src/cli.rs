@@ -23,6 +23,16 @@ pub enum Command {
     Status(StatusArgs),
     /// List the connections a running `pcc-ctl up` tracks.
     Flows(FlowsArgs),
+    /// Remove what a `pcc-ctl up` that did not exit cleanly left running (pinned programs and
+    /// maps, the forwarding guard, demoted routes); its connections end.
+    Down(DownArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DownArgs {
+    /// The LAN interfaces of the `pcc-ctl up` to remove (its first LAN names its state).
+    #[arg(long, value_delimiter = ',', required = true, value_name = "IFACE,...")]
+    pub lan: Vec<String>,
 }
 
 #[derive(Args, Debug)]

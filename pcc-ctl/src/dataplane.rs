@@ -1,11 +1,17 @@
 //! Loading the XDP programs and attaching them to the ports.
 use anyhow::{Context as _, Result, anyhow};
+use std::path::Path;
+
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{ProgramError, Xdp, XdpMode},
+    programs::{
+        ProgramError, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
 };
 
-use crate::{cli::XdpModeArg, maps::Maps};
+use crate::{cli::XdpModeArg, maps::Maps, pin::Pins};
 
 /// The compiled `pcc-ebpf` object, embedded at build time by `build.rs` (aya-build).
 pub static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pcc"));
@@ -26,17 +32,49 @@ impl Role {
     }
 }
 
-/// The loaded programs. Dropping it detaches every attachment (aya owns the links).
+/// How a port got its program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attached {
+    /// A new XDP link.
+    Fresh,
+    /// The pinned link of a previous controller, switched to this program atomically.
+    Adopted,
+}
+
+/// The loaded programs. Dropping it closes this process's handles: an unpinned attachment
+/// goes with them, a pinned one stays until its pin is removed.
 pub struct Dataplane {
     ebpf: Ebpf,
+    /// Links this process pinned (their handles are held until exit).
+    pinned: Vec<PinnedLink>,
 }
 
 impl Dataplane {
-    /// Loads (and verifies) both programs, with conntrack sized for `max_connections`.
+    /// Loads (and verifies) both programs, with conntrack sized for `max_connections`; maps
+    /// are private to this process (tests, benchmarks).
     pub fn load(max_connections: u32) -> Result<(Self, Maps)> {
-        let mut ebpf = EbpfLoader::new()
+        Self::load_with(max_connections, None)
+    }
+
+    /// Like [`load`](Self::load), with every dataplane map pinned in `pins` (reused if a
+    /// previous controller left it there).
+    pub fn load_pinned(max_connections: u32, pins: &Pins) -> Result<(Self, Maps)> {
+        std::fs::create_dir_all(&pins.dir)
+            .with_context(|| format!("cannot create {}", pins.dir.display()))?;
+        Self::load_with(max_connections, Some(pins))
+    }
+
+    fn load_with(max_connections: u32, pins: Option<&Pins>) -> Result<(Self, Maps)> {
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries("CT_OUT", max_connections)
-            .map_max_entries("CT_IN", max_connections)
+            .map_max_entries("CT_IN", max_connections);
+        if let Some(pins) = pins {
+            for name in crate::pin::PINNED_MAPS {
+                loader.map_pin_path(name, pins.map_path(name));
+            }
+        }
+        let mut ebpf = loader
             .load(PROGRAM)
             .context("cannot load the eBPF object")?;
         for role in [Role::Lan, Role::Wan] {
@@ -48,22 +86,64 @@ impl Dataplane {
                 .with_context(|| format!("the kernel refused program {}", role.program()))?;
         }
         let maps = Maps::take(&mut ebpf)?;
-        Ok((Self { ebpf }, maps))
+        Ok((
+            Self {
+                ebpf,
+                pinned: Vec::new(),
+            },
+            maps,
+        ))
     }
 
-    pub fn attach(&mut self, role: Role, interface: &str, mode: XdpModeArg) -> Result<()> {
-        let prog: &mut Xdp = self
+    /// Attaches `role`'s program to `interface` through a link pinned at `pin`: a link left
+    /// there by a previous controller is switched to this program atomically, so the port
+    /// never runs without one; a stale link (its interface was re-created) is replaced.
+    pub fn attach_pinned(
+        &mut self,
+        role: Role,
+        interface: &str,
+        mode: XdpModeArg,
+        pin: &Path,
+    ) -> Result<Attached> {
+        let prog = self.xdp(role)?;
+        if pin.exists() {
+            let link = PinnedLink::from_pin(pin)
+                .with_context(|| format!("cannot open the pinned link {}", pin.display()))?;
+            let link = XdpLink::try_from(FdLink::from(link))
+                .with_context(|| format!("{} is not an XDP link", pin.display()))?;
+            match prog.attach_to_link(link) {
+                Ok(_) => return Ok(Attached::Adopted),
+                Err(e) => {
+                    log::warn!(
+                        "{interface}: the pinned link no longer works ({e}); attaching afresh"
+                    );
+                    let _ = std::fs::remove_file(pin);
+                }
+            }
+        }
+        let id = prog
+            .attach(interface, xdp_mode(mode))
+            .map_err(|e| attach_error(interface, mode, e))?;
+        let link = prog.take_link(id)?;
+        let link = FdLink::try_from(link).with_context(|| {
+            format!("{interface}: the kernel gave no bpf_link to pin (XDP links need Linux 5.9)")
+        })?;
+        let pinned = link.pin(pin).with_context(|| {
+            format!(
+                "cannot pin the XDP link of {interface} at {}",
+                pin.display()
+            )
+        })?;
+        self.pinned.push(pinned);
+        Ok(Attached::Fresh)
+    }
+
+    fn xdp(&mut self, role: Role) -> Result<&mut Xdp> {
+        Ok(self
             .ebpf
             .program_mut(role.program())
             .context("program missing")?
-            .try_into()?;
-        let xdp_mode = match mode {
-            XdpModeArg::Native => XdpMode::Driver,
-            XdpModeArg::Generic => XdpMode::Skb,
-        };
-        prog.attach(interface, xdp_mode)
-            .map_err(|e| attach_error(interface, mode, e))?;
-        Ok(())
+            .try_into()?)
     }
 
     /// The program's file descriptor-backed handle, for tests and benchmarks (TestRun).
@@ -84,6 +164,13 @@ impl Dataplane {
                 .with_context(|| format!("the kernel refused program {name}"))?;
         }
         Ok(prog)
+    }
+}
+
+fn xdp_mode(mode: XdpModeArg) -> XdpMode {
+    match mode {
+        XdpModeArg::Native => XdpMode::Driver,
+        XdpModeArg::Generic => XdpMode::Skb,
     }
 }
 

@@ -130,6 +130,11 @@ impl ForwardGuard {
     }
 }
 
+/// Removes a guard table left by a controller that was killed; whether there was one.
+pub fn remove_table(table: &str) -> bool {
+    nft(&format!("delete table ip {table}\n")).is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;

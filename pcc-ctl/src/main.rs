@@ -1,6 +1,6 @@
 //! pcc-ctl: the controller and command line of pcc.
 use clap::Parser as _;
-use pcc_ctl::{cli, show, up};
+use pcc_ctl::{cli, down, show, up};
 
 fn main() {
     // netlink_proto warns about every event that arrives while its stream shuts down.
@@ -22,14 +22,15 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let result = match cli.command {
-        cli::Command::Up(args) => match tokio::runtime::Builder::new_current_thread()
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-        {
-            Ok(runtime) => runtime.block_on(up::run(args)),
-            Err(e) => Err(anyhow::anyhow!("cannot start the async runtime: {e}")),
-        },
+            .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))
+    };
+    let result = match cli.command {
+        cli::Command::Up(args) => runtime().and_then(|rt| rt.block_on(up::run(args))),
+        cli::Command::Down(args) => runtime().and_then(|rt| rt.block_on(down::run(args))),
         cli::Command::Status(args) => show::status(&args),
         cli::Command::Flows(args) => show::flows(&args),
     };

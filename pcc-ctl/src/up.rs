@@ -15,13 +15,14 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     cli::{UpArgs, XdpModeArg},
     conntrack::{self, GcReport},
-    dataplane::{Dataplane, Role},
+    dataplane::{Attached, Dataplane, Role},
     guard::{ForwardGuard, GuardSpec},
     health::{Clock, HealthTable, Probers, WanHealth},
     lock::InterfaceLocks,
     maps::Maps,
     metrics::{self, Metrics},
     netlink::{Ipv4Net, Link, Netlink},
+    pin::{self, PinnedState, Pins},
     wan::{self, DefaultRoutes, WanView},
 };
 
@@ -188,7 +189,33 @@ pub async fn run(args: UpArgs) -> Result<()> {
     let nl = Netlink::connect()?;
     let learned = learn(&nl, &args).await?;
 
-    let (mut dataplane, mut maps) = Dataplane::load(args.max_connections)?;
+    let pins = Pins::for_lan(&args.lan[0]);
+    let want = PinnedState {
+        wans: learned
+            .wans
+            .iter()
+            .map(|(l, _, _)| l.name.clone())
+            .collect(),
+        lans: learned.lans.iter().map(|(l, _)| l.name.clone()).collect(),
+        max_connections: args.max_connections,
+        layout: pin::layout(),
+    };
+    let adopting = pins.exist();
+    if adopting {
+        // Refused here, before anything is touched: the running dataplane keeps forwarding.
+        pins.check_adoptable(&want)?;
+    } else {
+        pins.remove_all();
+    }
+    let (mut dataplane, mut maps) = match Dataplane::load_pinned(args.max_connections, &pins) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            if !adopting {
+                pins.remove_all();
+            }
+            return Err(e);
+        }
+    };
     let (skip_min, skip_max) = local_port_range();
     let nat_ports = NatPortRange {
         min: args.nat_ports.0,
@@ -267,12 +294,13 @@ pub async fn run(args: UpArgs) -> Result<()> {
     let mut routes = DefaultRoutes::default();
     let mut guard = None;
     let result = async {
+        pins.write_state(&want)?;
         if !args.no_forward_guard {
             let wan_names: Vec<String> = learned.wans.iter().map(|(l, _, _)| l.name.clone()).collect();
             let lans: Vec<(String, Ipv4Net)> = learned.lans.iter().map(|(l, n)| (l.name.clone(), *n)).collect();
             let spec = GuardSpec { wans: &wan_names, lans: &lans, ports: (skip_min, skip_max) };
             let g = ForwardGuard::install(&spec)?;
-            log::info!("kernel forwarding guarded by nftables table ip {}", g.table());
+            log::debug!("kernel forwarding guarded by nftables table ip {}", g.table());
             guard = Some(g);
         }
         for wan in &wans {
@@ -295,11 +323,23 @@ pub async fn run(args: UpArgs) -> Result<()> {
         if args.xdp_mode == XdpModeArg::Generic {
             log::warn!("generic XDP mode: every packet pays for an skb first; use native mode where the driver has it");
         }
-        for (link, _) in &learned.lans {
-            dataplane.attach(Role::Lan, &link.name, args.xdp_mode)?;
+        let ports = learned
+            .lans
+            .iter()
+            .map(|(l, _)| (Role::Lan, &l.name))
+            .chain(learned.wans.iter().map(|(l, _, _)| (Role::Wan, &l.name)));
+        let mut adopted = Vec::new();
+        for (role, name) in ports {
+            if dataplane.attach_pinned(role, name, args.xdp_mode, &pins.link_path(name))? == Attached::Adopted {
+                adopted.push(name.clone());
+            }
         }
-        for (link, _, _) in &learned.wans {
-            dataplane.attach(Role::Wan, &link.name, args.xdp_mode)?;
+        if !adopted.is_empty() {
+            log::info!(
+                "adopted the running dataplane of {} ({} connections kept)",
+                adopted.join(","),
+                maps.ct_out.keys().count()
+            );
         }
 
         let params = args.health.params();
@@ -329,6 +369,8 @@ pub async fn run(args: UpArgs) -> Result<()> {
         }
         let events = Netlink::events()?;
         tokio::spawn(server);
+        let wan_ifindexes: Vec<(u8, u32)> = wans.iter().map(|w| (w.wan_id, w.info.ifindex)).collect();
+        routes.adopt(&nl, &wan_ifindexes).await;
         routes.follow(&nl, &wans).await;
         log::info!(
             "balancing {} over {} ({} classifier), metrics on http://{}/metrics",
@@ -343,6 +385,9 @@ pub async fn run(args: UpArgs) -> Result<()> {
     }
     .await;
 
+    // A clean exit (or a failed start) leaves nothing: removing the link pins, then closing
+    // our handles, detaches the programs.
+    pins.remove_all();
     drop(dataplane);
     if let Some(g) = guard {
         g.remove();

@@ -107,6 +107,21 @@ pub struct DefaultRoutes {
 }
 
 impl DefaultRoutes {
+    /// Takes over the demoted routes a previous controller left (it was killed before it
+    /// could restore them): each is recorded with its original metric, so `follow` and
+    /// `restore_all` put it back. `wans` are (`wan_id`, ifindex) pairs.
+    pub async fn adopt(&mut self, nl: &Netlink, wans: &[(u8, u32)]) {
+        for &(wan_id, ifindex) in wans {
+            let Ok(routes) = nl.default_routes(ifindex).await else {
+                continue;
+            };
+            for route in routes.into_iter().filter(|r| metric(r) >= DEMOTED_METRIC) {
+                let original = with_metric(&route, metric(&route) - DEMOTED_METRIC);
+                self.demoted.entry(wan_id).or_default().push(original);
+            }
+        }
+    }
+
     pub async fn follow(&mut self, nl: &Netlink, wans: &[WanView]) {
         let any_up = wans.iter().any(|w| w.up);
         for wan in wans {
@@ -146,6 +161,11 @@ impl DefaultRoutes {
             // Gone already if the link went away with it.
             let _ = nl.del_route(demoted).await;
         }
+    }
+
+    /// Routes currently demoted (recorded by `follow` or `adopt`).
+    pub fn demoted_count(&self) -> usize {
+        self.demoted.values().map(Vec::len).sum()
     }
 
     pub async fn restore_all(&mut self, nl: &Netlink) {

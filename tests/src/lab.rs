@@ -396,7 +396,11 @@ impl Lab {
         }
         let text = self.run(node, &["ip", "link", "show"])?;
         for line in text.lines().filter(|l| l.contains(" xdp")) {
-            if !found.iter().any(|f| line.contains(&format!(" {f}:"))) {
+            // Lines read "N: NAME:" or, for a veth, "N: NAME@ifPEER:".
+            if !found
+                .iter()
+                .any(|f| line.contains(&format!(" {f}:")) || line.contains(&format!(" {f}@")))
+            {
                 found.push(line.trim().to_owned());
             }
         }

@@ -9,6 +9,7 @@
 pub mod classify;
 pub mod counters;
 pub mod csum;
+pub mod generator;
 pub mod maps;
 pub mod natport;
 

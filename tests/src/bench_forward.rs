@@ -1,10 +1,16 @@
 //! `cargo xtask bench forward`: forwarding rate of the lab router, pcc vs the kernel.
 //!
-//! trafgen (netsniff-ng) in client c1, pinned to CPU 0, sends 64-byte UDP frames (60 bytes
-//! plus FCS) over 6400 flows (50 server addresses × 256 source ports) to the router's lan0
-//! through the switch. Behind the router each ISP's `up0` carries `pcc-bench attach sink`
-//! (an XDP program that counts and drops IPv4 and passes ARP), so nothing past the router
-//! costs CPU. Three set-ups, interleaved in every repetition:
+//! The generator is `pcc-bench generate`: the dataplane object's `bench_gen` XDP program run
+//! with BPF_PROG_TEST_RUN in live-frames mode, in the switch namespace, pinned to CPU 0, with
+//! `p-lan` (the switch-side peer of the router's lan0) as ingress device. Its XDP_TX becomes a
+//! transmit into p-lan, so 64-byte UDP frames (60 bytes plus FCS, c1's source MAC and address,
+//! lan0's MAC) go straight into lan0's receive ring, bypassing the bridge, over 6400 flows
+//! (50 server addresses × 128 source ports). It replaced trafgen in client c1, which went
+//! through socket, qdisc and bridge and topped out near the router's rate (about 150 kpps
+//! here), so it could not show the router's limit; one core sends millions of frames per
+//! second this way. Behind the router each ISP's `up0` carries `pcc-bench attach sink` (an
+//! XDP program that counts and drops IPv4 and passes ARP), so nothing past the router costs
+//! CPU. Three set-ups, interleaved in every repetition:
 //!
 //! - **ceiling**: `pcc-bench attach drop lan0` on the router: what the generator can put into
 //!   the router's LAN port;
@@ -15,12 +21,12 @@
 //!
 //! The router's lan0 runs threaded NAPI (`/sys/class/net/lan0/threaded`) with its kthread
 //! pinned to CPU 1, so the router's receive work (XDP program or kernel stack, plus the
-//! transmit into the ISP veth and the sink there) runs on CPU 1 while trafgen and the switch
-//! run on CPU 0. The ISPs' `up0` run threaded NAPI too (pinned to CPU 1), so the sinks' work
-//! is not done in the router thread's context. CPU cost = time lan0's NAPI thread was on the
-//! CPU (`/proc/PID/schedstat`) over the window divided by the packets that reached the sinks
-//! (lan0's XDP drops for the ceiling): it counts the router's work only, not other load on the
-//! machine.
+//! transmit into the ISP veth) runs on CPU 1 while the generator runs on CPU 0. The ISPs'
+//! `up0` run threaded NAPI too, pinned to CPU 0 (see `SINK_CPU`), so the sinks' work is
+//! neither done in the router thread's context nor waits for it. CPU cost = time lan0's NAPI
+//! thread was on the CPU (`/proc/PID/schedstat`) over the window divided by the packets that
+//! reached the sinks (lan0's XDP drops for the ceiling): it counts the router's work only, not
+//! other load on the machine.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -33,11 +39,17 @@ use crate::bench::{MachineInfo, update_section};
 use crate::lab::Lab;
 use crate::proc::LabProcess;
 
-/// Number of flows trafgen cycles through: 50 destination addresses × 256 source ports.
+/// Flows the generator cycles through: 50 destination addresses × 128 source ports
+/// (`pcc_common::generator::GEN_FLOWS`, which this crate does not depend on).
 pub const FLOWS: usize = 6400;
 /// The CPU the generator is pinned to, and the one the router's NAPI thread is pinned to.
 const GEN_CPU: usize = 0;
 const ROUTER_CPU: usize = 1;
+/// The sinks' NAPI threads run beside the generator: at the router's real-time priority on
+/// its CPU they waited while the saturated router thread ran, and their 256-frame rings
+/// overflowed (frames lost past the router that the router had forwarded). Real-time here,
+/// they preempt the generator, which is several times faster than the router.
+const SINK_CPU: usize = GEN_CPU;
 /// Warm-up before the measuring window opens.
 const WARMUP: Duration = Duration::from_millis(1500);
 
@@ -88,10 +100,13 @@ impl Default for ForwardOpts {
 #[derive(Clone, Debug)]
 pub struct Window {
     pub mode: Mode,
-    /// `None`: as fast as trafgen goes; `Some(pps)`: rate-limited.
+    /// `None`: as fast as the generator goes; `Some(pps)`: paced.
     pub offered_pps: Option<u64>,
-    /// Frames the switch delivered into the router's lan0 per second (`p-lan` tx).
-    pub sent_pps: f64,
+    /// Frames the generator transmitted into `p-lan` per second (delivered or not).
+    pub generated_pps: f64,
+    /// Of those, frames that went into lan0's receive ring per second (`p-lan`'s
+    /// `xdp_xmit`; the rest found the ring full: `xdp_xmit_errors`).
+    pub delivered_pps: f64,
     /// Frames counted behind the router per second (sinks; lan0's XDP drops for the ceiling).
     pub pps: f64,
     /// Busy fraction of the router's CPU and of the generator's CPU over the window.
@@ -173,21 +188,47 @@ fn clk_tck() -> f64 {
     if t > 0 { t as f64 } else { 100.0 }
 }
 
-/// Sum of `*xdp_drops` counters of `ethtool -S dev` in `node`.
-fn xdp_drops(lab: &Lab, node: &str, dev: &str) -> Result<u64> {
+/// Sums of the `ethtool -S dev` counters in `node` whose names end with each of `suffixes`.
+fn ethtool_sums<const N: usize>(
+    lab: &Lab,
+    node: &str,
+    dev: &str,
+    suffixes: [&str; N],
+) -> Result<[u64; N]> {
     let out = lab.run(node, &["ethtool", "-S", dev])?;
-    let mut n = 0;
-    let mut found = false;
+    let mut sums = [0; N];
+    let mut found = [false; N];
     for l in out.lines() {
-        if let Some((k, v)) = l.trim().split_once(':')
-            && k.trim().ends_with("xdp_drops")
-        {
-            n += v.trim().parse::<u64>().unwrap_or(0);
-            found = true;
+        let Some((k, v)) = l.trim().split_once(':') else {
+            continue;
+        };
+        for (i, suffix) in suffixes.iter().enumerate() {
+            if k.trim().ends_with(suffix) {
+                sums[i] += v.trim().parse::<u64>().unwrap_or(0);
+                found[i] = true;
+            }
         }
     }
-    ensure!(found, "no xdp_drops in `ethtool -S {dev}` in {node}: {out}");
-    Ok(n)
+    for (i, f) in found.iter().enumerate() {
+        ensure!(
+            f,
+            "no {} in `ethtool -S {dev}` in {node}: {out}",
+            suffixes[i]
+        );
+    }
+    Ok(sums)
+}
+
+/// Sum of `*xdp_drops` counters of `ethtool -S dev` in `node`.
+fn xdp_drops(lab: &Lab, node: &str, dev: &str) -> Result<u64> {
+    Ok(ethtool_sums(lab, node, dev, ["xdp_drops"])?[0])
+}
+
+/// `(delivered, ring full)`: frames transmitted from `p-lan` into lan0's ring and frames
+/// dropped because it was full.
+fn into_lan0(lab: &Lab) -> Result<(u64, u64)> {
+    let [ok, full] = ethtool_sums(lab, "switch", "p-lan", ["xdp_xmit", "xdp_xmit_errors"])?;
+    Ok((ok, full))
 }
 
 fn mac_of(lab: &Lab, node: &str, dev: &str) -> Result<String> {
@@ -283,17 +324,21 @@ fn detach(mut p: LabProcess) -> Result<u64> {
 
 struct Bed<'a> {
     lab: &'a Lab,
-    cfg: PathBuf,
+    /// `pcc-bench`, the generator, sinks and XDP_DROP floor.
+    bench: PathBuf,
+    /// `pcc-bench generate` options: MACs and source address of the frames.
+    frame_args: Vec<String>,
     opts: &'a ForwardOpts,
     napi_threads: Vec<u32>,
-    /// The ISP `up0` NAPI threads (the sinks), pinned beside the router's.
+    /// The ISP `up0` NAPI threads (the sinks), pinned to `SINK_CPU`.
     sink_threads: Vec<u32>,
     up0_before: Vec<u32>,
     hz: f64,
 }
 
 impl Bed<'_> {
-    /// Pins lan0's NAPI thread(s) (this lab's: the ones not there before) to the router CPU.
+    /// Pins lan0's NAPI thread(s) (this lab's: the ones not there before) to the router CPU,
+    /// and the sinks' to theirs.
     fn pin_napi(&mut self, before: &[u32]) -> bool {
         let now: Vec<u32> = threads_named("napi/lan0-")
             .into_iter()
@@ -305,8 +350,11 @@ impl Bed<'_> {
                 .filter(|p| !self.up0_before.contains(p))
                 .collect();
         }
-        for p in now.iter().chain(&self.sink_threads) {
+        for p in &now {
             pin_thread(*p, ROUTER_CPU);
+        }
+        for p in &self.sink_threads {
+            pin_thread(*p, SINK_CPU);
         }
         self.napi_threads = now;
         !self.napi_threads.is_empty()
@@ -319,52 +367,41 @@ impl Bed<'_> {
         })
     }
 
-    /// One window: trafgen at full speed or at `rate`, counters read after the warm-up and
-    /// `seconds` later.
+    /// One window: the generator at full speed or at `rate`, counters read after the warm-up
+    /// and `seconds` later.
     fn window(&self, mode: Mode, rate: Option<u64>) -> Result<Window> {
         let secs = self.opts.seconds;
         let limit = (secs + WARMUP.as_secs_f64() + 3.0).ceil() as u64;
-        // Bounded by count too: at most 5 Mpps for the whole time.
-        let count = (limit * 5_000_000).to_string();
-        let cfg = self.cfg.to_string_lossy().into_owned();
+        // Bounded by count too: at most 10 Mpps for the whole time.
+        let count = (limit * 10_000_000).to_string();
         let limit_s = limit.to_string();
         let gen_cpu = GEN_CPU.to_string();
-        let mut args: Vec<String> = [
-            "timeout",
-            "-s",
-            "INT",
-            &limit_s,
+        let bench = self.bench.to_string_lossy();
+        let mut args: Vec<&str> = vec![
             "nice",
             "-n",
             "-20",
             "taskset",
             "-c",
             &gen_cpu,
-            "trafgen",
-            "-o",
-            "eth0",
-            "-i",
-            &cfg,
-            "-P",
-            "1",
-            "-n",
+            &bench,
+            "generate",
+            "p-lan",
+            "--count",
             &count,
-            "--no-sock-mem",
-            "-Q",
-            "-C",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        if let Some(r) = rate {
-            args.extend(["-b".into(), format!("{r}pps")]);
+            "--seconds",
+            &limit_s,
+        ];
+        args.extend(self.frame_args.iter().map(String::as_str));
+        let rate_s = rate.map(|r| r.to_string());
+        if let Some(r) = &rate_s {
+            args.extend(["--rate", r]);
         }
-        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut gen_proc = self.lab.spawn("c1", &argv)?;
+        let mut gen_proc = self.lab.spawn("switch", &args)?;
         std::thread::sleep(WARMUP);
         ensure!(
             gen_proc.is_running(),
-            "trafgen exited early: {}{}",
+            "pcc-bench generate exited early: {}{}",
             gen_proc.stdout_text(),
             gen_proc.stderr_text()
         );
@@ -372,7 +409,7 @@ impl Bed<'_> {
         // tens of ms on a busy machine), and each rate its own interval.
         let stamp = |t: Instant| Instant::now() - (Instant::now() - t) / 2;
         let t = Instant::now();
-        let sent0 = self.lab.link_stats("switch", "p-lan")?.tx_packets;
+        let (delivered0, full0) = into_lan0(self.lab)?;
         let ts0 = stamp(t);
         let t = Instant::now();
         let n0 = self.counted(mode)?;
@@ -408,11 +445,18 @@ impl Bed<'_> {
         let n1 = self.counted(mode)?;
         let dtn = (stamp(t) - tn0).as_secs_f64();
         let t = Instant::now();
-        let sent1 = self.lab.link_stats("switch", "p-lan")?.tx_packets;
+        let (delivered1, full1) = into_lan0(self.lab)?;
         let dts = (stamp(t) - ts0).as_secs_f64();
         gen_proc.signal(libc::SIGINT);
-        let _ = gen_proc.wait_timeout(Duration::from_secs(5));
+        let stopped = gen_proc.wait_timeout(Duration::from_secs(5));
+        ensure!(
+            stopped.is_some_and(|s| s.success()),
+            "pcc-bench generate did not stop cleanly: {}",
+            gen_proc.stderr_text()
+        );
         drop(gen_proc);
+        let delivered = delivered1.saturating_sub(delivered0);
+        let generated = delivered + full1.saturating_sub(full0);
         let busy = |cpu: usize| -> f64 {
             match (c0.get(cpu), c1.get(cpu)) {
                 (Some(a), Some(b)) if b.1 > a.1 => (b.0 - a.0) as f64 / (b.1 - a.1) as f64,
@@ -433,7 +477,8 @@ impl Bed<'_> {
         let w = Window {
             mode,
             offered_pps: rate,
-            sent_pps: sent1.saturating_sub(sent0) as f64 / dts,
+            generated_pps: generated as f64 / dts,
+            delivered_pps: delivered as f64 / dts,
             pps: n as f64 / dtn,
             router_cpu_busy: router_busy,
             napi_busy: router_busy_ns / (dt * 1e9),
@@ -447,10 +492,11 @@ impl Bed<'_> {
         };
         if self.opts.verbose {
             eprintln!(
-                "bench forward: {:<8} {:>10}: sent {:>9.0}/s counted {:>9.0}/s, thread {:>5.1} %, CPU{ROUTER_CPU} {:>5.1} % busy, CPU{GEN_CPU} {:>5.1} %, {:>6.0} ns/packet",
+                "bench forward: {:<8} {:>10}: generated {:>9.0}/s delivered {:>9.0}/s counted {:>9.0}/s, thread {:>5.1} %, CPU{ROUTER_CPU} {:>5.1} % busy, CPU{GEN_CPU} {:>5.1} %, {:>6.0} ns/packet",
                 format!("{mode:?}"),
                 rate.map_or("max".into(), |r| format!("{r} pps")),
-                w.sent_pps,
+                w.generated_pps,
+                w.delivered_pps,
                 w.pps,
                 w.napi_busy * 100.0,
                 w.router_cpu_busy * 100.0,
@@ -460,17 +506,6 @@ impl Bed<'_> {
         }
         Ok(w)
     }
-}
-
-fn trafgen_config(lan0_mac: &str, c1_mac: &str, src: &str) -> String {
-    // 14 + 20 + 8 + 18 = 60 bytes, 64 with the FCS. Destination 203.0.113.10..59 and source
-    // port 1024..1279 step together: 50 × 256 = 6400 flows (the periods are coprime... 50 and
-    // 256 share 2, so lcm = 6400).
-    format!(
-        "{{ eth(da={lan0_mac}, sa={c1_mac}), \
-         ipv4(sa={src}, da=203.0.113.10, da[3]=dinc(10, 59), ttl=64), \
-         udp(sp=dinc(1024, 1279), dp=9), fill(0x00, 18) }}\n"
-    )
 }
 
 /// Runs the whole benchmark in a fresh lab.
@@ -501,15 +536,16 @@ pub fn forward(opts: &ForwardOpts) -> Result<ForwardReport> {
     );
     let lab = Lab::builder().clients(1).pcc_ctl(&pcc_ctl).build()?;
     let mut notes = Vec::new();
-    let lan0_mac = mac_of(&lab, "router", "lan0")?;
-    let c1_mac = mac_of(&lab, "c1", "eth0")?;
-    let cfg = lab.dir().join("forward.trafgen");
-    fs::write(
-        &cfg,
-        trafgen_config(&lan0_mac, &c1_mac, &lab.client_addr(1).to_string()),
-    )?;
-    // ARP entry for the router on the client is not needed (trafgen writes the MAC), but
-    // the router needs the ISPs' MACs: resolve them before the sinks go on.
+    // The frames are c1's, sent straight to lan0 (no ARP needed: the generator writes the
+    // MACs). The router needs the ISPs' MACs: resolve them before the sinks go on.
+    let frame_args = vec![
+        "--src-mac".to_owned(),
+        mac_of(&lab, "c1", "eth0")?,
+        "--dst-mac".to_owned(),
+        mac_of(&lab, "router", "lan0")?,
+        "--src".to_owned(),
+        lab.client_addr(1).to_string(),
+    ];
     for k in 0..2 {
         let _ = lab.exec(
             "router",
@@ -518,7 +554,8 @@ pub fn forward(opts: &ForwardOpts) -> Result<ForwardReport> {
     }
     let mut bed = Bed {
         lab: &lab,
-        cfg,
+        bench: bench.clone(),
+        frame_args,
         opts,
         napi_threads: Vec::new(),
         sink_threads: Vec::new(),
@@ -526,7 +563,8 @@ pub fn forward(opts: &ForwardOpts) -> Result<ForwardReport> {
         hz: clk_tck(),
     };
     // The sinks' NAPI gets its own threads too, so that its work is not charged to the
-    // router's thread (softirqs raised there would otherwise run in its context).
+    // router's thread (softirqs raised there would otherwise run in its context) and can run
+    // on another CPU.
     let up0_before = threads_named("napi/up0-");
     if lab
         .sh("isp0", "echo 1 > /sys/class/net/up0/threaded")
@@ -718,11 +756,11 @@ pub fn render_markdown(r: &ForwardReport, m: &MachineInfo, command: &str) -> Str
     );
     let _ = writeln!(
         s,
-        "- Traffic: `trafgen` (netsniff-ng) in client c1, one process pinned to CPU {GEN_CPU} at nice -20 (the switch's bridge work runs in softirq on the same CPU), 64-byte UDP frames (60 bytes + FCS) to the router's lan0 MAC through the lab switch (a bridge), {FLOWS} flows (destination 203.0.113.10–59 × source port 1024–1279). Behind the router each ISP's `up0` runs `pcc-bench attach sink` (native XDP: counts and drops IPv4, passes ARP), so nothing past the router costs CPU; the sinks stay attached through every run"
+        "- Traffic: `pcc-bench generate`, a live-frames generator: the dataplane object's `bench_gen` XDP program run by BPF_PROG_TEST_RUN with `BPF_F_TEST_XDP_LIVE_FRAMES` in the switch namespace, pinned to CPU {GEN_CPU} at nice -20, with ingress device `p-lan` (the switch-side peer of the router's lan0), so the program's XDP_TX transmits each frame straight into lan0's receive ring, bypassing the bridge. 64-byte UDP frames (60 bytes + FCS) with c1's MAC and address as source and lan0's MAC as destination, {FLOWS} flows (destination 203.0.113.10–59 × source port 1024–1151), UDP checksum 0 (none, RFC 768), valid IPv4 header checksum; the kernel recycles a transmitted page without copying the frame in again, and the router translates frames in place, so the program writes all headers afresh on every run. It replaces `trafgen` (netsniff-ng) in client c1, which went through socket, qdisc and bridge and topped out around 150 kpps on this machine, no faster than the router, so its results were bound by the generator; one core sends several Mpps this way. Paced (`--rate`), the program sends a frame only when one is due (`bpf_ktime_get_ns`) and drops the others, so the generator keeps its CPU busy in both modes; between its calls (one per about 10 s of runs) it pauses for about 25 ms while the kernel takes it out of and back into its XDP dispatcher. Behind the router each ISP's `up0` runs `pcc-bench attach sink` (native XDP: counts and drops IPv4, passes ARP), so nothing past the router costs CPU; the sinks stay attached through every run"
     );
     let _ = writeln!(
         s,
-        "- Set-ups, interleaved in each of {} repetitions: **ceiling** = `pcc-bench attach drop lan0` on the router (what the generator can deliver); **kernel** = `ip_forward=1`, `ip route replace default nexthop via 198.18.1.1 dev wan0 nexthop via 198.18.2.1 dev wan1` with `net.ipv4.fib_multipath_hash_policy=1`, nftables `masquerade` on wan0/wan1; **pcc** = `pcc-ctl up --wan wan0,wan1 --lan lan0 --probe-interval 10000 --down-after 1000` (the sinks drop pcc's ICMP health probes too, so health is slowed down to never declare a WAN down during a run; the WANs were checked up before each run)",
+        "- Set-ups, interleaved in each of {} repetitions: **ceiling** = `pcc-bench attach drop lan0` on the router (what the generator can put into lan0 and lan0 can take); **kernel** = `ip_forward=1`, `ip route replace default nexthop via 198.18.1.1 dev wan0 nexthop via 198.18.2.1 dev wan1` with `net.ipv4.fib_multipath_hash_policy=1`, nftables `masquerade` on wan0/wan1; **pcc** = `pcc-ctl up --wan wan0,wan1 --lan lan0 --probe-interval 10000 --down-after 1000` (the sinks drop pcc's ICMP health probes too, so health is slowed down to never declare a WAN down during a run; the WANs were checked up before each run)",
         r.runs
     );
     let _ = writeln!(
@@ -730,7 +768,7 @@ pub fn render_markdown(r: &ForwardReport, m: &MachineInfo, command: &str) -> Str
         "- CPU placement: {}",
         if r.threaded_napi {
             format!(
-                "the router's lan0 runs threaded NAPI (`echo 1 > /sys/class/net/lan0/threaded`) with its kthread pinned to CPU {ROUTER_CPU} at SCHED_FIFO 1 (the machine is shared; this keeps other work from taking the router's CPU), so everything the router does for a packet (XDP program or kernel stack up to the transmit into the ISP veth) runs in that thread on CPU {ROUTER_CPU}; the ISPs' `up0` run threaded NAPI as well (the sinks, also on CPU {ROUTER_CPU} at SCHED_FIFO 1, but in their own threads); trafgen and the switch run on CPU {GEN_CPU}"
+                "the router's lan0 runs threaded NAPI (`echo 1 > /sys/class/net/lan0/threaded`) with its kthread pinned to CPU {ROUTER_CPU} at SCHED_FIFO 1 (the machine is shared; this keeps other work from taking the router's CPU), so everything the router does for a packet (XDP program or kernel stack up to the transmit into the ISP veth) runs in that thread on CPU {ROUTER_CPU}, and no other part of the lab runs there; the ISPs' `up0` run threaded NAPI as well (the sinks), pinned to CPU {SINK_CPU} at SCHED_FIFO 1 beside the generator, which they preempt (on CPU {ROUTER_CPU} at the router thread's priority they waited while it was saturated and their rings overflowed); the generator runs on CPU {GEN_CPU}"
             )
         } else {
             "threaded NAPI was not available: the router's work ran wherever the veth NAPI was scheduled (the generator's CPU)".to_owned()
@@ -738,11 +776,11 @@ pub fn render_markdown(r: &ForwardReport, m: &MachineInfo, command: &str) -> Str
     );
     let _ = writeln!(
         s,
-        "- veth fairness: the lab turns GRO on for every veth, which puts veth receive into NAPI mode with or without an XDP program, so lan0 receives through the same NAPI ring in all three set-ups; the kernel run attaches no program to lan0 (pcc-bench has no XDP_PASS program, and the kernel path is measured as a router would run it). With an XDP program, veth must give XDP a linear frame with 256 bytes of headroom and copies frames that lack it; that copy is in the ceiling and in pcc, not in the kernel run, and it is one reason the ceiling's CPU figure is subtracted only as a reference"
+        "- veth fairness: the generator's frames enter lan0's ring as XDP frames (veth's `ndo_xdp_xmit`, which needs NAPI on lan0: the lab turns GRO on for every veth, which enables it with or without an XDP program), the same way in all three set-ups. With an XDP program (ceiling, pcc) lan0 runs it on the frame in place; without one (the kernel run) veth builds an skb around the frame, as a NIC driver does around its receive buffer, and passes it up through GRO. The kernel run attaches no program to lan0 (the kernel path is measured as a router would run it)"
     );
     let _ = writeln!(
         s,
-        "- **max pps** = packets counted behind the router (sinks; lan0's XDP drops for the ceiling, from `ethtool -S … xdp_drops`) per second over a {:.0} s window after {:.1} s of warm-up, trafgen unlimited (**delivered to lan0** = frames the switch put into lan0's ring, `p-lan` tx; frames that find the ring full are dropped before it and not in this count); **ns/packet** = CPU time of the router's lan0 NAPI thread (`/proc/PID/schedstat`) over the window ÷ packets counted, with trafgen limited to {} pps (`-b`), so other work on the machine is not in it; **net** = minus the ceiling's ns/packet (what forwarding adds to receiving a frame and dropping it in XDP). Medians of {} runs. Other work shares the machine: CPU {ROUTER_CPU} was {:.0} % busy with the lab idle just before the runs, which lowers the max pps figures; the ns/packet figures count only the router's thread, but softirq work of other namespaces that the kernel runs when that thread re-enables bottom halves is charged to it too, so they are upper bounds",
+        "- **max pps** = packets counted behind the router (sinks; lan0's XDP drops for the ceiling, from `ethtool -S … xdp_drops`) per second over a {:.0} s window after {:.1} s of warm-up, generator unpaced; **generated** = frames the generator transmitted into `p-lan` per second, **delivered to lan0** = those that went into lan0's 256-frame ring (`ethtool -S p-lan`: `xdp_xmit`; the others found it full: `xdp_xmit_errors`); **ns/packet** = CPU time of the router's lan0 NAPI thread (`/proc/PID/schedstat`) over the window ÷ packets counted, with the generator paced to {} pps, so other work on the machine is not in it; **net** = minus the ceiling's ns/packet (what forwarding adds to receiving a frame and dropping it in XDP). Medians of {} runs. Other work shares the machine: CPU {ROUTER_CPU} was {:.0} % busy with the lab idle just before the runs, which lowers the max pps figures; the ns/packet figures count only the router's thread, but softirq work of other namespaces that the kernel runs when that thread re-enables bottom halves is charged to it too, so they are upper bounds",
         r.seconds,
         WARMUP.as_secs_f64(),
         r.rate_pps,
@@ -754,23 +792,24 @@ pub fn render_markdown(r: &ForwardReport, m: &MachineInfo, command: &str) -> Str
     }
     let _ = writeln!(
         s,
-        "- Reading the figures: **max pps** is the router's capacity only where it is clearly below what the switch delivered into lan0 (frames lost in or behind the router) and the router's thread was busy ≥ 90 % (*router (saturated)*); losses with the thread less busy point at scheduling (the sinks' threads share its CPU; a veth ring holds 256 frames) or at the kernel path itself, and where counted and delivered match, the generator was the limit. When the router is not saturated its NAPI thread sleeps and is woken for each batch; the wake-up and context switch are charged to that batch's packets, so the lighter the per-packet work (the ceiling's XDP_DROP) the smaller the batches and the higher the ns/packet can come out. A negative **net** figure means that overhead dominates the difference, not that forwarding is free; the ns/packet at max (bigger batches) is shown beside it"
+        "- Reading the figures: **max pps** is the router's capacity where the router took clearly less than was generated (frames found lan0's ring full, or were lost past it) while its thread was busy ≥ 90 % (*router (saturated)*); where counted and generated match, the generator was the limit (*generator*); losses with the thread less busy point at scheduling (other work on CPU {ROUTER_CPU}; the router's thread sleeps whenever lan0's ring runs empty, for instance while other work on CPU {GEN_CPU} holds up the generator) or at the kernel path itself. The generator goes slower when lan0's ring is full (failed transmits, pages coming back from the router) and shares CPU {GEN_CPU} with the sinks, so **generated** is lower in the forwarding set-ups than in the ceiling. When the router is not saturated its NAPI thread sleeps and is woken for each batch of frames; the wake-up and context switch are charged to that batch's packets. The paced generator flushes its transmit batch after every 64 runs (some 10 µs) with one or two frames in it, so at the paced rate the router's thread is woken about once per packet, and the lighter the per-packet work (the ceiling's XDP_DROP) the larger that overhead's share. A negative **net** figure means that overhead dominates the difference, not that forwarding is free; the ns/packet at max (the thread busy, batches full) is the per-packet cost under load"
     );
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "| set-up | max pps | delivered to lan0 | bound | router thread busy at max | ns/packet at max | ns/packet at {} kpps | net of ceiling | counted at {} kpps |",
+        "| set-up | max pps | generated | delivered to lan0 | bound | router thread busy at max | ns/packet at max | ns/packet at {} kpps | net of ceiling | counted at {} kpps |",
         r.rate_pps / 1000,
         r.rate_pps / 1000
     );
     let _ = writeln!(
         s,
-        "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |"
+        "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |"
     );
     let ceiling_ns = r.median_of(Mode::Ceiling, true, |w| w.ns_per_packet);
     for mode in Mode::ALL {
         let pps = r.median_of(mode, false, |w| w.pps);
-        let sent = r.median_of(mode, false, |w| w.sent_pps);
+        let generated = r.median_of(mode, false, |w| w.generated_pps);
+        let delivered = r.median_of(mode, false, |w| w.delivered_pps);
         let busy = r.median_of(mode, false, |w| w.napi_busy);
         let ns_max = r.median_of(mode, false, |w| w.ns_per_packet);
         let ns = r.median_of(mode, true, |w| w.ns_per_packet);
@@ -780,19 +819,22 @@ pub fn render_markdown(r: &ForwardReport, m: &MachineInfo, command: &str) -> Str
         } else {
             nsp(ns - ceiling_ns)
         };
-        let bound = if pps >= 0.95 * sent {
+        let bound = if pps >= 0.95 * generated {
             "generator"
         } else if busy >= 0.9 {
             "router (saturated)"
+        } else if delivered < 0.95 * generated {
+            "lan0's ring full, thread not saturated"
         } else {
             "frames lost past lan0, thread not saturated"
         };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {bound} | {:.0} % | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {bound} | {:.0} % | {} | {} | {} | {} |",
             mode.label(),
             kpps(pps),
-            kpps(sent),
+            kpps(generated),
+            kpps(delivered),
             busy * 100.0,
             nsp(ns_max),
             nsp(ns),
@@ -803,22 +845,23 @@ pub fn render_markdown(r: &ForwardReport, m: &MachineInfo, command: &str) -> Str
     let _ = writeln!(s, "\nPer run:\n");
     let _ = writeln!(
         s,
-        "| run | set-up | offered | delivered/s | counted/s | router thread busy | CPU {ROUTER_CPU} busy | CPU {GEN_CPU} busy | ns/packet |"
+        "| run | set-up | offered | generated/s | delivered/s | counted/s | router thread busy | CPU {ROUTER_CPU} busy | CPU {GEN_CPU} busy | ns/packet |"
     );
     let _ = writeln!(
         s,
-        "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     let per_run = Mode::ALL.len() * 2;
     for (i, w) in r.windows.iter().enumerate() {
         let _ = writeln!(
             s,
-            "| {} | {:?} | {} | {} | {} | {:.0} % | {:.0} % | {:.0} % | {} |",
+            "| {} | {:?} | {} | {} | {} | {} | {:.0} % | {:.0} % | {:.0} % | {} |",
             i / per_run + 1,
             w.mode,
             w.offered_pps
                 .map_or("max".to_owned(), |p| format!("{} kpps", p / 1000)),
-            kpps(w.sent_pps),
+            kpps(w.generated_pps),
+            kpps(w.delivered_pps),
             kpps(w.pps),
             w.napi_busy * 100.0,
             w.router_cpu_busy * 100.0,

@@ -4,6 +4,9 @@
 //! native mode until SIGINT/SIGTERM, then prints `{"packets":N,"bytes":N}`.
 //! `pcc-bench program [--samples N] [--quick] [--amortized]` prints the per-packet cost of the dataplane programs
 //! (BPF_PROG_TEST_RUN) as JSON.
+//! `pcc-bench generate IFACE --count N --src-mac MAC --dst-mac MAC --src ADDR [--rate PPS]
+//! [--batch B] [--seconds S]` sends 64-byte UDP frames over 6400 flows out of IFACE with the
+//! `bench_gen` program in live-frames mode, then prints what it sent as JSON.
 use anyhow::{Context as _, Result, bail};
 use aya::{
     EbpfLoader,
@@ -58,8 +61,9 @@ fn main() {
     {
         ["attach", kind, iface] => attach(kind, iface),
         ["program", rest @ ..] => pcc_ctl::bench::program_costs(rest),
+        ["generate", rest @ ..] => pcc_ctl::generate::generate_cmd(rest),
         _ => Err(anyhow::anyhow!(
-            "usage: pcc-bench attach drop|sink IFACE | pcc-bench program [--samples N] [--quick] [--amortized]"
+            "usage: pcc-bench attach drop|sink IFACE | pcc-bench program [--samples N] [--quick] [--amortized] | pcc-bench generate IFACE --count N --src-mac MAC --dst-mac MAC --src ADDR [--rate PPS] [--batch B] [--seconds S]"
         )),
     };
     if let Err(e) = result {

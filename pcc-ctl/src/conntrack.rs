@@ -36,6 +36,25 @@ pub fn monotonic_ns() -> u64 {
 /// and walking `CT_IN` doubles the cost of a pass (every entry costs syscalls).
 pub const ORPHAN_SCAN_EVERY: u64 = 8;
 
+/// Forgets every connection translated to `nat_addr` (network byte order) on `wan_id`: the
+/// WAN lost that address, so their replies can never come back. The hosts' next packets
+/// open new connections from the current address (TCP peers then reset the old streams).
+/// Returns how many went.
+pub fn flush_address(maps: &mut Maps, wan_id: u8, nat_addr: u32) -> usize {
+    let gone: Vec<(FlowKey, FlowKey)> = maps
+        .ct_out
+        .iter()
+        .flatten()
+        .filter(|(_, out)| out.wan_id == wan_id && out.nat_addr == nat_addr)
+        .map(|(key, out)| (key, key.reply_key(out.nat_addr, out.nat_port)))
+        .collect();
+    for (key, reply_key) in &gone {
+        let _ = maps.ct_in.remove(reply_key);
+        let _ = maps.ct_out.remove(key);
+    }
+    gone.len()
+}
+
 /// One pass over the forward table (and, with `scan_orphans`, the reply table). Keys are
 /// collected first and deleted afterwards: deleting while walking a BPF hash with
 /// `get_next_key` can restart the walk.

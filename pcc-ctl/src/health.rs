@@ -210,6 +210,13 @@ impl Probers {
     }
 
     /// Starts WAN `index`'s prober from `addr`, unless it already runs from there.
+    /// Stops a prober, so the next `ensure` starts it afresh.
+    pub fn forget(&mut self, index: usize) {
+        if let Some((_, task)) = self.running.get_mut(index).and_then(Option::take) {
+            task.abort();
+        }
+    }
+
     pub fn ensure(
         &mut self,
         index: usize,

@@ -23,6 +23,7 @@ use crate::{
     metrics::{self, Metrics},
     netlink::{Ipv4Net, Link, Netlink},
     pin::{self, PinnedState, Pins},
+    relink,
     wan::{self, DefaultRoutes, WanView},
 };
 
@@ -381,7 +382,8 @@ pub async fn run(args: UpArgs) -> Result<()> {
         );
         println!("pcc-ctl: ready");
         let _ = std::io::stdout().flush();
-        serve(&nl, &shared, wans, &mut routes, &mut probers, events, health_rx, &args).await
+        let mut ports = Ports { dataplane: &mut dataplane, pins: &pins };
+        serve(&nl, &shared, wans, &mut routes, &mut probers, &mut ports, events, health_rx, &args).await
     }
     .await;
 
@@ -414,6 +416,12 @@ fn probe_ident(wan_id: u8) -> u16 {
     lo + base as u16
 }
 
+/// The attached programs and their pins, for WAN interfaces that come back as new ones.
+struct Ports<'a> {
+    dataplane: &'a mut Dataplane,
+    pins: &'a Pins,
+}
+
 /// Runs until SIGINT or SIGTERM: follows netlink events and probe results, keeps the maps and
 /// default routes in step, collects expired connections.
 async fn serve(
@@ -422,6 +430,7 @@ async fn serve(
     mut wans: Vec<WanView>,
     routes: &mut DefaultRoutes,
     probers: &mut Probers,
+    ports: &mut Ports<'_>,
     mut events: impl futures::Stream<Item = ()> + Unpin,
     mut health_rx: tokio::sync::mpsc::UnboundedReceiver<()>,
     args: &UpArgs,
@@ -435,6 +444,7 @@ async fn serve(
     let mut last_sample = tokio::time::Instant::now();
     let mut gc_passes: u64 = 0;
     loop {
+        let before = relink::snapshot(&wans);
         let links_changed = tokio::select! {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
@@ -460,6 +470,21 @@ async fn serve(
                 continue;
             }
         };
+        // Every refresh: a WAN waiting for its gateway may get one without a link event.
+        let restart = relink::follow(
+            nl,
+            shared,
+            ports.dataplane,
+            ports.pins,
+            args,
+            &before,
+            &mut wans,
+        )
+        .await;
+        for &i in &restart {
+            probers.forget(wans[i].wan_id as usize);
+        }
+        let links_changed = links_changed || !restart.is_empty();
         if links_changed {
             for wan in &wans {
                 if let Err(e) = probers.ensure(
@@ -574,6 +599,8 @@ async fn refresh_links(nl: &Netlink, wans: &mut [WanView]) -> bool {
         let mut info = wan.info;
         info.gateway_mac = mac.unwrap_or([0; 6]);
         if let Some(l) = &link {
+            // A new ifindex: the interface was deleted and created again.
+            info.ifindex = l.ifindex;
             info.mac = l.mac;
             info.mtu = mtu16(l.mtu);
         }

@@ -1,0 +1,100 @@
+//! Full tables under a storm: a LAN host floods new UDP connections at 50 000 packets/s (the
+//! XDP live-frames generator, 6400 distinct flows, bounded in count and time) into a pcc
+//! whose conntrack holds 2048 connections. pcc keeps running, counts what it cannot take as
+//! `conntrack_full`, an existing connection keeps its translation throughout, and once the
+//! storm ends and its entries expire, new connections open again.
+
+use std::time::{Duration, Instant};
+
+use pcc_tests::{Lab, require_root};
+
+fn mac(lab: &Lab, node: &str, dev: &str) -> String {
+    lab.run(node, &["cat", &format!("/sys/class/net/{dev}/address")])
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn a_connection_storm_fills_the_table_and_spares_existing_connections() {
+    require_root!();
+    let lab = Lab::builder().build().expect("building the lab");
+    lab.start_udp_echo().expect("UDP echo server");
+    let mut pcc = lab
+        .start_pcc(&["--max-connections", "2048", "--udp-timeout", "4"])
+        .expect("starting pcc-ctl");
+    let server = lab.server_addr(0);
+    let flow = lab.udp_probe("c1", server, 7, 5600, 5).expect("UDP flow");
+
+    let bench = pcc_tests::pcc_ctl_path()
+        .unwrap()
+        .with_file_name("pcc-bench");
+    let (lan_mac, c2_mac) = (mac(&lab, "router", "lan0"), mac(&lab, "c2", "eth0"));
+    let c2 = lab.client_addr(2).to_string();
+    let storm = lab
+        .spawn(
+            "switch",
+            &[
+                &bench.to_string_lossy(),
+                "generate",
+                "p-lan",
+                "--count",
+                "150000",
+                "--rate",
+                "50000",
+                "--seconds",
+                "10",
+                "--src-mac",
+                &c2_mac,
+                "--dst-mac",
+                &lan_mac,
+                "--src",
+                &c2,
+                "--dport",
+                "9",
+            ],
+        )
+        .expect("storm generator");
+    // The existing connection, refreshed during the storm so it never idles out.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        let r = lab
+            .udp_probe("c1", server, 7, 5600, 3)
+            .expect("existing flow during the storm");
+        assert_eq!(r.seen_as, flow.seen_as, "translation changed in the storm");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let out = storm.finish(Duration::from_secs(15));
+    assert!(
+        out.status.success(),
+        "generator: {}",
+        pcc_tests::proc::describe(&out)
+    );
+    assert!(pcc.is_running(), "pcc-ctl survived the storm");
+    let m = pcc.metrics().expect("metrics");
+    let full = m
+        .get("pcc_drops_total", &[("reason", "conntrack_full")])
+        .unwrap_or(0.0);
+    assert!(
+        full > 1000.0,
+        "the table filled and drops were counted: {full}"
+    );
+    let created = m.sum("pcc_flows_created_total");
+    assert!(
+        (1000.0..=2048.0 + 10.0).contains(&created),
+        "connections opened until the table was full: {created}"
+    );
+
+    // Recovery: the storm's entries idle out and new connections open again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if lab.udp_probe("c1", server, 7, 5601, 1).is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no recovery after the storm");
+    }
+    let r = lab
+        .udp_probe("c1", server, 7, 5600, 3)
+        .expect("old flow after");
+    assert_eq!(r.seen_as, flow.seen_as, "translation kept after the storm");
+}

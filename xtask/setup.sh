@@ -53,6 +53,14 @@ else
     log "bpf-linker present"
 fi
 
+# cargo-fuzz for pcc-common's fuzz targets (run with nightly; the suite runs each briefly).
+if ! command -v cargo-fuzz >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo-fuzz" ]; then
+    log "building cargo-fuzz 0.13 (about 3 minutes)"
+    cargo install --locked cargo-fuzz --version '^0.13'
+else
+    log "cargo-fuzz present"
+fi
+
 # bpffs for pinned maps.
 if ! mountpoint -q /sys/fs/bpf; then
     mount -t bpf bpf /sys/fs/bpf || log "warning: could not mount bpffs at /sys/fs/bpf"

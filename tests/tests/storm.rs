@@ -15,6 +15,39 @@ fn mac(lab: &Lab, node: &str, dev: &str) -> String {
         .to_string()
 }
 
+/// 150 000 frames at 50 000/s from c2 into lan0: 6400 distinct UDP flows (203.0.113.10–59,
+/// 128 source ports each) to port 9.
+fn storm(lab: &Lab) -> pcc_tests::LabProcess {
+    let bench = pcc_tests::pcc_ctl_path()
+        .unwrap()
+        .with_file_name("pcc-bench");
+    let (lan_mac, c2_mac) = (mac(lab, "router", "lan0"), mac(lab, "c2", "eth0"));
+    let c2 = lab.client_addr(2).to_string();
+    lab.spawn(
+        "switch",
+        &[
+            &bench.to_string_lossy(),
+            "generate",
+            "p-lan",
+            "--count",
+            "150000",
+            "--rate",
+            "50000",
+            "--seconds",
+            "10",
+            "--src-mac",
+            &c2_mac,
+            "--dst-mac",
+            &lan_mac,
+            "--src",
+            &c2,
+            "--dport",
+            "9",
+        ],
+    )
+    .expect("storm generator")
+}
+
 #[test]
 fn a_connection_storm_fills_the_table_and_spares_existing_connections() {
     require_root!();
@@ -26,35 +59,7 @@ fn a_connection_storm_fills_the_table_and_spares_existing_connections() {
     let server = lab.server_addr(0);
     let flow = lab.udp_probe("c1", server, 7, 5600, 5).expect("UDP flow");
 
-    let bench = pcc_tests::pcc_ctl_path()
-        .unwrap()
-        .with_file_name("pcc-bench");
-    let (lan_mac, c2_mac) = (mac(&lab, "router", "lan0"), mac(&lab, "c2", "eth0"));
-    let c2 = lab.client_addr(2).to_string();
-    let storm = lab
-        .spawn(
-            "switch",
-            &[
-                &bench.to_string_lossy(),
-                "generate",
-                "p-lan",
-                "--count",
-                "150000",
-                "--rate",
-                "50000",
-                "--seconds",
-                "10",
-                "--src-mac",
-                &c2_mac,
-                "--dst-mac",
-                &lan_mac,
-                "--src",
-                &c2,
-                "--dport",
-                "9",
-            ],
-        )
-        .expect("storm generator");
+    let storm = storm(&lab);
     // The existing connection, refreshed during the storm so it never idles out.
     let deadline = Instant::now() + Duration::from_secs(3);
     while Instant::now() < deadline {
@@ -97,4 +102,37 @@ fn a_connection_storm_fills_the_table_and_spares_existing_connections() {
         .udp_probe("c1", server, 7, 5600, 3)
         .expect("old flow after");
     assert_eq!(r.seen_as, flow.seen_as, "translation kept after the storm");
+}
+
+/// With 64 NAT ports, each of the storm's remote endpoints (one address, port 9) gets 128
+/// flows: half of them find no port. They are dropped and counted as `nat_ports_exhausted`,
+/// and connections to other endpoints are not affected.
+#[test]
+fn nat_ports_running_out_towards_one_endpoint_drop_only_those_connections() {
+    require_root!();
+    let lab = Lab::builder().build().expect("building the lab");
+    lab.start_udp_echo().expect("UDP echo server");
+    let mut pcc = lab
+        .start_pcc(&["--nat-ports", "61000-61063"])
+        .expect("starting pcc-ctl");
+    let server = lab.server_addr(0);
+    let flow = lab.udp_probe("c1", server, 7, 5700, 5).expect("UDP flow");
+    let out = storm(&lab).finish(Duration::from_secs(15));
+    assert!(
+        out.status.success(),
+        "generator: {}",
+        pcc_tests::proc::describe(&out)
+    );
+    assert!(pcc.is_running(), "pcc-ctl survived");
+    let m = pcc.metrics().expect("metrics");
+    let exhausted = m
+        .get("pcc_drops_total", &[("reason", "nat_ports_exhausted")])
+        .unwrap_or(0.0);
+    assert!(exhausted > 1000.0, "port shortage counted: {exhausted}");
+    let r = lab
+        .udp_probe("c1", server, 7, 5700, 3)
+        .expect("existing flow");
+    assert_eq!(r.seen_as, flow.seen_as, "existing translation kept");
+    lab.udp_probe("c1", server, 7, 5701, 3)
+        .expect("a new connection to another endpoint still opens");
 }

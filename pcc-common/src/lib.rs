@@ -11,6 +11,7 @@ pub mod counters;
 pub mod csum;
 pub mod generator;
 pub mod maps;
+pub mod method;
 pub mod natport;
 
 #[cfg(feature = "std")]
@@ -27,4 +28,5 @@ pub mod slots;
 pub use classify::Classifier;
 pub use counters::Counter;
 pub use maps::*;
+pub use method::Method;
 pub use natport::NatPortRange;

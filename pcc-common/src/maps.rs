@@ -27,7 +27,8 @@ pub struct Config {
     /// them stop there.
     pub lan_count: u8,
     pub wan_count: u8,
-    pub _pad: u8,
+    /// A [`crate::Method`] as `u8`.
+    pub method: u8,
     pub hash_seed: u32,
     /// Source NAT ports the dataplane may hand out (host byte order).
     pub nat_ports: crate::NatPortRange,

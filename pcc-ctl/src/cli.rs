@@ -2,7 +2,9 @@
 use std::net::{Ipv4Addr, SocketAddr};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use pcc_common::{Classifier, DEFAULT_MAX_CONNECTIONS, conntrack::Timeouts, health::ProbeParams};
+use pcc_common::{
+    Classifier, DEFAULT_MAX_CONNECTIONS, Method, conntrack::Timeouts, health::ProbeParams,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -86,6 +88,13 @@ pub struct UpArgs {
     /// Share of new connections per WAN, e.g. `eth0=2,eth1=1` (default: equal).
     #[arg(long, value_delimiter = ',', value_parser = parse_weight, value_name = "IFACE=N,...")]
     pub weight: Vec<(String, u32)>,
+    /// How new connections choose their WAN: pcc (classifier hash), nth (in turn), ecmp (the
+    /// kernel's layer-4 multipath hash), least-loaded (most spare capacity; needs --line-rate).
+    #[arg(long, value_parser = parse_method, default_value = "pcc")]
+    pub method: Method,
+    /// Each WAN's line rate in Mbit/s, e.g. `eth0=20,eth1=10` (for --method least-loaded).
+    #[arg(long, value_delimiter = ',', value_parser = parse_line_rate, value_name = "IFACE=MBIT,...")]
+    pub line_rate: Vec<(String, u32)>,
     /// Which fields choose a connection's WAN (MikroTik PCC's classifiers).
     #[arg(long, value_parser = parse_classifier, default_value = "both-addresses")]
     pub classifier: Classifier,
@@ -246,6 +255,26 @@ fn parse_weight(s: &str) -> Result<(String, u32), String> {
     Ok((iface.to_string(), w))
 }
 
+fn parse_line_rate(s: &str) -> Result<(String, u32), String> {
+    let (iface, r) = split_pair(s)?;
+    let r: u32 = r
+        .parse()
+        .map_err(|_| format!("line rate of {iface} must be whole Mbit/s, got `{r}`"))?;
+    if !(1..=400_000).contains(&r) {
+        return Err(format!(
+            "line rate of {iface} must be 1..=400000 Mbit/s, got {r}"
+        ));
+    }
+    Ok((iface.to_string(), r))
+}
+
+fn parse_method(s: &str) -> Result<Method, String> {
+    Method::from_name(s).ok_or_else(|| {
+        let names: Vec<_> = Method::ALL.iter().map(|m| m.name()).collect();
+        format!("unknown method `{s}` (one of: {})", names.join(", "))
+    })
+}
+
 fn parse_gateway(s: &str) -> Result<(String, Ipv4Addr), String> {
     let (iface, a) = split_pair(s)?;
     let a = a
@@ -311,6 +340,7 @@ mod tests {
         assert_eq!(u.lan, ["eth2"]);
         assert_eq!(u.weight, [("eth0".to_string(), 2), ("eth1".to_string(), 1)]);
         assert_eq!(u.classifier, Classifier::SrcAddress);
+        assert_eq!(u.method, Method::Pcc, "pcc is the default method");
         assert_eq!(
             u.gateway,
             [("eth0".to_string(), Ipv4Addr::new(203, 0, 113, 1))]
@@ -347,6 +377,9 @@ mod tests {
             ],
             &["--wan", "eth0", "--lan", "eth2", "--nat-ports", "3000-2000"],
             &["--wan", "eth0", "--lan", "eth2", "--max-connections", "0"],
+            &["--wan", "eth0", "--lan", "eth2", "--method", "random"],
+            &["--wan", "eth0", "--lan", "eth2", "--line-rate", "eth0=0"],
+            &["--wan", "eth0", "--lan", "eth2", "--line-rate", "eth0=fast"],
             &["--lan", "eth2"],
         ] {
             assert!(up(bad).is_err(), "{bad:?} was accepted");

@@ -59,7 +59,7 @@ impl TestBed {
             classifier: Classifier::BothAddresses as u8,
             lan_count: 1,
             wan_count: 2,
-            _pad: 0,
+            method: 0,
             hash_seed: SEED,
             nat_ports,
         };

@@ -9,7 +9,9 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use futures::{FutureExt as _, StreamExt as _};
-use pcc_common::{Config, LAN_DEVMAP_BASE, LanInfo, MAX_LANS, MAX_WANS, NatPortRange, WanInfo};
+use pcc_common::{
+    Config, LAN_DEVMAP_BASE, LanInfo, MAX_LANS, MAX_WANS, Method, NatPortRange, WanInfo,
+};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
@@ -92,9 +94,23 @@ fn check_args(args: &UpArgs) -> Result<()> {
         .join(",");
     let named = args.weight.iter().map(|(n, _)| ("--weight", n));
     let named = named.chain(args.gateway.iter().map(|(n, _)| ("--gateway", n)));
+    let named = named.chain(args.line_rate.iter().map(|(n, _)| ("--line-rate", n)));
     for (option, name) in named.chain(args.health.probe.iter().map(|(n, _)| ("--probe", n))) {
         if !wans.contains(&name) {
             bail!("{option} names {name}, which is not one of the WANs ({all})");
+        }
+    }
+    if args.method == Method::LeastLoaded {
+        let missing: Vec<&str> = wans
+            .iter()
+            .filter(|w| !args.line_rate.iter().any(|(n, _)| n == **w))
+            .map(|w| w.as_str())
+            .collect();
+        if !missing.is_empty() {
+            bail!(
+                "--method least-loaded needs every WAN's --line-rate (missing: {})",
+                missing.join(",")
+            );
         }
     }
     Ok(())
@@ -235,7 +251,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         classifier: args.classifier as u8,
         lan_count: learned.lans.len() as u8,
         wan_count: learned.wans.len() as u8,
-        _pad: 0,
+        method: args.method as u8,
         hash_seed: args.hash_seed,
         nat_ports,
     };
@@ -320,7 +336,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
             wan.settle();
             wan.state_changes = 0;
         }
-        wan::write_maps(&mut maps, &wans)?;
+        wan::write_maps(&mut maps, &wans, args.method)?;
         if args.xdp_mode == XdpModeArg::Generic {
             log::warn!("generic XDP mode: every packet pays for an skb first; use native mode where the driver has it");
         }
@@ -460,7 +476,8 @@ async fn serve(
             }
             _ = refresh.tick() => {
                 sample_rates(shared, &wans, &mut last_counters, &mut last_sample);
-                refresh_links(nl, &mut wans).await
+                let changed = refresh_links(nl, &mut wans).await;
+                changed | follow_spare_capacity(shared, &mut wans, args)
             }
             _ = gc.tick() => {
                 gc_passes += 1;
@@ -533,7 +550,11 @@ async fn serve(
             }
         }
         if states_changed || links_changed {
-            wan::write_maps(&mut shared.maps.lock().expect("maps lock poisoned"), &wans)?;
+            wan::write_maps(
+                &mut shared.maps.lock().expect("maps lock poisoned"),
+                &wans,
+                args.method,
+            )?;
             *shared.wans.lock().expect("wans lock poisoned") = wans.clone();
         }
         if states_changed {
@@ -553,6 +574,40 @@ async fn serve(
             .join(",")
     );
     Ok(())
+}
+
+/// `least-loaded`: sets each WAN's weight from its spare capacity (configured line rate minus
+/// the throughput just measured, the busier direction); whether a weight changed.
+fn follow_spare_capacity(shared: &Shared, wans: &mut [WanView], args: &UpArgs) -> bool {
+    if args.method != Method::LeastLoaded {
+        return false;
+    }
+    let rates = shared.rates.lock().expect("rates lock poisoned").clone();
+    let mut line = [0u64; MAX_WANS];
+    let mut used = [0u64; MAX_WANS];
+    let mut up = [false; MAX_WANS];
+    for wan in wans.iter() {
+        let i = wan.wan_id as usize;
+        line[i] = args
+            .line_rate
+            .iter()
+            .find(|(n, _)| *n == wan.name)
+            .map_or(0, |(_, mbit)| u64::from(*mbit) * 1_000_000);
+        let (rx, tx) = rates.get(i).copied().unwrap_or((0.0, 0.0));
+        used[i] = rx.max(tx) as u64;
+        up[i] = true;
+    }
+    let weights = pcc_common::method::spare_weights(&line, &used, &up);
+    let mut changed = false;
+    for wan in wans.iter_mut() {
+        let w = weights[wan.wan_id as usize].max(1);
+        // Ignore jitter under 10 %: every change rebuilds the slot table.
+        if w.abs_diff(wan.weight) * 10 > wan.weight {
+            wan.weight = w;
+            changed = true;
+        }
+    }
+    changed
 }
 
 /// Bits per second per WAN since the previous sample, from the dataplane's counters.

@@ -4,7 +4,7 @@
 use std::{collections::HashMap, net::Ipv4Addr};
 
 use anyhow::{Context as _, Result};
-use pcc_common::{MAX_WANS, WAN_FLAG_UP, WanInfo, slots};
+use pcc_common::{MAX_WANS, Method, NO_WAN, SlotTable, WAN_FLAG_UP, WanInfo, slots};
 use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage};
 
 use crate::{maps::Maps, netlink::Netlink};
@@ -60,15 +60,29 @@ pub fn weights_of(wans: &[WanView]) -> [u32; MAX_WANS] {
     w
 }
 
-/// Writes every WAN and a slot table built over the usable ones.
-pub fn write_maps(maps: &mut Maps, wans: &[WanView]) -> Result<()> {
+/// The slot table for `method` over the usable WANs: rendezvous slots for the hashing
+/// methods (a WAN that leaves moves only its own slots), the turn order for `nth`.
+pub fn slot_table(wans: &[WanView], method: Method) -> SlotTable {
+    let weights = weights_of(wans);
+    match method {
+        Method::Nth => {
+            let mut table = SlotTable::default();
+            pcc_common::method::round_robin_order(&weights, &mut table.slots, NO_WAN);
+            table
+        }
+        _ => slots::build(&weights),
+    }
+}
+
+/// Writes every WAN and the slot table built over the usable ones.
+pub fn write_maps(maps: &mut Maps, wans: &[WanView], method: Method) -> Result<()> {
     for wan in wans {
         maps.wans
             .set(u32::from(wan.wan_id), wan.info, 0)
             .context("cannot write WANS")?;
     }
     maps.slots
-        .set(0, slots::build(&weights_of(wans)), 0)
+        .set(0, slot_table(wans, method), 0)
         .context("cannot write SLOTS")?;
     Ok(())
 }

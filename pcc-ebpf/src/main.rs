@@ -43,6 +43,9 @@ static CT_IN: HashMap<FlowKey, CtIn> = HashMap::with_max_entries(DEFAULT_MAX_CON
 /// Ports of fragmented datagrams in flight, from their first fragment (both directions).
 #[map]
 static FRAGS: LruHashMap<FragKey, FragPorts> = LruHashMap::with_max_entries(FRAG_TRACK_SIZE, 0);
+/// `nth`'s position in the turn order, per CPU.
+#[map]
+static NTH_TURN: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// Per-CPU so counting never bounces a cache line between cores; summed at scrape time.
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT as u32, 0);

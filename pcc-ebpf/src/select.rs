@@ -1,9 +1,25 @@
 //! Where a new connection goes: which LAN it came from, and which WAN it leaves by.
 use pcc_common::{
-    Classifier, Config, Counter, FlowKey, MAX_LANS, MAX_WANS, NO_WAN, SLOT_TABLE_SIZE, WanInfo,
+    Classifier, Config, Counter, FlowKey, MAX_LANS, MAX_WANS, Method, NO_WAN, SLOT_TABLE_SIZE,
+    WanInfo,
 };
 
-use crate::{LANS, SLOTS, WANS};
+use crate::{LANS, NTH_TURN, SLOTS, WANS};
+
+/// This CPU's next turn for `nth`. Per CPU, so no atomics and no shared cache line: each CPU
+/// walks the turn order on its own, which keeps the weights over all of them.
+#[inline(always)]
+fn next_turn() -> u32 {
+    match NTH_TURN.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot; XDP programs do not preempt each other on one CPU.
+        Some(turn) => unsafe {
+            let t = *turn;
+            *turn = t.wrapping_add(1);
+            t as u32
+        },
+        None => 0,
+    }
+}
 
 /// The LAN a new connection comes from: the port it arrived on must own the source subnet
 /// (BCP 38), and the destination must lie outside every LAN and the router itself.
@@ -41,14 +57,25 @@ pub fn lan_for(ifindex: u32, src: u32, dst: u32, cfg: &Config) -> Result<u8, Cou
 /// that WAN went down since the controller last rebuilt the table, the first live one.
 #[inline(always)]
 pub fn wan_for<'a>(key: &FlowKey, cfg: &Config) -> Result<(u8, &'a WanInfo), Counter> {
-    let classifier = Classifier::from_u8(cfg.classifier);
-    let hash = classifier.hash(
-        cfg.hash_seed,
-        key.src_addr,
-        key.dst_addr,
-        key.src_port,
-        key.dst_port,
-    );
+    let hash = match Method::from_u8(cfg.method) {
+        // The slot table holds the WANs in turn order: walk it.
+        Method::Nth => next_turn(),
+        // The kernel's layer-4 hash covers the protocol too: fold it into the seed.
+        Method::Ecmp => Classifier::BothAddressesAndPorts.hash(
+            cfg.hash_seed ^ (u32::from(key.proto) << 24),
+            key.src_addr,
+            key.dst_addr,
+            key.src_port,
+            key.dst_port,
+        ),
+        Method::Pcc | Method::LeastLoaded => Classifier::from_u8(cfg.classifier).hash(
+            cfg.hash_seed,
+            key.src_addr,
+            key.dst_addr,
+            key.src_port,
+            key.dst_port,
+        ),
+    };
     let slot = (hash % SLOT_TABLE_SIZE as u32) as usize;
     let table = SLOTS.get(0).ok_or(Counter::DropNoWan)?;
     // LLVM turns `% 4093` into a multiply-shift the verifier cannot bound, then deletes our

@@ -77,6 +77,21 @@ fn bad_interfaces_are_refused() {
     expect_refusal(&lab, &["up", "--wan", "wan0,wan1", "--lan", "wan1"], "wan1");
     expect_refusal(&lab, &["up", "--wan", "wan0,wan2", "--lan", "lan0"], "wan2");
     expect_refusal(&lab, &["up", "--wan", "wan0,wan3", "--lan", "lan0"], "wan3");
+    expect_refusal(
+        &lab,
+        &[
+            "up",
+            "--wan",
+            "wan0,wan1",
+            "--lan",
+            "lan0",
+            "--method",
+            "least-loaded",
+            "--line-rate",
+            "wan0=20",
+        ],
+        "missing: wan1",
+    );
 
     // A driver without native XDP (a bridge): refused, with the way out named.
     lab.ip_batch(

@@ -1,5 +1,5 @@
 //! One long TCP connection (a 6 MB download paced by the server at 2 MB/s, ~3 s) stays on one WAN: every one of
-//! its packets crosses the same ISP.
+//! its packets crosses the same ISP, whatever the classifier or method.
 
 use pcc_tests::{Lab, require_root};
 
@@ -14,16 +14,15 @@ const COUNTERS: &str = "table inet pcctest {
 }
 ";
 
-fn run(classifier: &str) {
+fn run(args: &[&str]) {
+    let what = args.join(" ");
     let lab = Lab::builder().build().expect("building the lab");
     lab.start_http().expect("HTTP server");
     let file = lab.http_file(6 << 20).expect("6 MB test file");
     for isp in ["isp0", "isp1"] {
         lab.nft(isp, COUNTERS).expect("nft counters in the ISP");
     }
-    let _pcc = lab
-        .start_pcc(&["--classifier", classifier])
-        .expect("starting pcc-ctl");
+    let _pcc = lab.start_pcc(args).expect("starting pcc-ctl");
     let dl = lab
         .download_paced("c1", lab.server_addr(3), &file, 2_000_000)
         .expect("slow download through pcc");
@@ -40,10 +39,7 @@ fn run(classifier: &str) {
             )
         })
         .collect();
-    eprintln!(
-        "classifier {classifier}: isp0 down/up {:?}, isp1 down/up {:?}",
-        c[0], c[1]
-    );
+    eprintln!("{what}: isp0 down/up {:?}, isp1 down/up {:?}", c[0], c[1]);
     let used: Vec<usize> = (0..2).filter(|&i| c[i].0.0 + c[i].1.0 > 0).collect();
     assert_eq!(
         used.len(),
@@ -71,11 +67,18 @@ fn run(classifier: &str) {
 #[test]
 fn long_connection_stays_on_one_wan() {
     require_root!();
-    run("both-addresses");
+    run(&["--classifier", "both-addresses"]);
 }
 
 #[test]
 fn long_connection_stays_on_one_wan_port_classifier() {
     require_root!();
-    run("both-addresses-and-ports");
+    run(&["--classifier", "both-addresses-and-ports"]);
+}
+
+/// `nth` hands every new connection to the next WAN; a connection still stays where it began.
+#[test]
+fn long_connection_stays_on_one_wan_with_nth() {
+    require_root!();
+    run(&["--method", "nth"]);
 }

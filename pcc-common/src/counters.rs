@@ -47,6 +47,8 @@ pub enum Counter {
     DropSpoofed,
     /// No WAN is up.
     DropNoWan,
+    /// The source's policy allows no WAN that is up (and names no fallback that is).
+    DropPolicyNoWan,
     /// The conntrack table is full.
     DropConntrackFull,
     /// Every NAT port tried towards this remote endpoint was taken.
@@ -76,6 +78,7 @@ impl Counter {
         Counter::DropFragmentUntracked,
         Counter::DropSpoofed,
         Counter::DropNoWan,
+        Counter::DropPolicyNoWan,
         Counter::DropConntrackFull,
         Counter::DropNatPortsExhausted,
         Counter::DropRedirect,
@@ -124,6 +127,7 @@ impl Counter {
             Counter::DropFragmentUntracked => "fragment_untracked",
             Counter::DropSpoofed => "spoofed_source",
             Counter::DropNoWan => "no_wan_up",
+            Counter::DropPolicyNoWan => "policy_no_wan",
             Counter::DropConntrackFull => "conntrack_full",
             Counter::DropNatPortsExhausted => "nat_ports_exhausted",
             Counter::DropRedirect => "redirect_failed",

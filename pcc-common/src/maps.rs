@@ -10,6 +10,10 @@ pub const MAX_LANS: usize = 4;
 pub const SLOT_TABLE_SIZE: usize = 4093;
 /// A slot that belongs to no WAN (no WAN is up).
 pub const NO_WAN: u8 = 0xff;
+/// Source-subnet policies (`SLOTS[1..=MAX_POLICIES]`); `SLOTS[0]` serves every other host.
+pub const MAX_POLICIES: usize = 16;
+/// Subnets the policies may name in all (`POLICIES` LPM trie entries).
+pub const MAX_POLICY_SUBNETS: u32 = 256;
 /// `DEVMAP` index of `wan_id`: `wan_id`; of `lan_id`: `LAN_DEVMAP_BASE + lan_id`.
 pub const LAN_DEVMAP_BASE: u32 = MAX_WANS as u32;
 pub const DEVMAP_SIZE: u32 = (MAX_WANS + MAX_LANS) as u32;
@@ -85,14 +89,19 @@ impl LanInfo {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SlotTable {
     pub slots: [u8; SLOT_TABLE_SIZE],
-    pub _pad: [u8; 3],
+    /// Bit `wan_id` set: the WANs this table's hosts may use at all (a policy's WANs and its
+    /// fallback). When a slot's WAN went down since the controller last rebuilt the table,
+    /// the dataplane falls back to the first live WAN of this set only.
+    pub allowed: u8,
+    pub _pad: [u8; 2],
 }
 
 impl Default for SlotTable {
     fn default() -> Self {
         Self {
             slots: [NO_WAN; SLOT_TABLE_SIZE],
-            _pad: [0; 3],
+            allowed: u8::MAX,
+            _pad: [0; 2],
         }
     }
 }

@@ -92,6 +92,10 @@ pub struct UpArgs {
     /// kernel's layer-4 multipath hash), least-loaded (most spare capacity; needs --line-rate).
     #[arg(long, value_parser = parse_method, default_value = "pcc")]
     pub method: Method,
+    /// Policy file (TOML): which WANs each source subnet or device may use, with weights and
+    /// a fallback; see the README's "Per-subnet policies" for a full example.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
     /// Each WAN's line rate in Mbit/s, e.g. `eth0=20,eth1=10` (for --method least-loaded).
     #[arg(long, value_delimiter = ',', value_parser = parse_line_rate, value_name = "IFACE=MBIT,...")]
     pub line_rate: Vec<(String, u32)>,

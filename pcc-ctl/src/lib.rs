@@ -14,6 +14,7 @@ pub mod maps;
 pub mod metrics;
 pub mod netlink;
 pub mod pin;
+pub mod policy;
 pub mod relink;
 pub mod show;
 pub mod testbed;

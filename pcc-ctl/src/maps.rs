@@ -2,7 +2,7 @@
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
-    maps::{Array, DevMap, HashMap, MapData, PerCpuArray},
+    maps::{Array, DevMap, HashMap, MapData, PerCpuArray, lpm_trie::LpmTrie},
 };
 use pcc_common::{Config, Counter, CtIn, CtOut, FlowKey, LanInfo, SlotTable, WanCounters, WanInfo};
 
@@ -11,6 +11,8 @@ pub struct Maps {
     pub wans: Array<MapData, WanInfo>,
     pub lans: Array<MapData, LanInfo>,
     pub slots: Array<MapData, SlotTable>,
+    /// Source subnet -> policy number (`SLOTS` index).
+    pub policies: LpmTrie<MapData, u32, u8>,
     pub devmap: DevMap<MapData>,
     pub ct_out: HashMap<MapData, FlowKey, CtOut>,
     pub ct_in: HashMap<MapData, FlowKey, CtIn>,
@@ -35,6 +37,7 @@ impl Maps {
             wans: take(ebpf, "WANS")?,
             lans: take(ebpf, "LANS")?,
             slots: take(ebpf, "SLOTS")?,
+            policies: take(ebpf, "POLICIES")?,
             devmap: take(ebpf, "DEVMAP")?,
             ct_out: take(ebpf, "CT_OUT")?,
             ct_in: take(ebpf, "CT_IN")?,

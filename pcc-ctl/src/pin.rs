@@ -26,7 +26,7 @@ pub const PIN_ROOT: &str = "/sys/fs/bpf/pcc";
 const STATE_DIR: &str = "/run/pcc";
 
 /// The maps that are pinned (all of the dataplane's own; the benchmark programs' are not).
-pub const PINNED_MAPS: [&str; 11] = [
+pub const PINNED_MAPS: [&str; 12] = [
     "CONFIG",
     "WANS",
     "LANS",
@@ -38,6 +38,7 @@ pub const PINNED_MAPS: [&str; 11] = [
     "STATS",
     "WAN_STATS",
     "NTH_TURN",
+    "POLICIES",
 ];
 
 /// What a set of pins was made for. Adoption needs all of it equal.

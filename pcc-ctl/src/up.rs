@@ -25,6 +25,7 @@ use crate::{
     metrics::{self, Metrics},
     netlink::{Ipv4Net, Link, Netlink},
     pin::{self, PinnedState, Pins},
+    policy::{self, Policy},
     relink,
     wan::{self, DefaultRoutes, WanView},
 };
@@ -47,6 +48,8 @@ pub struct Shared {
     /// Per WAN (by `wan_id`): (rx, tx) bits per second over the last second.
     pub rates: Mutex<Vec<(f64, f64)>>,
     pub classifier: String,
+    /// Source-subnet policies (`--config`), re-tabled whenever WAN states change.
+    pub policies: Vec<Policy>,
 }
 
 fn ip_be(addr: Ipv4Addr) -> u32 {
@@ -205,6 +208,18 @@ pub async fn run(args: UpArgs) -> Result<()> {
     ensure_bpffs()?;
     let nl = Netlink::connect()?;
     let learned = learn(&nl, &args).await?;
+    let policies = match &args.config {
+        Some(path) => {
+            let wan_names: Vec<String> = learned
+                .wans
+                .iter()
+                .map(|(l, _, _)| l.name.clone())
+                .collect();
+            let lan_nets: Vec<Ipv4Net> = learned.lans.iter().map(|(_, n)| *n).collect();
+            policy::load(path, &wan_names, &lan_nets)?
+        }
+        None => Vec::new(),
+    };
 
     let pins = Pins::for_lan(&args.lan[0]);
     let want = PinnedState {
@@ -337,6 +352,8 @@ pub async fn run(args: UpArgs) -> Result<()> {
             wan.state_changes = 0;
         }
         wan::write_maps(&mut maps, &wans, args.method)?;
+        policy::write_subnets(&mut maps, &policies)?;
+        policy::write_tables(&mut maps, &policies, &wans, args.method)?;
         if args.xdp_mode == XdpModeArg::Generic {
             log::warn!("generic XDP mode: every packet pays for an skb first; use native mode where the driver has it");
         }
@@ -377,6 +394,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
             clock: Clock::new(),
             rates: Mutex::new(vec![(0.0, 0.0); wans.len()]),
             classifier: args.classifier.name().to_string(),
+            policies: policies.clone(),
         });
         let server = metrics::bind(args.metrics, shared.clone()).await?;
         let (health_tx, health_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -550,11 +568,9 @@ async fn serve(
             }
         }
         if states_changed || links_changed {
-            wan::write_maps(
-                &mut shared.maps.lock().expect("maps lock poisoned"),
-                &wans,
-                args.method,
-            )?;
+            let maps = &mut shared.maps.lock().expect("maps lock poisoned");
+            wan::write_maps(maps, &wans, args.method)?;
+            policy::write_tables(maps, &shared.policies, &wans, args.method)?;
             *shared.wans.lock().expect("wans lock poisoned") = wans.clone();
         }
         if states_changed {

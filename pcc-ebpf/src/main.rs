@@ -13,12 +13,13 @@ mod select;
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
-    maps::{Array, DevMap, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMap, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     programs::XdpContext,
 };
 use pcc_common::{
     Config, Counter, CtIn, CtOut, DEFAULT_MAX_CONNECTIONS, DEVMAP_SIZE, FRAG_TRACK_SIZE, FlowKey,
-    FragKey, FragPorts, LanInfo, MAX_LANS, MAX_WANS, SlotTable, WanCounters, WanInfo,
+    FragKey, FragPorts, LanInfo, MAX_LANS, MAX_POLICIES, MAX_POLICY_SUBNETS, MAX_WANS, SlotTable,
+    WanCounters, WanInfo,
 };
 
 #[map]
@@ -27,8 +28,12 @@ static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 static WANS: Array<WanInfo> = Array::with_max_entries(MAX_WANS as u32, 0);
 #[map]
 static LANS: Array<LanInfo> = Array::with_max_entries(MAX_LANS as u32, 0);
+/// `SLOTS[0]`: the default table; `SLOTS[policy]`: each source-subnet policy's own.
 #[map]
-static SLOTS: Array<SlotTable> = Array::with_max_entries(1, 0);
+static SLOTS: Array<SlotTable> = Array::with_max_entries(1 + MAX_POLICIES as u32, 0);
+/// Source subnet (network byte order, longest prefix wins) -> policy number.
+#[map]
+static POLICIES: LpmTrie<u32, u8> = LpmTrie::with_max_entries(MAX_POLICY_SUBNETS, 0);
 /// Redirect targets: WAN `wan_id` at `wan_id`, LAN `lan_id` at `LAN_DEVMAP_BASE + lan_id`.
 #[map]
 static DEVMAP: DevMap = DevMap::with_max_entries(DEVMAP_SIZE, 0);

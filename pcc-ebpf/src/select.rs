@@ -4,7 +4,9 @@ use pcc_common::{
     WanInfo,
 };
 
-use crate::{LANS, NTH_TURN, SLOTS, WANS};
+use aya_ebpf::maps::lpm_trie::Key;
+
+use crate::{LANS, NTH_TURN, POLICIES, SLOTS, WANS};
 
 /// This CPU's next turn for `nth`. Per CPU, so no atomics and no shared cache line: each CPU
 /// walks the turn order on its own, which keeps the weights over all of them.
@@ -77,7 +79,11 @@ pub fn wan_for<'a>(key: &FlowKey, cfg: &Config) -> Result<(u8, &'a WanInfo), Cou
         ),
     };
     let slot = (hash % SLOT_TABLE_SIZE as u32) as usize;
-    let table = SLOTS.get(0).ok_or(Counter::DropNoWan)?;
+    // The source's policy (most specific subnet), else the default table.
+    let policy = POLICIES
+        .get(Key::new(32, key.src_addr))
+        .map_or(0, |p| u32::from(*p));
+    let table = SLOTS.get(policy).ok_or(Counter::DropNoWan)?;
     // LLVM turns `% 4093` into a multiply-shift the verifier cannot bound, then deletes our
     // bound check as redundant. Reading the index back through a volatile load hides what
     // LLVM knows, so the check stays and the verifier sees the index bounded.
@@ -97,11 +103,18 @@ pub fn wan_for<'a>(key: &FlowKey, cfg: &Config) -> Result<(u8, &'a WanInfo), Cou
         if i >= u32::from(cfg.wan_count) {
             break;
         }
+        if table.allowed & (1 << i) == 0 {
+            continue;
+        }
         if let Some(wan) = WANS.get(i)
             && wan.is_up()
         {
             return Ok((i as u8, wan));
         }
     }
-    Err(Counter::DropNoWan)
+    Err(if policy == 0 {
+        Counter::DropNoWan
+    } else {
+        Counter::DropPolicyNoWan
+    })
 }

@@ -77,6 +77,25 @@ fn bad_interfaces_are_refused() {
     expect_refusal(&lab, &["up", "--wan", "wan0,wan1", "--lan", "wan1"], "wan1");
     expect_refusal(&lab, &["up", "--wan", "wan0,wan2", "--lan", "lan0"], "wan2");
     expect_refusal(&lab, &["up", "--wan", "wan0,wan3", "--lan", "lan0"], "wan3");
+    let policies = lab.dir().join("bad-policy.toml");
+    std::fs::write(
+        &policies,
+        "[[policy]]\nname = \"staff\"\nsubnets = [\"198.19.10.0/28\"]\nwans = [\"wan9\"]\n",
+    )
+    .unwrap();
+    expect_refusal(
+        &lab,
+        &[
+            "up",
+            "--wan",
+            "wan0,wan1",
+            "--lan",
+            "lan0",
+            "--config",
+            &policies.to_string_lossy(),
+        ],
+        "policy staff names wan9",
+    );
     expect_refusal(
         &lab,
         &[

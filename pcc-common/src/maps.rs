@@ -36,6 +36,9 @@ pub struct Config {
     pub hash_seed: u32,
     /// Source NAT ports the dataplane may hand out (host byte order).
     pub nat_ports: crate::NatPortRange,
+    /// Source-subnet policies in `POLICIES`: with none, new connections skip the trie.
+    pub policy_count: u8,
+    pub _pad: [u8; 3],
 }
 
 pub const WAN_FLAG_UP: u16 = 1;
@@ -215,7 +218,7 @@ pub struct WanCounters {
 }
 
 const _: () = {
-    assert!(size_of::<Config>() == 16);
+    assert!(size_of::<Config>() == 20);
     assert!(size_of::<WanInfo>() == 24);
     assert!(size_of::<LanInfo>() == 20);
     assert!(size_of::<FlowKey>() == 16);

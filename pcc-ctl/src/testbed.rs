@@ -60,6 +60,8 @@ impl TestBed {
             lan_count: 1,
             wan_count: 2,
             method: 0,
+            policy_count: 0,
+            _pad: [0; 3],
             hash_seed: SEED,
             nat_ports,
         };

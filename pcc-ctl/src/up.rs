@@ -267,6 +267,8 @@ pub async fn run(args: UpArgs) -> Result<()> {
         lan_count: learned.lans.len() as u8,
         wan_count: learned.wans.len() as u8,
         method: args.method as u8,
+        policy_count: policies.len() as u8,
+        _pad: [0; 3],
         hash_seed: args.hash_seed,
         nat_ports,
     };

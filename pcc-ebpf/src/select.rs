@@ -80,9 +80,13 @@ pub fn wan_for<'a>(key: &FlowKey, cfg: &Config) -> Result<(u8, &'a WanInfo), Cou
     };
     let slot = (hash % SLOT_TABLE_SIZE as u32) as usize;
     // The source's policy (most specific subnet), else the default table.
-    let policy = POLICIES
-        .get(Key::new(32, key.src_addr))
-        .map_or(0, |p| u32::from(*p));
+    let policy = if cfg.policy_count == 0 {
+        0
+    } else {
+        POLICIES
+            .get(Key::new(32, key.src_addr))
+            .map_or(0, |p| u32::from(*p))
+    };
     let table = SLOTS.get(policy).ok_or(Counter::DropNoWan)?;
     // LLVM turns `% 4093` into a multiply-shift the verifier cannot bound, then deletes our
     // bound check as redundant. Reading the index back through a volatile load hides what

@@ -358,4 +358,39 @@ mod tests {
             svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>") && svg.contains("Jitter")
         );
     }
+
+    /// Smoke run of the whole command in the lab (root only): every file, every scenario,
+    /// every figure; no timing is asserted.
+    #[test]
+    fn report_runs_and_writes_every_figure() {
+        if !pcc_tests::is_root() {
+            eprintln!("SKIP report smoke run: needs root");
+            return;
+        }
+        let out = std::env::temp_dir().join(format!("pcc-report-smoke-{}", std::process::id()));
+        run(ReportArgs {
+            seconds: 5,
+            rate: 20,
+            streams: 1,
+            out: out.clone(),
+            no_build: true,
+        })
+        .expect("cargo xtask report");
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap())
+                .unwrap();
+        let rows = json.as_array().expect("rows");
+        assert_eq!(rows.len(), 3, "wan0 alone, wan1 alone, pcc balanced");
+        for row in rows {
+            assert!(
+                row["throughput_mbps"].as_f64().is_some_and(|t| t > 0.0),
+                "{row}"
+            );
+        }
+        let txt = std::fs::read_to_string(out.join("report.txt")).unwrap();
+        assert!(txt.contains("pcc balanced"), "{txt}");
+        let svg = std::fs::read_to_string(out.join("report.svg")).unwrap();
+        assert!(svg.starts_with("<svg"));
+        let _ = std::fs::remove_dir_all(&out);
+    }
 }

@@ -33,6 +33,11 @@ pub struct WanStatus {
     pub rtt_seconds: Option<f64>,
     pub jitter_seconds: Option<f64>,
     pub loss_ratio: f64,
+    /// Quota usage in this billing cycle and the quota, when one is configured.
+    #[serde(default)]
+    pub quota_used_bytes: Option<u64>,
+    #[serde(default)]
+    pub quota_limit_bytes: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -84,6 +89,19 @@ pub fn status(shared: &Shared) -> Status {
     let rates = shared.rates.lock().expect("rates lock poisoned").clone();
     let health = shared.health.lock().expect("health lock poisoned");
     let now_ms = shared.clock.now_ms();
+    let quota: Vec<(u8, u64, u64)> = shared
+        .quota
+        .lock()
+        .expect("quota lock poisoned")
+        .as_ref()
+        .map(|m| {
+            m.quotas
+                .iter()
+                .zip(&m.usage)
+                .map(|(q, u)| (q.wan_id, u.used_bytes, q.limit_bytes))
+                .collect()
+        })
+        .unwrap_or_default();
     let wans = shared
         .wans
         .lock()
@@ -111,6 +129,8 @@ pub fn status(shared: &Shared) -> Status {
                 rtt_seconds: h.and_then(|h| h.rtt_seconds()),
                 jitter_seconds: h.and_then(|h| h.jitter_seconds()),
                 loss_ratio: h.map_or(0.0, |h| h.loss_ratio(now_ms)),
+                quota_used_bytes: quota.iter().find(|q| q.0 == w.wan_id).map(|q| q.1),
+                quota_limit_bytes: quota.iter().find(|q| q.0 == w.wan_id).map(|q| q.2),
             }
         })
         .collect();

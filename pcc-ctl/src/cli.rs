@@ -25,9 +25,40 @@ pub enum Command {
     Status(StatusArgs),
     /// List the connections a running `pcc-ctl up` tracks.
     Flows(FlowsArgs),
+    /// Show the WANs' quota usage in this billing cycle, or set it (to match the ISP's meter).
+    Quota(QuotaArgs),
     /// Remove what a `pcc-ctl up` that did not exit cleanly left running (pinned programs and
     /// maps, the forwarding guard, demoted routes); its connections end.
     Down(DownArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct QuotaArgs {
+    /// The first LAN interface of the `pcc-ctl up` (it names the usage file).
+    #[arg(long, value_name = "IFACE")]
+    pub lan: String,
+    /// Where `pcc-ctl up` keeps its usage (its `--state-dir`).
+    #[arg(long, default_value = "/var/lib/pcc", value_name = "DIR")]
+    pub state_dir: std::path::PathBuf,
+    /// Set a WAN's usage, e.g. `eth0=350GB` (the running controller applies it).
+    #[arg(long, value_delimiter = ',', value_parser = parse_set, value_name = "IFACE=SIZE,...")]
+    pub set: Vec<(String, String)>,
+}
+
+impl QuotaArgs {
+    pub fn state_file(&self) -> std::path::PathBuf {
+        quota_file(&self.state_dir, &self.lan)
+    }
+}
+
+/// The quota usage file of the instance whose first LAN is `lan`.
+pub fn quota_file(dir: &std::path::Path, lan: &str) -> std::path::PathBuf {
+    dir.join(format!("quota-{lan}.json"))
+}
+
+fn parse_set(s: &str) -> Result<(String, String), String> {
+    let (iface, size) = split_pair(s)?;
+    Ok((iface.to_string(), size.to_string()))
 }
 
 #[derive(Args, Debug)]
@@ -96,6 +127,9 @@ pub struct UpArgs {
     /// a fallback; see the README's "Per-subnet policies" for a full example.
     #[arg(long, value_name = "FILE")]
     pub config: Option<std::path::PathBuf>,
+    /// Where quota usage is kept across restarts and reboots.
+    #[arg(long, default_value = "/var/lib/pcc", value_name = "DIR")]
+    pub state_dir: std::path::PathBuf,
     /// Each WAN's line rate in Mbit/s, e.g. `eth0=20,eth1=10` (for --method least-loaded).
     #[arg(long, value_delimiter = ',', value_parser = parse_line_rate, value_name = "IFACE=MBIT,...")]
     pub line_rate: Vec<(String, u32)>,

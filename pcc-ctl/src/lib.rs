@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod netlink;
 pub mod pin;
 pub mod policy;
+pub mod quota;
 pub mod relink;
 pub mod show;
 pub mod testbed;

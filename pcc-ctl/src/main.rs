@@ -1,6 +1,6 @@
 //! pcc-ctl: the controller and command line of pcc.
 use clap::Parser as _;
-use pcc_ctl::{cli, down, show, up};
+use pcc_ctl::{cli, down, quota, show, up};
 
 fn main() {
     // netlink_proto warns about every event that arrives while its stream shuts down.
@@ -30,6 +30,7 @@ fn main() {
     };
     let result = match cli.command {
         cli::Command::Up(args) => runtime().and_then(|rt| rt.block_on(up::run(args))),
+        cli::Command::Quota(args) => quota::command(&args.state_file(), &args.set),
         cli::Command::Down(args) => runtime().and_then(|rt| rt.block_on(down::run(args))),
         cli::Command::Status(args) => show::status(&args),
         cli::Command::Flows(args) => show::flows(&args),

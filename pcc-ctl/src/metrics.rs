@@ -33,6 +33,10 @@ pub struct Metrics {
     nat_ports: IntGaugeVec,
     packets: IntCounterVec,
     drops: IntCounterVec,
+    quota_used: IntGaugeVec,
+    quota_limit: IntGaugeVec,
+    quota_cycle_start: IntGaugeVec,
+    quota_threshold: IntGaugeVec,
 }
 
 fn counter_vec(
@@ -184,6 +188,30 @@ impl Metrics {
                 "Packets the dataplane dropped",
                 &["reason"],
             )?,
+            quota_used: gauge_vec(
+                &registry,
+                "pcc_wan_quota_used_bytes",
+                "Bytes through the WAN in this billing cycle",
+                &["wan"],
+            )?,
+            quota_limit: gauge_vec(
+                &registry,
+                "pcc_wan_quota_limit_bytes",
+                "The WAN's fair-usage quota per cycle",
+                &["wan"],
+            )?,
+            quota_cycle_start: gauge_vec(
+                &registry,
+                "pcc_wan_quota_cycle_start_seconds",
+                "Start of the current billing cycle (Unix time)",
+                &["wan"],
+            )?,
+            quota_threshold: gauge_vec(
+                &registry,
+                "pcc_wan_quota_threshold",
+                "Quota thresholds crossed (0: none)",
+                &["wan"],
+            )?,
             registry,
         })
     }
@@ -244,6 +272,28 @@ impl Metrics {
                 self.nat_ports
                     .with_label_values(&[n])
                     .set(gc.nat_ports_per_wan[wan.wan_id as usize] as i64);
+            }
+        }
+        if let Some(meter) = shared.quota.lock().expect("quota lock poisoned").as_ref() {
+            let wans = shared.wans.lock().expect("wans lock poisoned");
+            let crossed = meter.crossed();
+            for ((q, u), (_, hit, _)) in meter.quotas.iter().zip(&meter.usage).zip(&crossed) {
+                let Some(wan) = wans.iter().find(|w| w.wan_id == q.wan_id) else {
+                    continue;
+                };
+                let n = wan.name.as_str();
+                self.quota_used
+                    .with_label_values(&[n])
+                    .set(u.used_bytes as i64);
+                self.quota_limit
+                    .with_label_values(&[n])
+                    .set(q.limit_bytes as i64);
+                self.quota_cycle_start
+                    .with_label_values(&[n])
+                    .set(u.cycle_start_unix as i64);
+                self.quota_threshold
+                    .with_label_values(&[n])
+                    .set(*hit as i64);
             }
         }
         let mut out = Vec::new();

@@ -25,6 +25,15 @@ use crate::{maps::Maps, netlink::Ipv4Net, wan::WanView};
 struct PolicyFile {
     #[serde(default)]
     policy: Vec<PolicyConf>,
+    #[serde(default)]
+    quota: Vec<crate::quota::QuotaConf>,
+}
+
+/// Everything `--config` holds.
+#[derive(Default)]
+pub struct ConfigFile {
+    pub policies: Vec<Policy>,
+    pub quotas: Vec<crate::quota::Quota>,
 }
 
 #[derive(Deserialize)]
@@ -68,15 +77,18 @@ fn inside(net: &Ipv4Net, (addr, prefix): (Ipv4Addr, u8)) -> bool {
 
 /// Reads and checks a policy file: `wans` are the WAN names in `wan_id` order, `lans` the
 /// LAN subnets. Every problem is one line naming the policy.
-pub fn load(path: &Path, wans: &[String], lans: &[Ipv4Net]) -> Result<Vec<Policy>> {
+pub fn load(path: &Path, wans: &[String], lans: &[Ipv4Net]) -> Result<ConfigFile> {
     let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read policy file {}", path.display()))?;
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
     let file: PolicyFile = toml::from_str(&text).map_err(|e| {
         let first = e.to_string();
         let first = first.lines().next().unwrap_or("").to_string();
-        anyhow::anyhow!("policy file {}: {first} ({})", path.display(), e.message())
+        anyhow::anyhow!("config file {}: {first} ({})", path.display(), e.message())
     })?;
-    resolve(file.policy, wans, lans)
+    Ok(ConfigFile {
+        quotas: crate::quota::resolve(&file.quota, wans)?,
+        policies: resolve(file.policy, wans, lans)?,
+    })
 }
 
 fn resolve(confs: Vec<PolicyConf>, wans: &[String], lans: &[Ipv4Net]) -> Result<Vec<Policy>> {

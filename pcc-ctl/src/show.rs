@@ -40,7 +40,7 @@ pub fn render_status(status: &Status) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<10} {:<5} {:>8} {:<15} {:>6} {:>6} {:>6} {:>9} {:>9} {:>7} {:>7} {:>6}",
+        "{:<10} {:<5} {:>8} {:<15} {:>6} {:>6} {:>6} {:>9} {:>9} {:>7} {:>7} {:>6} {:>15}",
         "WAN",
         "STATE",
         "SINCE",
@@ -52,7 +52,8 @@ pub fn render_status(status: &Status) -> String {
         "TX Mb/s",
         "RTT ms",
         "JIT ms",
-        "LOSS"
+        "LOSS",
+        "QUOTA GB"
     );
     for w in &status.wans {
         let name = if w.backup {
@@ -62,7 +63,7 @@ pub fn render_status(status: &Status) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<10} {:<5} {:>8} {:<15} {:>6} {:>6} {:>5.1}% {:>9.2} {:>9.2} {:>7} {:>7} {:>5.1}%",
+            "{:<10} {:<5} {:>8} {:<15} {:>6} {:>6} {:>5.1}% {:>9.2} {:>9.2} {:>7} {:>7} {:>5.1}% {:>15}",
             name,
             w.state,
             ago(w.since_unix),
@@ -74,7 +75,11 @@ pub fn render_status(status: &Status) -> String {
             w.tx_bps / 1e6,
             ms(w.rtt_seconds),
             ms(w.jitter_seconds),
-            w.loss_ratio * 100.0
+            w.loss_ratio * 100.0,
+            match (w.quota_used_bytes, w.quota_limit_bytes) {
+                (Some(u), Some(l)) => format!("{:.1}/{:.0}", u as f64 / 1e9, l as f64 / 1e9),
+                _ => "-".into(),
+            }
         );
     }
     out

@@ -15,7 +15,7 @@ use pcc_common::{
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    cli::{UpArgs, XdpModeArg},
+    cli::{self, UpArgs, XdpModeArg},
     conntrack::{self, GcReport},
     dataplane::{Attached, Dataplane, Role},
     guard::{ForwardGuard, GuardSpec},
@@ -25,11 +25,14 @@ use crate::{
     metrics::{self, Metrics},
     netlink::{Ipv4Net, Link, Netlink},
     pin::{self, PinnedState, Pins},
-    policy::{self, Policy},
+    policy::{self, ConfigFile, Policy},
+    quota::{self, Meter},
     relink,
     wan::{self, DefaultRoutes, WanView},
 };
 
+/// Quota usage goes to disk every this many refreshes (seconds): a crash loses at most that.
+const QUOTA_SAVE_TICKS: u64 = 5;
 /// How often link state and gateway MACs are re-read even without a netlink event.
 const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 /// How often expired connections are collected.
@@ -50,6 +53,8 @@ pub struct Shared {
     pub classifier: String,
     /// Source-subnet policies (`--config`), re-tabled whenever WAN states change.
     pub policies: Vec<Policy>,
+    /// Quota usage (`[[quota]]` in `--config`).
+    pub quota: Mutex<Option<Meter>>,
 }
 
 fn ip_be(addr: Ipv4Addr) -> u32 {
@@ -208,7 +213,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
     ensure_bpffs()?;
     let nl = Netlink::connect()?;
     let learned = learn(&nl, &args).await?;
-    let policies = match &args.config {
+    let config_file = match &args.config {
         Some(path) => {
             let wan_names: Vec<String> = learned
                 .wans
@@ -218,8 +223,9 @@ pub async fn run(args: UpArgs) -> Result<()> {
             let lan_nets: Vec<Ipv4Net> = learned.lans.iter().map(|(_, n)| *n).collect();
             policy::load(path, &wan_names, &lan_nets)?
         }
-        None => Vec::new(),
+        None => ConfigFile::default(),
     };
+    let ConfigFile { policies, quotas } = config_file;
 
     let pins = Pins::for_lan(&args.lan[0]);
     let want = PinnedState {
@@ -387,6 +393,14 @@ pub async fn run(args: UpArgs) -> Result<()> {
                 })
                 .collect(),
         ));
+        let names: Vec<String> = wans.iter().map(|w| w.name.clone()).collect();
+        let meter = if quotas.is_empty() {
+            None
+        } else {
+            let file = cli::quota_file(&args.state_dir, &args.lan[0]);
+            let counters = |id: u8| maps.wan_counters(id).map_or(0, |c| c.rx_bytes + c.tx_bytes);
+            Some(Meter::open(quotas.clone(), &names, &file, counters, quota::unix_now())?)
+        };
         let shared = Arc::new(Shared {
             maps: Mutex::new(maps),
             metrics: Metrics::new(args.classifier.name())?,
@@ -397,6 +411,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
             rates: Mutex::new(vec![(0.0, 0.0); wans.len()]),
             classifier: args.classifier.name().to_string(),
             policies: policies.clone(),
+            quota: Mutex::new(meter),
         });
         let server = metrics::bind(args.metrics, shared.clone()).await?;
         let (health_tx, health_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -479,6 +494,7 @@ async fn serve(
     let mut last_counters: Vec<(u64, u64)> = vec![(0, 0); wans.len()];
     let mut last_sample = tokio::time::Instant::now();
     let mut gc_passes: u64 = 0;
+    let mut ticks: u64 = 0;
     loop {
         let before = relink::snapshot(&wans);
         let links_changed = tokio::select! {
@@ -497,7 +513,8 @@ async fn serve(
             _ = refresh.tick() => {
                 sample_rates(shared, &wans, &mut last_counters, &mut last_sample);
                 let changed = refresh_links(nl, &mut wans).await;
-                changed | follow_spare_capacity(shared, &mut wans, args)
+                ticks += 1;
+                changed | follow_spare_capacity(shared, &mut wans, args) | follow_quotas(shared, &mut wans, args, ticks)
             }
             _ = gc.tick() => {
                 gc_passes += 1;
@@ -582,6 +599,11 @@ async fn serve(
             }
         }
     }
+    if let Some(meter) = shared.quota.lock().expect("quota lock poisoned").as_ref()
+        && let Err(e) = meter.save()
+    {
+        log::warn!("{e:#}");
+    }
     log::info!(
         "stopping: detaching from {}",
         wan_names(args)
@@ -592,6 +614,39 @@ async fn serve(
             .join(",")
     );
     Ok(())
+}
+
+/// Counts quota usage, saves it every few seconds, and applies crossed thresholds; whether a
+/// WAN's weight or tier changed.
+fn follow_quotas(shared: &Shared, wans: &mut [WanView], args: &UpArgs, ticks: u64) -> bool {
+    let mut meter = shared.quota.lock().expect("quota lock poisoned");
+    let Some(meter) = meter.as_mut() else {
+        return false;
+    };
+    {
+        let maps = shared.maps.lock().expect("maps lock poisoned");
+        meter.update(
+            |id| maps.wan_counters(id).map_or(0, |c| c.rx_bytes + c.tx_bytes),
+            quota::unix_now(),
+        );
+    }
+    if ticks % QUOTA_SAVE_TICKS == 0
+        && let Err(e) = meter.save()
+    {
+        log::warn!("{e:#}");
+    }
+    let mut weights = [1u32; MAX_WANS];
+    let mut backups = [false; MAX_WANS];
+    for wan in wans.iter() {
+        let i = wan.wan_id as usize;
+        weights[i] = args
+            .weight
+            .iter()
+            .find(|(n, _)| *n == wan.name)
+            .map_or(1, |(_, w)| *w);
+        backups[i] = args.backup.contains(&wan.name);
+    }
+    meter.apply(wans, &weights, &backups)
 }
 
 /// `least-loaded`: sets each WAN's weight from its spare capacity (configured line rate minus

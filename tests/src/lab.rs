@@ -582,28 +582,35 @@ impl Lab {
             self.sh(node, &script)?;
         }
         if let Some(mbit) = self.shaped {
-            for k in ["isp0", "isp1"] {
-                for dev in ["up0", "core0"] {
-                    self.run(
-                        k,
-                        &[
-                            "tc",
-                            "qdisc",
-                            "replace",
-                            "dev",
-                            dev,
-                            "root",
-                            "tbf",
-                            "rate",
-                            &format!("{mbit}mbit"),
-                            "burst",
-                            "32kb",
-                            "latency",
-                            "50ms",
-                        ],
-                    )?;
-                }
+            for k in 0..2 {
+                self.shape(k, mbit)?;
             }
+        }
+        Ok(())
+    }
+
+    /// Shapes ISP `isp`'s line to `mbit` Mbit/s both ways (tbf on its uplink to the router
+    /// and on its core link), replacing any earlier rate.
+    pub fn shape(&self, isp: usize, mbit: u32) -> Result<()> {
+        for dev in ["up0", "core0"] {
+            self.run(
+                &format!("isp{isp}"),
+                &[
+                    "tc",
+                    "qdisc",
+                    "replace",
+                    "dev",
+                    dev,
+                    "root",
+                    "tbf",
+                    "rate",
+                    &format!("{mbit}mbit"),
+                    "burst",
+                    "32kb",
+                    "latency",
+                    "50ms",
+                ],
+            )?;
         }
         Ok(())
     }

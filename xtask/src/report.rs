@@ -1,6 +1,8 @@
 //! `cargo xtask report`: the QoS comparison a PCC study publishes — each WAN alone, then
 //! both balanced by pcc — on the lab's shaped lines: throughput, packet loss, delay and
-//! jitter with their TIPHON categories, as text, JSON and an SVG chart.
+//! jitter with their TIPHON categories, as text, JSON and an SVG chart. `--compare` runs the
+//! same workload through every balancing method on equal and on unequal lines, the question
+//! such studies end on, and writes its table to BENCHMARKS.md too.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -29,6 +31,13 @@ pub struct ReportArgs {
     /// Skip xtask/setup.sh and the pcc-ctl build.
     #[arg(long)]
     no_build: bool,
+    /// Compare the balancing methods (pcc, nth, ecmp, least-loaded) on equal lines and on
+    /// lines of RATE and RATE/2, instead of each WAN alone vs pcc.
+    #[arg(long)]
+    compare: bool,
+    /// With --compare: where the "Method comparison" section goes (default: BENCHMARKS.md).
+    #[arg(long, value_name = "PATH")]
+    benchmarks_out: Option<PathBuf>,
 }
 
 /// One scenario's figures.
@@ -47,7 +56,12 @@ pub struct Row {
     pub loss_category: &'static str,
     pub delay_category: &'static str,
     pub jitter_category: &'static str,
+    /// The video-like stream's rate (asked: `VIDEO_BYTES_PER_SEC`), Mbit/s.
+    pub video_mbps: f64,
 }
+
+/// The video-like stream: a 4 Mbit/s paced download for the whole run (HD video).
+const VIDEO_BYTES_PER_SEC: u64 = 500_000;
 
 impl Row {
     fn new(
@@ -72,6 +86,7 @@ impl Row {
             loss_category: Tiphon::packet_loss(loss).name(),
             delay_category: Tiphon::delay(delay).name(),
             jitter_category: Tiphon::jitter(jitter).name(),
+            video_mbps: 0.0,
         }
     }
 }
@@ -98,12 +113,18 @@ pub fn parse_ping(text: &str, count: usize) -> Vec<Option<f64>> {
 }
 
 pub fn render_text(rows: &[Row], rate: u32) -> String {
-    let mut out =
-        format!("QoS per network, lines shaped to {rate} Mbit/s (TIPHON category in brackets)\n");
+    render_table(
+        rows,
+        &format!("QoS per network, lines shaped to {rate} Mbit/s (TIPHON category in brackets)"),
+    )
+}
+
+fn render_table(rows: &[Row], title: &str) -> String {
+    let mut out = format!("{title}\n");
     let _ = writeln!(
         out,
-        "{:<22} {:>24} {:>20} {:>22} {:>20}   per-WAN download",
-        "network", "throughput Mbit/s", "packet loss", "delay ms", "jitter ms"
+        "{:<30} {:>24} {:>20} {:>22} {:>20} {:>7}   per-WAN download",
+        "network", "throughput Mbit/s", "packet loss", "delay ms", "jitter ms", "video"
     );
     for r in rows {
         let split: Vec<String> = r
@@ -113,7 +134,7 @@ pub fn render_text(rows: &[Row], rate: u32) -> String {
             .collect();
         let _ = writeln!(
             out,
-            "{:<22} {:>9.2} ({:>11}) {:>6.2}% ({:>11}) {:>8.2} ({:>11}) {:>6.2} ({:>11})   {}",
+            "{:<30} {:>9.2} ({:>11}) {:>6.2}% ({:>11}) {:>8.2} ({:>11}) {:>6.2} ({:>11}) {:>7.2}   {}",
             r.scenario,
             r.throughput_mbps,
             r.throughput_category,
@@ -123,6 +144,7 @@ pub fn render_text(rows: &[Row], rate: u32) -> String {
             r.delay_category,
             r.jitter_ms,
             r.jitter_category,
+            r.video_mbps,
             split.join(", ")
         );
     }
@@ -203,10 +225,20 @@ pub fn render_svg(rows: &[Row]) -> String {
     svg
 }
 
-/// Runs one scenario: pcc over `wans`, every client downloading, c1 pinging a server.
-fn scenario(lab: &Lab, name: &str, wans: &[&str], args: &ReportArgs) -> Result<Row> {
+/// Runs one scenario: pcc over `wans` (with `extra` options), every client downloading, c1
+/// watching a video-like stream and pinging a server; `capacity` is the lines' sum.
+fn scenario(
+    lab: &Lab,
+    name: &str,
+    wans: &[&str],
+    extra: &[&str],
+    capacity: f64,
+    args: &ReportArgs,
+) -> Result<Row> {
     let wan_arg = wans.join(",");
-    let pcc = lab.start_pcc(&["--wan", &wan_arg])?;
+    let mut pcc_args = vec!["--wan", wan_arg.as_str()];
+    pcc_args.extend_from_slice(extra);
+    let pcc = lab.start_pcc(&pcc_args)?;
     let file = lab.http_file(256 << 20)?;
     let before = pcc.metrics()?;
     let started = Instant::now();
@@ -222,6 +254,24 @@ fn scenario(lab: &Lab, name: &str, wans: &[&str], args: &ReportArgs) -> Result<R
             )?);
         }
     }
+    let video_url = format!(
+        "{}?rate={VIDEO_BYTES_PER_SEC}",
+        lab.url(lab.server_addr(lab.server_count() - 1), &file)
+    );
+    let video = lab.spawn(
+        "c1",
+        &[
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{size_download}",
+            "--max-time",
+            &secs,
+            &video_url,
+        ],
+    )?;
     // Probe while the lines are loaded, as the study did: 20 pings a second.
     let count = (args.seconds * 20).saturating_sub(20).max(20) as usize;
     let ping = lab.exec_opts(
@@ -246,6 +296,11 @@ fn scenario(lab: &Lab, name: &str, wans: &[&str], args: &ReportArgs) -> Result<R
     let after = pcc.metrics()?;
     let elapsed = started.elapsed().as_secs_f64();
     drop(downloads);
+    let video = video.finish(Duration::from_secs(5));
+    let video_bytes: f64 = String::from_utf8_lossy(&video.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0.0);
     pcc.stop()?;
     let per_wan: Vec<(String, f64)> = wans
         .iter()
@@ -255,13 +310,9 @@ fn scenario(lab: &Lab, name: &str, wans: &[&str], args: &ReportArgs) -> Result<R
             (w.to_string(), bytes * 8.0 / elapsed / 1e6)
         })
         .collect();
-    Ok(Row::new(
-        name,
-        wans,
-        f64::from(args.rate) * wans.len() as f64,
-        per_wan,
-        &rtts,
-    ))
+    let mut row = Row::new(name, wans, capacity, per_wan, &rtts);
+    row.video_mbps = video_bytes * 8.0 / elapsed / 1e6;
+    Ok(row)
 }
 
 pub fn run(args: ReportArgs) -> Result<()> {
@@ -270,6 +321,9 @@ pub fn run(args: ReportArgs) -> Result<()> {
         "--seconds must be 5..=300"
     );
     crate::prepare(args.no_build)?;
+    if args.compare {
+        return compare(&args);
+    }
     let lab = Lab::builder()
         .clients(3)
         .servers(12)
@@ -284,7 +338,8 @@ pub fn run(args: ReportArgs) -> Result<()> {
         ("pcc balanced".to_string(), vec![WAN_NAMES[0], WAN_NAMES[1]]),
     ] {
         eprintln!("xtask report: {name}: {} s of load", args.seconds);
-        rows.push(scenario(&lab, &name, &wans, &args)?);
+        let capacity = f64::from(args.rate) * wans.len() as f64;
+        rows.push(scenario(&lab, &name, &wans, &[], capacity, &args)?);
     }
     drop(lab);
     let out = if args.out.is_absolute() {
@@ -306,6 +361,100 @@ pub fn run(args: ReportArgs) -> Result<()> {
         out.display()
     );
     Ok(())
+}
+
+/// `--compare`: every method on equal lines (RATE/RATE) and unequal ones (RATE/RATE÷2).
+fn compare(args: &ReportArgs) -> Result<()> {
+    let (fast, slow) = (args.rate, (args.rate / 2).max(1));
+    let mut rows = Vec::new();
+    for (setup, rates) in [("equal", [fast, fast]), ("unequal", [fast, slow])] {
+        let lab = Lab::builder()
+            .clients(3)
+            .servers(12)
+            .shaped(Some(fast))
+            .build()
+            .context("building the lab")?;
+        lab.shape(1, rates[1])?;
+        lab.start_http()?;
+        let line_rates = format!("wan0={},wan1={}", rates[0], rates[1]);
+        for method in pcc_common::Method::ALL {
+            let name = format!("{} ({setup} {}/{})", method.name(), rates[0], rates[1]);
+            eprintln!("xtask report: {name}: {} s of load", args.seconds);
+            let mut extra = vec!["--method", method.name()];
+            if method == pcc_common::Method::LeastLoaded {
+                extra.extend(["--line-rate", line_rates.as_str()]);
+            }
+            let capacity = f64::from(rates[0] + rates[1]);
+            rows.push(scenario(&lab, &name, &WAN_NAMES, &extra, capacity, args)?);
+        }
+    }
+    let out = if args.out.is_absolute() {
+        args.out.clone()
+    } else {
+        crate::root().join(&args.out)
+    };
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let title = format!(
+        "Balancing methods on two lines ({fast}/{fast} and {fast}/{slow} Mbit/s), TIPHON category in brackets"
+    );
+    let text = render_table(&rows, &title);
+    std::fs::write(out.join("compare.txt"), &text)?;
+    std::fs::write(
+        out.join("compare.json"),
+        serde_json::to_string_pretty(&rows)? + "\n",
+    )?;
+    std::fs::write(out.join("compare.svg"), render_svg(&rows))?;
+    let mut command = String::from("cargo xtask report --compare");
+    if args.seconds != 20 {
+        command += &format!(" --seconds {}", args.seconds);
+    }
+    let bin = crate::root().join("target/release/pcc-ctl");
+    let when = pcc_tests::bench::MachineInfo::probe_for(Some(&bin)).when_and_where();
+    let section = compare_section(&rows, args, &command, &when);
+    let path = crate::benchmarks_file(args.benchmarks_out.clone());
+    pcc_tests::bench::update_section(&path, "Method comparison", &section)?;
+    print!("{text}");
+    eprintln!(
+        "xtask report: written to {}/compare.{{txt,json,svg}} and {}",
+        out.display(),
+        path.display()
+    );
+    Ok(())
+}
+
+fn compare_section(rows: &[Row], args: &ReportArgs, command: &str, when: &str) -> String {
+    let mut s = String::from("## Method comparison\n\n");
+    let _ = writeln!(
+        s,
+        "The same workload through each balancing method: 3 clients × {} concurrent downloads, a 4 Mbit/s paced download as a video stream and 20 pings/s from c1, {} s per run, on lines shaped with `tc tbf` (equal, then the second at half the rate). Throughput is what crossed the two WANs towards the LAN; loss, delay and jitter come from the pings under load (TIPHON categories as in `cargo xtask report`).\n",
+        args.streams, args.seconds
+    );
+    let _ = writeln!(s, "- Command: `{command}`\n- When and where: {when}\n");
+    s.push_str("| method (lines, Mbit/s) | throughput Mbit/s | of capacity | wan0 / wan1 Mbit/s | video Mbit/s | loss | delay ms | jitter ms |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    for r in rows {
+        let split: Vec<String> = r
+            .per_wan_mbps
+            .iter()
+            .map(|(_, m)| format!("{m:.1}"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "| {} | {:.1} ({}) | {:.0} % | {} | {:.2} | {:.2} % ({}) | {:.1} ({}) | {:.1} ({}) |",
+            r.scenario,
+            r.throughput_mbps,
+            r.throughput_category,
+            100.0 * r.throughput_mbps / r.capacity_mbps,
+            split.join(" / "),
+            r.video_mbps,
+            r.loss * 100.0,
+            r.loss_category,
+            r.delay_ms,
+            r.delay_category,
+            r.jitter_ms,
+            r.jitter_category
+        );
+    }
+    s
 }
 
 #[cfg(test)]
@@ -374,6 +523,8 @@ mod tests {
             streams: 1,
             out: out.clone(),
             no_build: true,
+            compare: false,
+            benchmarks_out: None,
         })
         .expect("cargo xtask report");
         let json: serde_json::Value =
@@ -391,6 +542,55 @@ mod tests {
         assert!(txt.contains("pcc balanced"), "{txt}");
         let svg = std::fs::read_to_string(out.join("report.svg")).unwrap();
         assert!(svg.starts_with("<svg"));
+        let _ = std::fs::remove_dir_all(&out);
+    }
+
+    /// Smoke run of `--compare` (root only): every method on both line setups, every figure,
+    /// the BENCHMARKS section written; no timing is asserted.
+    #[test]
+    fn compare_runs_every_method_on_both_line_setups() {
+        if !pcc_tests::is_root() {
+            eprintln!("SKIP compare smoke run: needs root");
+            return;
+        }
+        let out = std::env::temp_dir().join(format!("pcc-compare-smoke-{}", std::process::id()));
+        let bench = out.join("BENCHMARKS.md");
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::write(&bench, "# benchmarks\n").unwrap();
+        run(ReportArgs {
+            seconds: 5,
+            rate: 20,
+            streams: 1,
+            out: out.clone(),
+            no_build: true,
+            compare: true,
+            benchmarks_out: Some(bench.clone()),
+        })
+        .expect("cargo xtask report --compare");
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("compare.json")).unwrap())
+                .unwrap();
+        let rows = json.as_array().expect("rows");
+        assert_eq!(rows.len(), 8, "4 methods x 2 line setups");
+        for m in ["pcc", "nth", "ecmp", "least-loaded"] {
+            for setup in ["equal 20/20", "unequal 20/10"] {
+                let name = format!("{m} ({setup})");
+                let row = rows
+                    .iter()
+                    .find(|r| r["scenario"] == name.as_str())
+                    .unwrap_or_else(|| panic!("no row {name}"));
+                assert!(
+                    row["throughput_mbps"].as_f64().is_some_and(|t| t > 0.0),
+                    "{row}"
+                );
+                assert!(row["video_mbps"].as_f64().is_some(), "{row}");
+            }
+        }
+        let md = std::fs::read_to_string(&bench).unwrap();
+        assert!(
+            md.contains("## Method comparison") && md.contains("least-loaded (unequal 20/10)"),
+            "{md}"
+        );
         let _ = std::fs::remove_dir_all(&out);
     }
 }

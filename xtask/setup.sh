@@ -17,6 +17,7 @@ PKGS=(
     llvm-22-dev libpolly-22-dev clang iproute2 ethtool curl iperf3 iputils-ping nftables
     bpftool netsniff-ng tcpdump python3-scapy prometheus socat procps psmisc kmod
     zlib1g-dev libzstd-dev
+    g++ # libFuzzer (cargo-fuzz targets) is C++
 )
 missing=()
 for p in "${PKGS[@]}"; do

@@ -82,3 +82,17 @@ fn long_connection_stays_on_one_wan_with_nth() {
     require_root!();
     run(&["--method", "nth"]);
 }
+
+#[test]
+fn long_connection_stays_on_one_wan_with_ecmp() {
+    require_root!();
+    run(&["--method", "ecmp"]);
+}
+
+/// `least-loaded` moves new connections away from a busy line; the busy connection itself
+/// stays where it is.
+#[test]
+fn long_connection_stays_on_one_wan_with_least_loaded() {
+    require_root!();
+    run(&["--method", "least-loaded", "--line-rate", "wan0=20,wan1=20"]);
+}

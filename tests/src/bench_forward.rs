@@ -33,7 +33,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Result, bail, ensure};
 
 use crate::bench::{MachineInfo, update_section};
 use crate::lab::Lab;
@@ -229,15 +229,6 @@ fn xdp_drops(lab: &Lab, node: &str, dev: &str) -> Result<u64> {
 fn into_lan0(lab: &Lab) -> Result<(u64, u64)> {
     let [ok, full] = ethtool_sums(lab, "switch", "p-lan", ["xdp_xmit", "xdp_xmit_errors"])?;
     Ok((ok, full))
-}
-
-fn mac_of(lab: &Lab, node: &str, dev: &str) -> Result<String> {
-    let out = lab.run(node, &["ip", "-j", "link", "show", "dev", dev])?;
-    let v: serde_json::Value = serde_json::from_str(&out)?;
-    Ok(v[0]["address"]
-        .as_str()
-        .context("no MAC address")?
-        .to_owned())
 }
 
 /// PIDs of kernel threads whose name starts with `prefix`.
@@ -540,9 +531,9 @@ pub fn forward(opts: &ForwardOpts) -> Result<ForwardReport> {
     // MACs). The router needs the ISPs' MACs: resolve them before the sinks go on.
     let frame_args = vec![
         "--src-mac".to_owned(),
-        mac_of(&lab, "c1", "eth0")?,
+        lab.mac("c1", "eth0")?,
         "--dst-mac".to_owned(),
-        mac_of(&lab, "router", "lan0")?,
+        lab.mac("router", "lan0")?,
         "--src".to_owned(),
         lab.client_addr(1).to_string(),
     ];

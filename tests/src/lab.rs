@@ -384,6 +384,16 @@ impl Lab {
         })
     }
 
+    /// The MAC address of `dev` in `node`.
+    pub fn mac(&self, node: &str, dev: &str) -> Result<String> {
+        let out = self.run(node, &["ip", "-j", "link", "show", "dev", dev])?;
+        let v: serde_json::Value = serde_json::from_str(&out).context("ip -j link")?;
+        Ok(v[0]["address"]
+            .as_str()
+            .with_context(|| format!("{dev} in {node} has no MAC address"))?
+            .to_owned())
+    }
+
     /// Interfaces in `node` that have an XDP program attached (from `ip -j link show`).
     pub fn xdp_interfaces(&self, node: &str) -> Result<Vec<String>> {
         let out = self.run(node, &["ip", "-j", "link", "show"])?;

@@ -66,9 +66,7 @@ fn hostile_lan_frames_are_counted_by_reason_and_never_leak() {
     let before = pcc.metrics().expect("metrics");
     let script = lab.dir().join("hostile.py");
     std::fs::write(&script, HOSTILE_PY).unwrap();
-    let mac = lab
-        .run("router", &["cat", "/sys/class/net/lan0/address"])
-        .unwrap();
+    let mac = lab.mac("router", "lan0").unwrap();
     let sent = lab
         .run(
             "switch",
@@ -76,7 +74,7 @@ fn hostile_lan_frames_are_counted_by_reason_and_never_leak() {
                 pcc_tests::services_python(),
                 &script.to_string_lossy(),
                 "p-lan",
-                mac.trim(),
+                &mac,
                 &lab.client_addr(1).to_string(),
                 &lab.server_addr(0).to_string(),
             ],

@@ -4,12 +4,9 @@
 //! its allowed WANs; when wan0 dies the staff fall back, and when wan1 dies the printer's
 //! connections are dropped and counted (`policy_no_wan`) while everyone else carries on.
 
-use std::{
-    collections::BTreeSet,
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeSet, time::Duration};
 
-use pcc_tests::{Lab, PccHandle, require_root};
+use pcc_tests::{Lab, PccHandle, health, require_root};
 
 const POLICIES: &str = r#"
 [[policy]]
@@ -49,15 +46,7 @@ fn set(addrs: &[&str]) -> BTreeSet<Option<String>> {
 }
 
 fn wait_wan(pcc: &PccHandle, wan: &str, up: bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while pcc.metrics().unwrap().wan("pcc_wan_up", wan) != f64::from(u8::from(up)) {
-        assert!(
-            Instant::now() < deadline,
-            "{wan} did not go {}",
-            if up { "up" } else { "down" }
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    health::wait_wan_state(pcc, wan, up, Duration::from_secs(10)).unwrap();
 }
 
 #[test]

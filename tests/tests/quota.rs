@@ -2,9 +2,9 @@
 //! fills it, crossing 50 % makes wan0 backup-only (new connections leave through wan1), the
 //! usage survives a controller restart, and `pcc-ctl quota` shows it and sets it back.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use pcc_tests::{Lab, PccHandle, require_root};
+use pcc_tests::{Lab, Metrics, PccHandle, health, require_root};
 
 const CONFIG: &str = r#"
 [[quota]]
@@ -14,24 +14,16 @@ reset_day = 1
 thresholds = [{ at_percent = 50, action = "backup" }]
 "#;
 
-fn used(pcc: &PccHandle) -> f64 {
-    pcc.metrics()
-        .unwrap()
-        .wan("pcc_wan_quota_used_bytes", "wan0")
+fn used(m: &Metrics) -> f64 {
+    m.wan("pcc_wan_quota_used_bytes", "wan0")
 }
 
-fn threshold(pcc: &PccHandle) -> f64 {
-    pcc.metrics()
-        .unwrap()
-        .wan("pcc_wan_quota_threshold", "wan0")
+fn threshold(m: &Metrics) -> f64 {
+    m.wan("pcc_wan_quota_threshold", "wan0")
 }
 
-fn wait(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !ok() {
-        assert!(Instant::now() < deadline, "{what} did not happen");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+fn wait(pcc: &PccHandle, what: &str, ok: impl Fn(&Metrics) -> bool) {
+    health::wait_metrics(pcc, what, Duration::from_secs(10), ok).unwrap();
 }
 
 /// The WANs (by address) new UDP connections from c2 to every server leave through.
@@ -73,29 +65,31 @@ fn a_quota_fills_acts_survives_a_restart_and_can_be_set() {
 
     // Downloads until 2 MB went through wan0 (about half of them take it).
     for server in lab.server_addrs().into_iter().cycle().take(24) {
-        if used(&pcc) >= 2.2e6 {
+        if used(&pcc.metrics().unwrap()) >= 2.2e6 {
             break;
         }
         let dl = lab.download("c1", server, &file, &[]).expect("download");
         assert_eq!(dl.sha256, file.sha256);
         std::thread::sleep(Duration::from_millis(1100));
     }
-    wait("crossing 50 % of the quota", || threshold(&pcc) == 1.0);
+    wait(&pcc, "crossing 50 % of the quota", |m| threshold(m) == 1.0);
     assert_eq!(
         wans_of_new_flows(&lab, 20_000),
         ["198.18.2.2".to_string()].into(),
         "wan0 is backup-only past 50 %"
     );
 
-    let before = used(&pcc);
+    let before = used(&pcc.metrics().unwrap());
     pcc.stop().expect("SIGTERM");
     let pcc = lab.start_pcc(&args).expect("restarting pcc-ctl");
     assert!(
-        used(&pcc) >= before,
+        used(&pcc.metrics().unwrap()) >= before,
         "usage kept across the restart: {} < {before}",
-        used(&pcc)
+        used(&pcc.metrics().unwrap())
     );
-    wait("the threshold after the restart", || threshold(&pcc) == 1.0);
+    wait(&pcc, "the threshold after the restart", |m| {
+        threshold(m) == 1.0
+    });
 
     let show = lab
         .run_pcc(
@@ -121,8 +115,8 @@ fn a_quota_fills_acts_survives_a_restart_and_can_be_set() {
         )
         .expect("pcc-ctl quota --set");
     assert!(set.status.success(), "{}", pcc_tests::proc::describe(&set));
-    wait("the usage set to 0", || {
-        used(&pcc) < 1e6 && threshold(&pcc) == 0.0
+    wait(&pcc, "the usage set to 0", |m| {
+        used(m) < 1e6 && threshold(m) == 0.0
     });
     assert!(
         wans_of_new_flows(&lab, 21_000).contains("198.18.1.2"),

@@ -6,14 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use pcc_tests::{Lab, require_root};
-
-fn mac(lab: &Lab, node: &str, dev: &str) -> String {
-    lab.run(node, &["cat", &format!("/sys/class/net/{dev}/address")])
-        .unwrap()
-        .trim()
-        .to_string()
-}
+use pcc_tests::{Lab, health, require_root};
 
 /// 150 000 frames at 50 000/s from c2 into lan0: 6400 distinct UDP flows (203.0.113.10–59,
 /// 128 source ports each) to port 9.
@@ -21,7 +14,10 @@ fn storm(lab: &Lab) -> pcc_tests::LabProcess {
     let bench = pcc_tests::pcc_ctl_path()
         .unwrap()
         .with_file_name("pcc-bench");
-    let (lan_mac, c2_mac) = (mac(lab, "router", "lan0"), mac(lab, "c2", "eth0"));
+    let (lan_mac, c2_mac) = (
+        lab.mac("router", "lan0").unwrap(),
+        lab.mac("c2", "eth0").unwrap(),
+    );
     let c2 = lab.client_addr(2).to_string();
     lab.spawn(
         "switch",
@@ -91,13 +87,13 @@ fn a_connection_storm_fills_the_table_and_spares_existing_connections() {
     );
 
     // Recovery: the storm's entries idle out and new connections open again.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if lab.udp_probe("c1", server, 7, 5601, 1).is_ok() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no recovery after the storm");
-    }
+    health::wait_until(
+        "a new connection after the storm",
+        Duration::from_secs(20),
+        Duration::ZERO,
+        || Ok(lab.udp_probe("c1", server, 7, 5601, 1).ok()),
+    )
+    .expect("recovery after the storm");
     let r = lab
         .udp_probe("c1", server, 7, 5600, 3)
         .expect("old flow after");

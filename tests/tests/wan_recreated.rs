@@ -4,9 +4,9 @@
 //! connections to the new address, and ends the connections of the old address cleanly (the
 //! host's next packet starts afresh instead of leaving with an address the WAN lost).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use pcc_tests::{Lab, require_root};
+use pcc_tests::{Lab, health, require_root};
 
 const NEW_ADDR: &str = "198.18.2.3";
 const NEW_GATEWAY: &str = "198.18.2.254";
@@ -68,17 +68,9 @@ fn a_recreated_wan_is_relearned_without_a_restart() {
     )
     .unwrap();
 
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let m = pcc.metrics().expect("metrics");
-        if m.wan("pcc_wan_up", "wan1") == 1.0 {
-            break;
-        }
-        if Instant::now() > deadline {
-            let (_, log) = pcc.output();
-            panic!("wan1 did not come back up; pcc-ctl said:\n{log}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
+    if let Err(e) = health::wait_wan_state(&pcc, "wan1", true, Duration::from_secs(15)) {
+        let (_, log) = pcc.output();
+        panic!("wan1 did not come back up: {e:#}; pcc-ctl said:\n{log}");
     }
     assert!(
         lab.xdp_interfaces("router")

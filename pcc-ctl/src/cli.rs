@@ -32,6 +32,16 @@ pub enum Command {
     Down(DownArgs),
 }
 
+impl UpArgs {
+    /// `--weight` of a WAN (1 unless given).
+    pub fn weight_of(&self, wan: &str) -> u32 {
+        self.weight
+            .iter()
+            .find(|(n, _)| n == wan)
+            .map_or(1, |(_, w)| *w)
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct QuotaArgs {
     /// The first LAN interface of the `pcc-ctl up` (it names the usage file).

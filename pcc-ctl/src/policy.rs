@@ -15,7 +15,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use aya::maps::lpm_trie::Key;
-use pcc_common::{MAX_POLICIES, MAX_POLICY_SUBNETS, MAX_WANS, Method, NO_WAN, SlotTable, slots};
+use pcc_common::{MAX_POLICIES, MAX_POLICY_SUBNETS, MAX_WANS, Method, SlotTable};
 use serde::Deserialize;
 
 use crate::{maps::Maps, netlink::Ipv4Net, wan::WanView};
@@ -190,14 +190,7 @@ pub fn table(policy: &Policy, wans: &[WanView], method: Method) -> SlotTable {
             }
         }
     }
-    let mut table = match method {
-        Method::Nth => {
-            let mut t = SlotTable::default();
-            pcc_common::method::round_robin_order(&weights, &mut t.slots, NO_WAN);
-            t
-        }
-        _ => slots::build(&weights),
-    };
+    let mut table = crate::wan::table_for(&weights, method);
     table.allowed = policy
         .wans
         .iter()
@@ -241,6 +234,8 @@ pub fn write_subnets(maps: &mut Maps, policies: &[Policy]) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use pcc_common::NO_WAN;
+
     use super::*;
 
     fn lan() -> Vec<Ipv4Net> {

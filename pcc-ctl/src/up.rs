@@ -301,11 +301,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         maps.devmap
             .set(wan_id as u32, link.ifindex, None, 0)
             .context("cannot write DEVMAP")?;
-        let weight = args
-            .weight
-            .iter()
-            .find(|(n, _)| *n == link.name)
-            .map_or(1, |(_, w)| *w);
+        let weight = args.weight_of(&link.name);
         let info = WanInfo {
             ifindex: link.ifindex,
             addr: ip_be(net.addr),
@@ -497,24 +493,25 @@ async fn serve(
     let mut ticks: u64 = 0;
     loop {
         let before = relink::snapshot(&wans);
-        let links_changed = tokio::select! {
+        // (links re-read, anything the dataplane sees changed)
+        let (refreshed, links_changed) = tokio::select! {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             Some(()) = events.next() => {
                 // A burst of events (a link going down takes its routes and neighbours
                 // with it) needs one refresh.
                 while let Some(Some(())) = events.next().now_or_never() {}
-                refresh_links(nl, &mut wans).await
+                (true, refresh_links(nl, &mut wans).await)
             }
             Some(()) = health_rx.recv() => {
                 while health_rx.try_recv().is_ok() {}
-                false
+                (false, false)
             }
             _ = refresh.tick() => {
                 sample_rates(shared, &wans, &mut last_counters, &mut last_sample);
                 let changed = refresh_links(nl, &mut wans).await;
                 ticks += 1;
-                changed | follow_spare_capacity(shared, &mut wans, args) | follow_quotas(shared, &mut wans, args, ticks)
+                (true, changed | follow_spare_capacity(shared, &mut wans, args) | follow_quotas(shared, &mut wans, args, ticks))
             }
             _ = gc.tick() => {
                 gc_passes += 1;
@@ -524,17 +521,22 @@ async fn serve(
                 continue;
             }
         };
-        // Every refresh: a WAN waiting for its gateway may get one without a link event.
-        let restart = relink::follow(
-            nl,
-            shared,
-            ports.dataplane,
-            ports.pins,
-            args,
-            &before,
-            &mut wans,
-        )
-        .await;
+        // After every link refresh: a WAN waiting for its gateway may get one without a
+        // link event.
+        let restart = if refreshed {
+            relink::follow(
+                nl,
+                shared,
+                ports.dataplane,
+                ports.pins,
+                args,
+                &before,
+                &mut wans,
+            )
+            .await
+        } else {
+            Vec::new()
+        };
         for &i in &restart {
             probers.forget(wans[i].wan_id as usize);
         }
@@ -639,11 +641,7 @@ fn follow_quotas(shared: &Shared, wans: &mut [WanView], args: &UpArgs, ticks: u6
     let mut backups = [false; MAX_WANS];
     for wan in wans.iter() {
         let i = wan.wan_id as usize;
-        weights[i] = args
-            .weight
-            .iter()
-            .find(|(n, _)| *n == wan.name)
-            .map_or(1, |(_, w)| *w);
+        weights[i] = args.weight_of(&wan.name);
         backups[i] = args.backup.contains(&wan.name);
     }
     meter.apply(wans, &weights, &backups)

@@ -63,14 +63,18 @@ pub fn weights_of(wans: &[WanView]) -> [u32; MAX_WANS] {
 /// The slot table for `method` over the usable WANs: rendezvous slots for the hashing
 /// methods (a WAN that leaves moves only its own slots), the turn order for `nth`.
 pub fn slot_table(wans: &[WanView], method: Method) -> SlotTable {
-    let weights = weights_of(wans);
+    table_for(&weights_of(wans), method)
+}
+
+/// The slot table `method` builds over `weights` (by `wan_id`).
+pub fn table_for(weights: &[u32; MAX_WANS], method: Method) -> SlotTable {
     match method {
         Method::Nth => {
             let mut table = SlotTable::default();
-            pcc_common::method::round_robin_order(&weights, &mut table.slots, NO_WAN);
+            pcc_common::method::round_robin_order(weights, &mut table.slots, NO_WAN);
             table
         }
-        _ => slots::build(&weights),
+        _ => slots::build(weights),
     }
 }
 

@@ -324,12 +324,7 @@ pub fn run(args: ReportArgs) -> Result<()> {
     if args.compare {
         return compare(&args);
     }
-    let lab = Lab::builder()
-        .clients(3)
-        .servers(12)
-        .shaped(Some(args.rate))
-        .build()
-        .context("building the lab")?;
+    let lab = shaped_lab(args.rate)?;
     lab.start_http()?;
     let mut rows = Vec::new();
     for (name, wans) in [
@@ -342,19 +337,8 @@ pub fn run(args: ReportArgs) -> Result<()> {
         rows.push(scenario(&lab, &name, &wans, &[], capacity, &args)?);
     }
     drop(lab);
-    let out = if args.out.is_absolute() {
-        args.out.clone()
-    } else {
-        crate::root().join(&args.out)
-    };
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let text = render_text(&rows, args.rate);
-    std::fs::write(out.join("report.txt"), &text)?;
-    std::fs::write(
-        out.join("report.json"),
-        serde_json::to_string_pretty(&rows)? + "\n",
-    )?;
-    std::fs::write(out.join("report.svg"), render_svg(&rows))?;
+    let out = write_outputs(&args, "report", &rows, &text)?;
     print!("{text}");
     eprintln!(
         "xtask report: written to {}/report.{{txt,json,svg}}",
@@ -363,17 +347,39 @@ pub fn run(args: ReportArgs) -> Result<()> {
     Ok(())
 }
 
+/// The report's lab: 3 clients, 12 servers, both lines shaped to `mbit`.
+fn shaped_lab(mbit: u32) -> Result<Lab> {
+    Lab::builder()
+        .clients(3)
+        .servers(12)
+        .shaped(Some(mbit))
+        .build()
+        .context("building the lab")
+}
+
+/// Writes `STEM.txt`, `STEM.json` and `STEM.svg` into `--out`; returns that directory.
+fn write_outputs(args: &ReportArgs, stem: &str, rows: &[Row], text: &str) -> Result<PathBuf> {
+    let out = if args.out.is_absolute() {
+        args.out.clone()
+    } else {
+        crate::root().join(&args.out)
+    };
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    std::fs::write(out.join(format!("{stem}.txt")), text)?;
+    std::fs::write(
+        out.join(format!("{stem}.json")),
+        serde_json::to_string_pretty(rows)? + "\n",
+    )?;
+    std::fs::write(out.join(format!("{stem}.svg")), render_svg(rows))?;
+    Ok(out)
+}
+
 /// `--compare`: every method on equal lines (RATE/RATE) and unequal ones (RATE/RATE÷2).
 fn compare(args: &ReportArgs) -> Result<()> {
     let (fast, slow) = (args.rate, (args.rate / 2).max(1));
     let mut rows = Vec::new();
     for (setup, rates) in [("equal", [fast, fast]), ("unequal", [fast, slow])] {
-        let lab = Lab::builder()
-            .clients(3)
-            .servers(12)
-            .shaped(Some(fast))
-            .build()
-            .context("building the lab")?;
+        let lab = shaped_lab(fast)?;
         lab.shape(1, rates[1])?;
         lab.start_http()?;
         let line_rates = format!("wan0={},wan1={}", rates[0], rates[1]);
@@ -388,22 +394,11 @@ fn compare(args: &ReportArgs) -> Result<()> {
             rows.push(scenario(&lab, &name, &WAN_NAMES, &extra, capacity, args)?);
         }
     }
-    let out = if args.out.is_absolute() {
-        args.out.clone()
-    } else {
-        crate::root().join(&args.out)
-    };
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let title = format!(
         "Balancing methods on two lines ({fast}/{fast} and {fast}/{slow} Mbit/s), TIPHON category in brackets"
     );
     let text = render_table(&rows, &title);
-    std::fs::write(out.join("compare.txt"), &text)?;
-    std::fs::write(
-        out.join("compare.json"),
-        serde_json::to_string_pretty(&rows)? + "\n",
-    )?;
-    std::fs::write(out.join("compare.svg"), render_svg(&rows))?;
+    let out = write_outputs(args, "compare", &rows, &text)?;
     let mut command = String::from("cargo xtask report --compare");
     if args.seconds != 20 {
         command += &format!(" --seconds {}", args.seconds);

@@ -224,7 +224,7 @@ const _: () = {
     assert!(size_of::<FlowKey>() == 16);
     assert!(size_of::<CtOut>() == 40);
     assert!(size_of::<CtIn>() == 40);
-    assert!(size_of::<SlotTable>() % 4 == 0);
+    assert!(size_of::<SlotTable>().is_multiple_of(4));
 };
 
 #[cfg(feature = "user")]

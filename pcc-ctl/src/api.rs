@@ -187,12 +187,28 @@ pub fn flows(shared: &Shared, filter: &FlowFilter) -> Vec<Flow> {
             bytes: entry.bytes + reply.bytes,
             packets: entry.packets + reply.packets,
         });
-        if filter.limit.is_some_and(|l| out.len() >= l) {
-            break;
+        // The first `limit` in listing order, not whichever the hash map yields first; trimming at
+        // twice the limit keeps memory bounded on a table of a million connections.
+        if let Some(l) = filter.limit
+            && out.len() >= l.saturating_mul(2).max(1024)
+        {
+            sort_and_keep(&mut out, l);
         }
     }
-    out.sort_by(|a, b| (a.lan_host, a.lan_port, a.remote).cmp(&(b.lan_host, b.lan_port, b.remote)));
+    sort_and_keep(&mut out, filter.limit.unwrap_or(usize::MAX));
     out
+}
+
+fn sort_and_keep(flows: &mut Vec<Flow>, limit: usize) {
+    flows.sort_by(|a, b| {
+        (a.lan_host, a.lan_port, a.remote, a.remote_port).cmp(&(
+            b.lan_host,
+            b.lan_port,
+            b.remote,
+            b.remote_port,
+        ))
+    });
+    flows.truncate(limit);
 }
 
 pub async fn status_handler(State(shared): State<Arc<Shared>>) -> Json<Status> {

@@ -20,7 +20,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Attach the dataplane and balance the LAN's connections over the WANs until SIGINT/SIGTERM.
-    Up(UpArgs),
+    Up(Box<UpArgs>),
     /// Show each WAN of a running `pcc-ctl up`: state, gateway, weight, flows, throughput, RTT, jitter, loss.
     Status(StatusArgs),
     /// List the connections a running `pcc-ctl up` tracks.
@@ -360,7 +360,7 @@ mod tests {
         let mut all = vec!["pcc-ctl", "up"];
         all.extend_from_slice(args);
         Cli::try_parse_from(all).map(|c| match c.command {
-            Command::Up(u) => u,
+            Command::Up(u) => *u,
             other => panic!("not up: {other:?}"),
         })
     }

@@ -29,7 +29,7 @@ fn main() {
             .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))
     };
     let result = match cli.command {
-        cli::Command::Up(args) => runtime().and_then(|rt| rt.block_on(up::run(args))),
+        cli::Command::Up(args) => runtime().and_then(|rt| rt.block_on(up::run(*args))),
         cli::Command::Quota(args) => quota::command(&args.state_file(), &args.set),
         cli::Command::Down(args) => runtime().and_then(|rt| rt.block_on(down::run(args))),
         cli::Command::Status(args) => show::status(&args),

@@ -83,7 +83,7 @@ pub fn parse_size(s: &str) -> Option<u64> {
         "TB" | "T" => 1e12,
         _ => return None,
     };
-    (num >= 0.0 && num.is_finite()).then(|| (num * mult) as u64)
+    (num >= 0.0 && num.is_finite()).then_some((num * mult) as u64)
 }
 
 /// Checks the `[[quota]]` sections against the WANs (names in `wan_id` order).

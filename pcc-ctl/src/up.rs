@@ -429,8 +429,14 @@ pub async fn run(args: UpArgs) -> Result<()> {
         );
         println!("pcc-ctl: ready");
         let _ = std::io::stdout().flush();
-        let mut ports = Ports { dataplane: &mut dataplane, pins: &pins };
-        serve(&nl, &shared, wans, &mut routes, &mut probers, &mut ports, events, health_rx, &args).await
+        let owned = Owned {
+            dataplane: &mut dataplane,
+            pins: &pins,
+            routes: &mut routes,
+            probers: &mut probers,
+            managed: &mut managed,
+        };
+        serve(&nl, &shared, wans, owned, events, health_rx, &args).await
     }
     .await;
 
@@ -463,10 +469,16 @@ fn probe_ident(wan_id: u8) -> u16 {
     lo + base as u16
 }
 
-/// The attached programs and their pins, for WAN interfaces that come back as new ones.
-struct Ports<'a> {
+/// What the controller put into the kernel and keeps in step while it runs.
+struct Owned<'a> {
+    /// The attached programs and their pins, for WAN interfaces that come back as new ones.
     dataplane: &'a mut Dataplane,
     pins: &'a Pins,
+    routes: &'a mut DefaultRoutes,
+    probers: &'a mut Probers,
+    /// Gateway neighbour entries we asked the kernel to keep resolved, also those of WANs
+    /// re-created or re-addressed while running: all are removed on exit.
+    managed: &'a mut Vec<(u32, Ipv4Addr)>,
 }
 
 /// Runs until SIGINT or SIGTERM: follows netlink events and probe results, keeps the maps and
@@ -475,9 +487,7 @@ async fn serve(
     nl: &Netlink,
     shared: &Shared,
     mut wans: Vec<WanView>,
-    routes: &mut DefaultRoutes,
-    probers: &mut Probers,
-    ports: &mut Ports<'_>,
+    owned: Owned<'_>,
     mut events: impl futures::Stream<Item = ()> + Unpin,
     mut health_rx: tokio::sync::mpsc::UnboundedReceiver<()>,
     args: &UpArgs,
@@ -515,7 +525,7 @@ async fn serve(
             }
             _ = gc.tick() => {
                 gc_passes += 1;
-                let scan_orphans = gc_passes % conntrack::ORPHAN_SCAN_EVERY == 0;
+                let scan_orphans = gc_passes.is_multiple_of(conntrack::ORPHAN_SCAN_EVERY);
                 let report = conntrack::collect(&mut shared.maps.lock().expect("maps lock poisoned"), &timeouts, conntrack::monotonic_ns(), scan_orphans)?;
                 *shared.gc.lock().expect("gc lock poisoned") = report;
                 continue;
@@ -527,8 +537,8 @@ async fn serve(
             relink::follow(
                 nl,
                 shared,
-                ports.dataplane,
-                ports.pins,
+                owned.dataplane,
+                owned.pins,
                 args,
                 &before,
                 &mut wans,
@@ -538,12 +548,16 @@ async fn serve(
             Vec::new()
         };
         for &i in &restart {
-            probers.forget(wans[i].wan_id as usize);
+            owned.probers.forget(wans[i].wan_id as usize);
+            let gateway = (wans[i].info.ifindex, wans[i].gateway);
+            if !owned.managed.contains(&gateway) {
+                owned.managed.push(gateway);
+            }
         }
         let links_changed = links_changed || !restart.is_empty();
         if links_changed {
             for wan in &wans {
-                if let Err(e) = probers.ensure(
+                if let Err(e) = owned.probers.ensure(
                     wan.wan_id as usize,
                     &wan.name,
                     wan_addr(wan),
@@ -595,7 +609,7 @@ async fn serve(
             *shared.wans.lock().expect("wans lock poisoned") = wans.clone();
         }
         if states_changed {
-            routes.follow(nl, &wans).await;
+            owned.routes.follow(nl, &wans).await;
             if !wans.iter().any(|w| w.up) {
                 log::warn!("no WAN is up: traffic from the LAN is dropped until one returns");
             }
@@ -632,7 +646,7 @@ fn follow_quotas(shared: &Shared, wans: &mut [WanView], args: &UpArgs, ticks: u6
             quota::unix_now(),
         );
     }
-    if ticks % QUOTA_SAVE_TICKS == 0
+    if ticks.is_multiple_of(QUOTA_SAVE_TICKS)
         && let Err(e) = meter.save()
     {
         log::warn!("{e:#}");

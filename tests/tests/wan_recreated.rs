@@ -100,4 +100,13 @@ fn a_recreated_wan_is_relearned_without_a_restart() {
     let (_, log) = pcc.output();
     assert!(log.contains("is a new interface"), "{log}");
     assert!(log.contains("gateway 198.18.2.1 -> 198.18.2.254"), "{log}");
+
+    // The new gateway's entry was asked to stay resolved too: exit takes it back with the rest.
+    let exit = pcc.stop().expect("stopping pcc-ctl");
+    assert_eq!(exit.code(), Some(0), "{}", exit.describe());
+    let neigh = lab.run("router", &["ip", "neigh", "show"]).unwrap();
+    assert!(
+        !neigh.contains("managed"),
+        "managed neighbour entries left after exit:\n{neigh}"
+    );
 }

@@ -153,8 +153,11 @@ fn render_table(rows: &[Row], title: &str) -> String {
 
 /// A grouped bar chart: one group per figure, one bar per network, with values and TIPHON
 /// categories written on the bars. Plain SVG, so it renders anywhere (README included).
+/// One figure of the chart: its name, unit, and a row's value with its TIPHON category.
+type Figure = (&'static str, &'static str, fn(&Row) -> (f64, &'static str));
+
 pub fn render_svg(rows: &[Row]) -> String {
-    let figures: [(&str, &str, fn(&Row) -> (f64, &'static str)); 4] = [
+    let figures: [Figure; 4] = [
         ("Throughput", "Mbit/s", |r| {
             (r.throughput_mbps, r.throughput_category)
         }),
@@ -200,20 +203,18 @@ pub fn render_svg(rows: &[Row]) -> String {
                 bottom - bh - 4.0
             );
         }
-        let _ = write!(
+        let _ = writeln!(
             svg,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-weight="bold">{name} ({unit})</text>
-"#,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-weight="bold">{name} ({unit})</text>"#,
             x0 + (group_w - 40.0) / 2.0,
             bottom + 22.0
         );
     }
     for (i, r) in rows.iter().enumerate() {
         let x = 20.0 + i as f64 * 230.0;
-        let _ = write!(
+        let _ = writeln!(
             svg,
-            r#"<rect x="{x}" y="{:.1}" width="12" height="12" fill="{}"/><text x="{:.1}" y="{:.1}">{}</text>
-"#,
+            r#"<rect x="{x}" y="{:.1}" width="12" height="12" fill="{}"/><text x="{:.1}" y="{:.1}">{}</text>"#,
             h - 40.0,
             colors[i % colors.len()],
             x + 18.0,

@@ -162,8 +162,13 @@ impl TargetHealth {
         self.evaluate(now_ms)
     }
 
+    /// Probes are kept for the loss window and for as long as a run of `up_after` answers
+    /// takes: with slow probes (`1000 ms × 20`) that run is longer than the window, and a
+    /// pruned run could never bring the target back.
     fn expire(&mut self, now_ms: u64) {
-        let horizon = self.params.window_ms + self.params.reply_timeout_ms;
+        let p = self.params;
+        let run_ms = u64::from(p.up_after) * p.interval_ms;
+        let horizon = p.window_ms.max(run_ms) + p.reply_timeout_ms;
         while self
             .probes
             .front()
@@ -373,6 +378,35 @@ mod tests {
         t.on_sent(29, 29 * 50);
         assert!(t.on_reply(29, 1.0, 29 * 50 + 1), "the 20th brings it back");
         assert_eq!(t.state_changes, 2);
+    }
+
+    /// Every combination of the settings must be able to come back, also when a run of
+    /// `up_after` probes lasts longer than the loss window.
+    #[test]
+    fn slow_probes_with_a_long_run_to_come_back_still_recover() {
+        for (interval_ms, up_after, window_ms) in
+            [(1000, 20, 10_000), (500, 30, 10_000), (50, 50, 1_000)]
+        {
+            let p = ProbeParams {
+                interval_ms,
+                down_after: 3,
+                up_after,
+                window_ms,
+                ..ProbeParams::default()
+            };
+            let dead = 10..20;
+            let (changes, t) = simulate(p, 20 + u64::from(up_after) + 5, |i| {
+                (!dead.contains(&i)).then_some(20.0)
+            });
+            assert_eq!(changes.len(), 2, "{p:?}: {changes:?}");
+            assert!(t.is_up(), "{p:?} never came back");
+            let up_at = changes[1].0;
+            assert_eq!(
+                up_at,
+                (20 + u64::from(up_after) - 1) * interval_ms + 20,
+                "{p:?}: up at the reply to the {up_after}th probe after the line returned"
+            );
+        }
     }
 
     #[test]

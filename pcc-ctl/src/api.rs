@@ -13,7 +13,7 @@ use pcc_common::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{conntrack::monotonic_ns, up::Shared};
+use crate::{conntrack::monotonic_ns, health::Target, up::Shared};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct WanStatus {
@@ -30,14 +30,46 @@ pub struct WanStatus {
     /// Bits per second over the last second: rx = arriving for the LAN, tx = sent out.
     pub rx_bps: f64,
     pub tx_bps: f64,
+    /// Smoothed (RFC 6298) and latest probe RTT, jitter (RFC 3550) and loss over the
+    /// window, averaged over the WAN's probe targets.
     pub rtt_seconds: Option<f64>,
+    #[serde(default)]
+    pub rtt_last_seconds: Option<f64>,
     pub jitter_seconds: Option<f64>,
     pub loss_ratio: f64,
+    /// The same figures for each probe target.
+    #[serde(default)]
+    pub targets: Vec<TargetStatus>,
     /// Quota usage in this billing cycle and the quota, when one is configured.
     #[serde(default)]
     pub quota_used_bytes: Option<u64>,
     #[serde(default)]
     pub quota_limit_bytes: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TargetStatus {
+    pub addr: Ipv4Addr,
+    /// "up", or why it is down ("no replies", "link down", "loss over threshold", ...).
+    pub state: String,
+    pub rtt_seconds: Option<f64>,
+    pub rtt_last_seconds: Option<f64>,
+    pub jitter_seconds: Option<f64>,
+    pub loss_ratio: f64,
+}
+
+impl TargetStatus {
+    pub fn of(target: &Target, now_ms: u64) -> Self {
+        let h = &target.health;
+        Self {
+            addr: target.addr,
+            state: h.down_reason().map_or("up", |r| r.describe()).into(),
+            rtt_seconds: h.srtt_ms.map(|ms| ms / 1000.0),
+            rtt_last_seconds: h.rtt_last_ms.map(|ms| ms / 1000.0),
+            jitter_seconds: h.srtt_ms.map(|_| h.jitter_ms / 1000.0),
+            loss_ratio: h.loss_ratio(now_ms),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -127,8 +159,15 @@ pub fn status(shared: &Shared) -> Status {
                 rx_bps,
                 tx_bps,
                 rtt_seconds: h.and_then(|h| h.rtt_seconds()),
+                rtt_last_seconds: h.and_then(|h| h.rtt_last_seconds()),
                 jitter_seconds: h.and_then(|h| h.jitter_seconds()),
                 loss_ratio: h.map_or(0.0, |h| h.loss_ratio(now_ms)),
+                targets: h.map_or(Vec::new(), |h| {
+                    h.targets
+                        .iter()
+                        .map(|t| TargetStatus::of(t, now_ms))
+                        .collect()
+                }),
                 quota_used_bytes: quota.iter().find(|q| q.0 == w.wan_id).map(|q| q.1),
                 quota_limit_bytes: quota.iter().find(|q| q.0 == w.wan_id).map(|q| q.2),
             }

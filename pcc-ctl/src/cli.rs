@@ -191,6 +191,10 @@ pub struct HealthArgs {
     /// A down target is up again after this many answered probes in a row.
     #[arg(long, default_value_t = ProbeParams::default().up_after, value_parser = clap::value_parser!(u32).range(1..=10_000), value_name = "N")]
     pub up_after: u32,
+    /// A reply later than this counts as lost (and a probe this old without one breaks the run
+    /// of answers a down target needs to come back).
+    #[arg(long, default_value_t = ProbeParams::default().reply_timeout_ms, value_parser = clap::value_parser!(u64).range(10..=60_000), value_name = "MS")]
+    pub probe_timeout: u64,
     /// How many of a WAN's targets must be up for the WAN to be up.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16), value_name = "N")]
     pub probe_quorum: u32,
@@ -212,7 +216,7 @@ impl HealthArgs {
             down_after: self.down_after,
             up_after: self.up_after,
             window_ms: self.loss_window * 1000,
-            reply_timeout_ms: ProbeParams::default().reply_timeout_ms,
+            reply_timeout_ms: self.probe_timeout,
             max_loss: self.max_loss.map(|p| p / 100.0),
             max_rtt_ms: self.max_rtt.map(|ms| ms as f64),
         }
@@ -395,10 +399,65 @@ mod tests {
         );
         assert_eq!(u.nat_ports, (2000, 3000));
         assert_eq!(u.timeouts.timeouts().udp, 5);
+        assert_eq!(u.health.params(), ProbeParams::default());
         assert_eq!(
             u.metrics.ip().to_string(),
             "127.0.0.1",
             "metrics stay on loopback by default"
+        );
+    }
+
+    #[test]
+    fn parses_probe_targets_and_settings() {
+        let u = up(&[
+            "--wan",
+            "eth0,eth1",
+            "--lan",
+            "eth2",
+            "--probe",
+            "eth0=198.18.0.1,198.18.0.2",
+            "--probe",
+            "eth1=203.0.113.9",
+            "--probe-quorum",
+            "2",
+            "--probe-interval",
+            "100",
+            "--probe-timeout",
+            "500",
+            "--down-after",
+            "5",
+            "--up-after",
+            "8",
+            "--loss-window",
+            "30",
+            "--max-loss",
+            "25%",
+            "--max-rtt",
+            "300",
+        ])
+        .unwrap();
+        assert_eq!(
+            u.health.probe,
+            [
+                (
+                    "eth0".to_string(),
+                    vec![Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(198, 18, 0, 2)]
+                ),
+                ("eth1".to_string(), vec![Ipv4Addr::new(203, 0, 113, 9)])
+            ]
+        );
+        assert_eq!(u.health.probe_quorum, 2);
+        assert_eq!(
+            u.health.params(),
+            ProbeParams {
+                interval_ms: 100,
+                down_after: 5,
+                up_after: 8,
+                window_ms: 30_000,
+                reply_timeout_ms: 500,
+                max_loss: Some(0.25),
+                max_rtt_ms: Some(300.0),
+            }
         );
     }
 

@@ -79,6 +79,11 @@ impl WanHealth {
         self.mean(|t| t.health.srtt_ms).map(|ms| ms / 1000.0)
     }
 
+    /// The latest reply's RTT in seconds, averaged over targets.
+    pub fn rtt_last_seconds(&self) -> Option<f64> {
+        self.mean(|t| t.health.rtt_last_ms).map(|ms| ms / 1000.0)
+    }
+
     pub fn jitter_seconds(&self) -> Option<f64> {
         self.mean(|t| t.health.srtt_ms.map(|_| t.health.jitter_ms))
             .map(|ms| ms / 1000.0)
@@ -258,5 +263,66 @@ impl Drop for Probers {
         for (_, task) in self.running.drain(..).flatten() {
             task.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+    const B: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+    const C: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 3);
+
+    /// Probes every target `n` times at 50 ms; `answers(target)` says whether it replies.
+    fn probe(h: &mut WanHealth, start_ms: u64, n: u16, answers: impl Fn(Ipv4Addr) -> bool) {
+        for i in 0..n {
+            let now = start_ms + u64::from(i) * 50;
+            for t in &mut h.targets {
+                t.health.on_sent(i, now);
+                if answers(t.addr) {
+                    t.health.on_reply(i, 5.0, now + 5);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_wan_is_up_while_a_quorum_of_its_targets_answer() {
+        let mut h = WanHealth::new(&[A, B, C], 2, ProbeParams::default());
+        probe(&mut h, 0, 20, |_| true);
+        assert!(h.is_up());
+        // One target dead: two of three still answer.
+        probe(&mut h, 1000, 20, |t| t != A);
+        assert!(!h.targets[0].health.is_up());
+        assert!(h.is_up(), "{}", h.describe());
+        // A second one dead: below the quorum.
+        probe(&mut h, 2000, 20, |t| t == C);
+        assert!(!h.is_up(), "{}", h.describe());
+        assert_eq!(
+            h.describe(),
+            "192.0.2.1 no replies, 192.0.2.2 no replies, 192.0.2.3 up"
+        );
+    }
+
+    #[test]
+    fn the_quorum_is_clamped_to_the_number_of_targets() {
+        assert_eq!(WanHealth::new(&[A, B], 5, ProbeParams::default()).quorum, 2);
+        assert_eq!(WanHealth::new(&[A], 0, ProbeParams::default()).quorum, 1);
+        // With the default quorum of 1, one answering target keeps the WAN up.
+        let mut h = WanHealth::new(&[A, B], 1, ProbeParams::default());
+        probe(&mut h, 0, 20, |t| t == B);
+        assert!(h.is_up());
+    }
+
+    #[test]
+    fn wan_figures_are_the_mean_of_its_targets() {
+        let mut h = WanHealth::new(&[A, B], 1, ProbeParams::default());
+        for (i, t) in h.targets.iter_mut().enumerate() {
+            t.health.on_sent(0, 0);
+            t.health.on_reply(0, 10.0 * (i + 1) as f64, 20);
+        }
+        assert_eq!(h.rtt_last_seconds(), Some(0.015));
+        assert_eq!(h.rtt_seconds(), Some(0.015));
     }
 }

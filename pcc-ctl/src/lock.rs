@@ -55,5 +55,7 @@ impl Drop for InterfaceLocks {
         for (path, _file) in self.held.drain(..) {
             let _ = fs::remove_file(path);
         }
+        // Only if no other controller holds a lock (or pinned state) there.
+        let _ = fs::remove_dir(LOCK_DIR);
     }
 }

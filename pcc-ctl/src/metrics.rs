@@ -12,15 +12,22 @@ use prometheus::{
     Encoder as _, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::up::Shared;
+use crate::{api::TargetStatus, up::Shared};
 
 pub struct Metrics {
     registry: Registry,
     wan_up: IntGaugeVec,
     wan_weight: IntGaugeVec,
     wan_rtt: GaugeVec,
+    wan_rtt_last: GaugeVec,
     wan_jitter: GaugeVec,
     wan_loss: GaugeVec,
+    /// Per probe target, labelled `wan` and `target`.
+    probe_up: IntGaugeVec,
+    probe_rtt: GaugeVec,
+    probe_rtt_last: GaugeVec,
+    probe_jitter: GaugeVec,
+    probe_loss: GaugeVec,
     wan_state_changes: IntCounterVec,
     wan_since: IntGaugeVec,
     rx_bytes: IntCounterVec,
@@ -104,6 +111,42 @@ impl Metrics {
                 "pcc_wan_rtt_seconds",
                 "Smoothed probe round-trip time (RFC 6298)",
                 &["wan"],
+            )?,
+            wan_rtt_last: float_gauge_vec(
+                &registry,
+                "pcc_wan_rtt_last_seconds",
+                "Round-trip time of the latest probe reply",
+                &["wan"],
+            )?,
+            probe_up: gauge_vec(
+                &registry,
+                "pcc_probe_up",
+                "1 if the probe target answers well enough (the WAN is up while a quorum of targets are)",
+                &["wan", "target"],
+            )?,
+            probe_rtt: float_gauge_vec(
+                &registry,
+                "pcc_probe_rtt_seconds",
+                "Smoothed round-trip time to one probe target (RFC 6298)",
+                &["wan", "target"],
+            )?,
+            probe_rtt_last: float_gauge_vec(
+                &registry,
+                "pcc_probe_rtt_last_seconds",
+                "Round-trip time of one probe target's latest reply",
+                &["wan", "target"],
+            )?,
+            probe_jitter: float_gauge_vec(
+                &registry,
+                "pcc_probe_jitter_seconds",
+                "RTT jitter to one probe target (RFC 3550)",
+                &["wan", "target"],
+            )?,
+            probe_loss: float_gauge_vec(
+                &registry,
+                "pcc_probe_loss_ratio",
+                "Loss of one probe target's probes over the health window (0..1)",
+                &["wan", "target"],
             )?,
             wan_jitter: float_gauge_vec(
                 &registry,
@@ -235,6 +278,16 @@ impl Metrics {
             self.flows_active.set(gc.active as i64);
             let health = shared.health.lock().expect("health lock poisoned");
             let now_ms = shared.clock.now_ms();
+            // A WAN's targets change with its gateway: series of former targets must go.
+            for probe in [
+                &self.probe_rtt,
+                &self.probe_rtt_last,
+                &self.probe_jitter,
+                &self.probe_loss,
+            ] {
+                probe.reset();
+            }
+            self.probe_up.reset();
             for wan in shared.wans.lock().expect("wans lock poisoned").iter() {
                 let n = wan.name.as_str();
                 if let Some(h) = health.get(wan.wan_id as usize) {
@@ -242,12 +295,33 @@ impl Metrics {
                     self.wan_rtt
                         .with_label_values(&[n])
                         .set(h.rtt_seconds().unwrap_or(f64::NAN));
+                    self.wan_rtt_last
+                        .with_label_values(&[n])
+                        .set(h.rtt_last_seconds().unwrap_or(f64::NAN));
                     self.wan_jitter
                         .with_label_values(&[n])
                         .set(h.jitter_seconds().unwrap_or(f64::NAN));
                     self.wan_loss
                         .with_label_values(&[n])
                         .set(h.loss_ratio(now_ms));
+                    for t in &h.targets {
+                        let s = TargetStatus::of(t, now_ms);
+                        let target = s.addr.to_string();
+                        let labels = [n, target.as_str()];
+                        self.probe_up
+                            .with_label_values(&labels)
+                            .set(i64::from(t.health.is_up()));
+                        for (gauge, value) in [
+                            (&self.probe_rtt, s.rtt_seconds),
+                            (&self.probe_rtt_last, s.rtt_last_seconds),
+                            (&self.probe_jitter, s.jitter_seconds),
+                            (&self.probe_loss, Some(s.loss_ratio)),
+                        ] {
+                            gauge
+                                .with_label_values(&labels)
+                                .set(value.unwrap_or(f64::NAN));
+                        }
+                    }
                 }
                 set_counter(
                     &self.wan_state_changes.with_label_values(&[n]),

@@ -183,6 +183,11 @@ impl Pins {
         }
         let _ = fs::remove_dir(&self.dir);
         let _ = fs::remove_file(&self.state);
+        // The shared parent too, if no other LAN's controller has pins there: the machine is
+        // left as it was. (remove_dir refuses a directory that is not empty.)
+        if let Some(parent) = self.dir.parent() {
+            let _ = fs::remove_dir(parent);
+        }
         removed
     }
 }

@@ -81,6 +81,22 @@ pub fn render_status(status: &Status) -> String {
                 _ => "-".into(),
             }
         );
+        // With several targets the WAN row is their mean: show each, so one dead target
+        // behind a live gateway is visible.
+        if w.targets.len() > 1 {
+            for t in &w.targets {
+                let _ = writeln!(
+                    out,
+                    "  probe {:<15} {:<22} RTT {} ms (last {}), jitter {} ms, loss {:.1}%",
+                    t.addr.to_string(),
+                    t.state,
+                    ms(t.rtt_seconds),
+                    ms(t.rtt_last_seconds),
+                    ms(t.jitter_seconds),
+                    t.loss_ratio * 100.0
+                );
+            }
+        }
     }
     out
 }

@@ -12,7 +12,7 @@ use futures::{FutureExt as _, StreamExt as _};
 use pcc_common::{
     Config, LAN_DEVMAP_BASE, LanInfo, MAX_LANS, MAX_WANS, Method, NatPortRange, WanInfo,
 };
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::{
     cli::{self, UpArgs, XdpModeArg},
@@ -103,10 +103,16 @@ fn check_args(args: &UpArgs) -> Result<()> {
     let named = args.weight.iter().map(|(n, _)| ("--weight", n));
     let named = named.chain(args.gateway.iter().map(|(n, _)| ("--gateway", n)));
     let named = named.chain(args.line_rate.iter().map(|(n, _)| ("--line-rate", n)));
+    let mut seen = Vec::new();
     for (option, name) in named.chain(args.health.probe.iter().map(|(n, _)| ("--probe", n))) {
         if !wans.contains(&name) {
             bail!("{option} names {name}, which is not one of the WANs ({all})");
         }
+        // A second value would silently win or lose: `--probe eth0=A,B` takes several.
+        if seen.contains(&(option, name)) {
+            bail!("{option} names {name} twice; give its values once (e.g. {option} {name}=A,B)");
+        }
+        seen.push((option, name));
     }
     if args.method == Method::LeastLoaded {
         let missing: Vec<&str> = wans
@@ -202,7 +208,37 @@ fn mtu16(mtu: u32) -> u16 {
     mtu.min(u32::from(u16::MAX)) as u16
 }
 
+/// SIGINT and SIGTERM, caught from the start: one that arrives while the programs are being
+/// attached (or the gateways resolved) ends the start-up through the same clean-up as a stop,
+/// instead of killing the process with everything left attached.
+pub struct Stop {
+    sigterm: Signal,
+    sigint: Signal,
+}
+
+impl Stop {
+    fn new() -> Result<Self> {
+        Ok(Self {
+            sigterm: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            sigint: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.sigterm.recv() => {}
+            _ = self.sigint.recv() => {}
+        }
+    }
+
+    /// Whether a signal has arrived, without waiting.
+    fn requested(&mut self) -> bool {
+        self.recv().now_or_never().is_some()
+    }
+}
+
 pub async fn run(args: UpArgs) -> Result<()> {
+    let mut stop = Stop::new()?;
     check_args(&args)?;
     let all: Vec<String> = wan_names(&args)
         .into_iter()
@@ -349,7 +385,13 @@ pub async fn run(args: UpArgs) -> Result<()> {
             if wans.iter().all(|w| w.link_ok) || tokio::time::Instant::now() >= deadline {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = stop.recv() => {
+                    log::info!("stopped while starting");
+                    return Ok(());
+                }
+            }
         }
         for wan in wans.iter_mut() {
             wan.settle();
@@ -427,6 +469,10 @@ pub async fn run(args: UpArgs) -> Result<()> {
             args.classifier.name(),
             args.metrics
         );
+        if stop.requested() {
+            log::info!("stopped while starting");
+            return Ok(());
+        }
         println!("pcc-ctl: ready");
         let _ = std::io::stdout().flush();
         let owned = Owned {
@@ -435,6 +481,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
             routes: &mut routes,
             probers: &mut probers,
             managed: &mut managed,
+            stop: &mut stop,
         };
         serve(&nl, &shared, wans, owned, events, health_rx, &args).await
     }
@@ -469,7 +516,8 @@ fn probe_ident(wan_id: u8) -> u16 {
     lo + base as u16
 }
 
-/// What the controller put into the kernel and keeps in step while it runs.
+/// What the controller put into the kernel and keeps in step while it runs, and the signals
+/// that end the run.
 struct Owned<'a> {
     /// The attached programs and their pins, for WAN interfaces that come back as new ones.
     dataplane: &'a mut Dataplane,
@@ -479,6 +527,8 @@ struct Owned<'a> {
     /// Gateway neighbour entries we asked the kernel to keep resolved, also those of WANs
     /// re-created or re-addressed while running: all are removed on exit.
     managed: &'a mut Vec<(u32, Ipv4Addr)>,
+    /// What ends it.
+    stop: &'a mut Stop,
 }
 
 /// Runs until SIGINT or SIGTERM: follows netlink events and probe results, keeps the maps and
@@ -492,8 +542,6 @@ async fn serve(
     mut health_rx: tokio::sync::mpsc::UnboundedReceiver<()>,
     args: &UpArgs,
 ) -> Result<()> {
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut refresh = tokio::time::interval(REFRESH_INTERVAL);
     let mut gc = tokio::time::interval(GC_INTERVAL);
     let timeouts = args.timeouts.timeouts();
@@ -505,8 +553,7 @@ async fn serve(
         let before = relink::snapshot(&wans);
         // (links re-read, anything the dataplane sees changed)
         let (refreshed, links_changed) = tokio::select! {
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
+            _ = owned.stop.recv() => break,
             Some(()) = events.next() => {
                 // A burst of events (a link going down takes its routes and neighbours
                 // with it) needs one refresh.

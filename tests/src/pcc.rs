@@ -258,9 +258,39 @@ impl Lab {
     pub fn run_pcc(&self, args: &[&str], timeout: Duration) -> Result<Output> {
         let mut cmd = self.pcc_command(args)?;
         cmd.env_remove("RUST_LOG");
-        let name = format!("pcc-ctl {}", args.join(" "));
-        let p = self.spawn_command(cmd, &name, libc::SIGTERM)?;
-        Ok(p.finish(timeout))
+        Ok(self.spawn_pcc(cmd, args)?.finish(timeout))
+    }
+
+    /// Starts `pcc-ctl args…` (args complete) in the router namespace without waiting for
+    /// anything: for tests that act while it is still starting.
+    pub fn spawn_pcc(&self, cmd: Command, args: &[&str]) -> Result<LabProcess> {
+        self.spawn_command(cmd, &format!("pcc-ctl {}", args.join(" ")), libc::SIGTERM)
+    }
+
+    /// What of pcc's could be left in the router after it exits: its routes, nftables rules,
+    /// managed neighbour entries, pins and lock directory. Equal before and after a run when
+    /// the run cleaned up.
+    pub fn router_footprint(&self) -> Result<String> {
+        let routes = self.run("router", &["ip", "route", "show", "table", "all"])?;
+        let nft = self.run("router", &["nft", "list", "ruleset"])?;
+        let neigh = self.run("router", &["ip", "neigh", "show"])?;
+        let managed: Vec<&str> = neigh.lines().filter(|l| l.contains("managed")).collect();
+        let mut pins = Vec::new();
+        let bpffs = self.bpffs_dir();
+        let mut dirs = vec![bpffs.clone()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir)?.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    dirs.push(path.clone());
+                }
+                pins.push(path.strip_prefix(&bpffs)?.display().to_string());
+            }
+        }
+        pins.sort();
+        Ok(format!(
+            "routes:\n{routes}\nnftables:\n{nft}\nmanaged neighbours: {managed:?}\npins: {pins:?}\n"
+        ))
     }
 
     /// Asserts-style check that nothing of pcc is left attached in the router: no XDP on any

@@ -1,4 +1,6 @@
-//! SIGTERM: pcc-ctl detaches everything and exits 0.
+//! SIGTERM: pcc-ctl detaches everything and exits 0, also when it arrives during start-up.
+
+use std::time::{Duration, Instant};
 
 use pcc_tests::{Lab, require_root};
 
@@ -17,6 +19,7 @@ fn sigterm_detaches_and_exits_zero() {
         None,
         "attachments before pcc-ctl ran"
     );
+    let before = lab.router_footprint().unwrap();
     let pcc = lab.start_pcc(&[]).expect("starting pcc-ctl");
     let dl = lab
         .download("c1", lab.server_addr(0), &file, &[])
@@ -44,5 +47,72 @@ fn sigterm_detaches_and_exits_zero() {
         lab.leftover_attachments().unwrap(),
         None,
         "left attached after SIGTERM"
+    );
+    assert_eq!(
+        lab.router_footprint().unwrap(),
+        before,
+        "the router is not as it was before pcc-ctl ran"
+    );
+}
+
+/// A signal while pcc-ctl is still starting (here: waiting for a gateway that has no
+/// carrier to resolve) ends the start-up through the same clean-up, not with everything
+/// it had set up so far left behind.
+#[test]
+fn sigterm_during_start_up_leaves_nothing() {
+    require_root!();
+    let lab = Lab::builder()
+        .clients(1)
+        .servers(1)
+        .build()
+        .expect("building the lab");
+    let before = lab.router_footprint().unwrap();
+    lab.carrier_down(1).unwrap();
+    let args = [
+        "up",
+        "--wan",
+        "wan0,wan1",
+        "--lan",
+        "lan0",
+        "--metrics",
+        "127.0.0.1:9100",
+    ];
+    let mut p = lab
+        .spawn_pcc(lab.pcc_command(&args).unwrap(), &args)
+        .expect("starting pcc-ctl");
+    // The forwarding guard goes in before the gateways are resolved: once it is there,
+    // pcc-ctl is mid-start.
+    let started = Instant::now();
+    while !lab
+        .run("router", &["nft", "list", "tables"])
+        .unwrap()
+        .contains("pcc_guard_lan0")
+    {
+        assert!(
+            p.try_wait().is_none(),
+            "pcc-ctl exited early: {}",
+            p.stderr_text()
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "pcc-ctl never got to installing its guard"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    p.signal(libc::SIGTERM);
+    let status = p.wait_timeout(Duration::from_secs(10));
+    let (out, err) = (p.stdout_text(), p.stderr_text());
+    assert!(status.is_some(), "pcc-ctl ignored SIGTERM while starting");
+    assert!(
+        status.unwrap().success(),
+        "pcc-ctl after SIGTERM: {status:?}\n{err}"
+    );
+    assert!(!out.contains("ready"), "it finished starting first: {out}");
+    assert_eq!(lab.leftover_attachments().unwrap(), None);
+    lab.carrier_up(1).unwrap();
+    assert_eq!(
+        lab.router_footprint().unwrap(),
+        before,
+        "SIGTERM during start-up left something behind"
     );
 }

@@ -650,16 +650,17 @@ async fn serve(
             }
         }
         if states_changed || links_changed {
-            let maps = &mut shared.maps.lock().expect("maps lock poisoned");
-            wan::write_maps(maps, &wans, args.method)?;
-            policy::write_tables(maps, &shared.policies, &wans, args.method)?;
-            *shared.wans.lock().expect("wans lock poisoned") = wans.clone();
-        }
-        if states_changed {
-            owned.routes.follow(nl, &wans).await;
-            if !wans.iter().any(|w| w.up) {
-                log::warn!("no WAN is up: traffic from the LAN is dropped until one returns");
+            {
+                let maps = &mut shared.maps.lock().expect("maps lock poisoned");
+                wan::write_maps(maps, &wans, args.method)?;
+                policy::write_tables(maps, &shared.policies, &wans, args.method)?;
+                *shared.wans.lock().expect("wans lock poisoned") = wans.clone();
             }
+            // Also on a change of tier (a quota turning a WAN into a backup), not only up/down.
+            owned.routes.follow(nl, &wans).await;
+        }
+        if states_changed && !wans.iter().any(|w| w.up) {
+            log::warn!("no WAN is up: traffic from the LAN is dropped until one returns");
         }
     }
     if let Some(meter) = shared.quota.lock().expect("quota lock poisoned").as_ref()

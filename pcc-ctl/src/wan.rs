@@ -50,11 +50,17 @@ impl WanView {
     }
 }
 
-/// Slot-table weights: the live primaries, or, when none is live, the live backups.
-pub fn weights_of(wans: &[WanView]) -> [u32; MAX_WANS] {
+/// Which WANs take new connections: the live primaries, or, when none is live, the live
+/// backups (`--backup`, or a WAN a quota demoted).
+pub fn in_use(wans: &[WanView]) -> impl Fn(&WanView) -> bool + use<> {
     let any_primary = wans.iter().any(|w| w.up && !w.backup);
+    move |w| w.up && w.backup != any_primary
+}
+
+/// Slot-table weights of the WANs in use.
+pub fn weights_of(wans: &[WanView]) -> [u32; MAX_WANS] {
     let mut w = [0; MAX_WANS];
-    for wan in wans.iter().filter(|w| w.up && w.backup != any_primary) {
+    for wan in wans.iter().filter(|w| in_use(wans)(w)) {
         w[wan.wan_id as usize] = wan.weight;
     }
     w
@@ -115,9 +121,10 @@ fn with_metric(route: &RouteMessage, metric: u32) -> RouteMessage {
     r
 }
 
-/// Keeps the router's own default route on a live WAN: a dead WAN's default routes are
-/// demoted (metric + 1000000) while another WAN is up, and restored when it recovers, when
-/// every WAN is down (nothing better to offer) and on exit.
+/// Keeps the router's own default route on a WAN in use: the default routes of a WAN that is
+/// dead, or a backup while a primary is up, are demoted (metric + 1000000) while another WAN
+/// is in use, and restored when it is in use again, when no WAN is (nothing better to offer)
+/// and on exit. So the router's DNS, NTP and tunnels go where the LAN's new connections go.
 #[derive(Default)]
 pub struct DefaultRoutes {
     /// The original routes of each demoted WAN.
@@ -141,9 +148,10 @@ impl DefaultRoutes {
     }
 
     pub async fn follow(&mut self, nl: &Netlink, wans: &[WanView]) {
-        let any_up = wans.iter().any(|w| w.up);
+        let in_use = in_use(wans);
+        let any_in_use = wans.iter().any(&in_use);
         for wan in wans {
-            if wan.up || !any_up {
+            if in_use(wan) || !any_in_use {
                 self.restore(nl, wan.wan_id).await;
                 continue;
             }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use pcc_tests::health::{wait_wan_state, wait_wans_up};
+use pcc_tests::health::{wait_route, wait_wan_state, wait_wans_up};
 use pcc_tests::{Lab, require_root, scenario};
 
 #[test]
@@ -48,5 +48,43 @@ fn backup_wan_only_while_primary_dead() {
         [150, 0],
         "with wan0 back new connections leave the backup: {}",
         spread.summary()
+    );
+}
+
+/// The router's own traffic (DNS, NTP, tunnels) follows the tiers too: with the primary on
+/// wan1 (metric 200) and the backup on wan0 (metric 100), the backup's default route is
+/// demoted while the primary lives, promoted while it is dead, and put back as it was on exit.
+#[test]
+fn routers_own_traffic_uses_the_primary_not_the_backup() {
+    require_root!();
+    let lab = Lab::builder()
+        .clients(1)
+        .servers(1)
+        .build()
+        .expect("building the lab");
+    let dst = lab.server_addr(0);
+    assert_eq!(lab.route_dev("router", dst).unwrap(), "wan0", "lab default");
+    let pcc = lab
+        .start_pcc(&["--wan", "wan1", "--backup", "wan0"])
+        .expect("starting pcc-ctl with wan0 as the backup");
+    wait_wans_up(&pcc, &["wan1"], Duration::from_secs(10)).expect("wan1 up");
+    wait_route(&lab, dst, "wan1", Duration::from_secs(3)).expect("own traffic on the primary");
+
+    lab.cut_isp(1).expect("cutting isp1");
+    wait_wan_state(&pcc, "wan1", false, Duration::from_secs(3)).expect("wan1 down");
+    wait_route(&lab, dst, "wan0", Duration::from_secs(3))
+        .expect("own traffic on the backup while the primary is dead");
+
+    lab.restore_isp(1).expect("restoring isp1");
+    wait_wan_state(&pcc, "wan1", true, Duration::from_secs(5)).expect("wan1 back");
+    wait_route(&lab, dst, "wan1", Duration::from_secs(3))
+        .expect("own traffic back on the primary");
+
+    let exit = pcc.stop().expect("stopping pcc-ctl");
+    assert_eq!(exit.code(), Some(0), "{}", exit.describe());
+    assert_eq!(
+        lab.route_dev("router", dst).unwrap(),
+        "wan0",
+        "the routes are as they were before pcc-ctl ran"
     );
 }

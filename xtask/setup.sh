@@ -37,7 +37,13 @@ else
     log "Debian packages present"
 fi
 
-# The eBPF crate is built with nightly and build-std.
+# The eBPF crate is built with nightly and build-std. Installing "nightly" here would fetch
+# today's, whose LLVM may not be the 22 that bpf-linker is built against: ask instead.
+if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+    echo "setup: rustup has no 'nightly' toolchain; pcc needs the nightly whose LLVM is 22" \
+        "(rustc 1.97.0-nightly 2026-05-19, as bpf-linker 0.13 is built against LLVM 22)" >&2
+    exit 1
+fi
 if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
     log "adding rust-src to nightly"
     rustup component add rust-src --toolchain nightly

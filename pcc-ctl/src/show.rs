@@ -153,3 +153,67 @@ pub fn flows(args: &FlowsArgs) -> Result<()> {
     print!("{}", render_flows(&flows));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{TargetStatus, WanStatus};
+
+    fn target(addr: [u8; 4], state: &str, rtt_ms: Option<f64>) -> TargetStatus {
+        TargetStatus {
+            addr: addr.into(),
+            state: state.into(),
+            rtt_seconds: rtt_ms.map(|ms| ms / 1000.0),
+            rtt_last_seconds: rtt_ms.map(|ms| ms / 1000.0),
+            jitter_seconds: rtt_ms.map(|_| 0.0005),
+            loss_ratio: if rtt_ms.is_some() { 0.0 } else { 1.0 },
+        }
+    }
+
+    #[test]
+    fn several_targets_get_a_line_each() {
+        let wan = WanStatus {
+            name: "eth0".into(),
+            state: "up".into(),
+            since_unix: unix_now(),
+            gateway: [192, 0, 2, 1].into(),
+            weight: 1,
+            backup: false,
+            active_flows: 3,
+            flow_share: 1.0,
+            rx_bps: 0.0,
+            tx_bps: 0.0,
+            rtt_seconds: Some(0.012),
+            rtt_last_seconds: Some(0.011),
+            jitter_seconds: Some(0.0005),
+            loss_ratio: 0.5,
+            targets: vec![
+                target([192, 0, 2, 1], "up", Some(12.0)),
+                target([198, 18, 0, 9], "no replies", None),
+            ],
+            quota_used_bytes: None,
+            quota_limit_bytes: None,
+        };
+        let status = Status {
+            version: "0".into(),
+            classifier: "both-addresses".into(),
+            flows_active: 3,
+            wans: vec![wan.clone()],
+        };
+        let text = render_status(&status);
+        assert!(text.contains("probe 192.0.2.1       up"), "{text}");
+        assert!(
+            text.contains("probe 198.18.0.9      no replies             RTT - ms (last -)"),
+            "{text}"
+        );
+        // One target: the WAN row says it all.
+        let single = Status {
+            wans: vec![WanStatus {
+                targets: vec![target([192, 0, 2, 1], "up", Some(12.0))],
+                ..wan
+            }],
+            ..status
+        };
+        assert!(!render_status(&single).contains("probe "));
+    }
+}

@@ -77,8 +77,7 @@ fn routers_own_traffic_uses_the_primary_not_the_backup() {
 
     lab.restore_isp(1).expect("restoring isp1");
     wait_wan_state(&pcc, "wan1", true, Duration::from_secs(5)).expect("wan1 back");
-    wait_route(&lab, dst, "wan1", Duration::from_secs(3))
-        .expect("own traffic back on the primary");
+    wait_route(&lab, dst, "wan1", Duration::from_secs(3)).expect("own traffic back on the primary");
 
     let exit = pcc.stop().expect("stopping pcc-ctl");
     assert_eq!(exit.code(), Some(0), "{}", exit.describe());

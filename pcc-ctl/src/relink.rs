@@ -128,6 +128,8 @@ async fn relearn_gateway(
     }
     log::info!("WAN {}: gateway {} -> {gateway}", wan.name, wan.gateway);
     wan.gateway = gateway;
+    // The old gateway's MAC must not stand in for the new one's until it resolves.
+    wan.info.gateway_mac = [0; 6];
     if !args.health.probe.iter().any(|(n, _)| *n == wan.name) {
         let params = args.health.params();
         shared.health.lock().expect("health lock poisoned")[wan.wan_id as usize] =

@@ -775,15 +775,22 @@ async fn refresh_links(nl: &Netlink, wans: &mut [WanView]) -> bool {
     let mut changed = false;
     for wan in wans.iter_mut() {
         let link = nl.link(&wan.name).await.ok();
-        let (mut addr, mut mac) = (None, None);
+        let (mut addr, mut resolved) = (None, None);
         if let Some(l) = &link {
             addr = nl.ipv4_addr(l.ifindex).await.ok().flatten();
-            mac = nl
+            resolved = nl
                 .neighbour_mac(l.ifindex, wan.gateway)
                 .await
                 .ok()
                 .flatten();
         }
+        // An entry being resolved again (or failed once: on a line losing 20 % both ways, all
+        // six ARP probes of a re-verification fail ~0.2 % of the time) is no proof that the
+        // gateway is gone: keep the MAC this interface had and let the probes decide, as they
+        // see a dead gateway within 0.6 s. Only a gateway never resolved waits for ARP.
+        let known = link.as_ref().is_some_and(|l| l.ifindex == wan.info.ifindex)
+            && wan.info.gateway_mac != [0; 6];
+        let mac = resolved.or(known.then_some(wan.info.gateway_mac));
         let mut info = wan.info;
         info.gateway_mac = mac.unwrap_or([0; 6]);
         if let Some(l) = &link {
@@ -799,7 +806,7 @@ async fn refresh_links(nl: &Netlink, wans: &mut [WanView]) -> bool {
         if let Some(l) = &link
             && l.oper_up
             && addr.is_some()
-            && mac.is_none()
+            && resolved.is_none()
         {
             // An address removed and added again flushes the gateway's entry with its
             // "managed" flag: ask for it again, or nothing resolves the gateway.

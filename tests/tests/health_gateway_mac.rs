@@ -56,3 +56,36 @@ fn a_new_gateway_mac_is_learnt_after_a_failure() {
         "no flow through wan0 answered after the MAC change"
     );
 }
+
+/// A gateway's ARP entry that fails a re-verification (on a lossy line every ARP probe of one
+/// can be lost) is no proof the gateway is gone: the WAN keeps its MAC and stays up, its
+/// probes keep answering, and nothing flaps.
+#[test]
+fn a_failed_arp_entry_alone_does_not_take_the_wan_down() {
+    require_root!();
+    let lab = Lab::builder()
+        .clients(1)
+        .servers(2)
+        .build()
+        .expect("building the lab");
+    let pcc = lab.start_pcc(&[]).expect("starting pcc-ctl");
+    wait_wans_up(&pcc, &["wan0", "wan1"], Duration::from_secs(10)).expect("both WANs up");
+    let gateway = lab.isp_addr(0).to_string();
+    for _ in 0..3 {
+        lab.run(
+            "router",
+            &[
+                "ip", "neigh", "change", &gateway, "dev", "wan0", "nud", "failed",
+            ],
+        )
+        .expect("failing the gateway's entry");
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    let m = pcc.metrics().unwrap();
+    assert_eq!(m.get("pcc_wan_up", &[("wan", "wan0")]), Some(1.0));
+    assert_eq!(
+        m.get("pcc_wan_state_changes_total", &[("wan", "wan0")]),
+        Some(0.0),
+        "wan0 flapped on a failed ARP entry"
+    );
+}

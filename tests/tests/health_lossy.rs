@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use pcc_tests::health::{health_summary, wait_wans_up};
+use pcc_tests::health::{health_summary, wait_wan_state, wait_wans_up};
 use pcc_tests::{Lab, require_root};
 
 #[test]
@@ -66,4 +66,33 @@ fn lossy_line_stays_up() {
         max_loss[1]
     );
     lab.lossy_isp(0, 0).expect("removing the loss");
+}
+
+/// `--max-loss`: the same kind of line, but losing more than the operator accepts, is taken
+/// out on its loss ratio (not for want of replies), and comes back once it is clean.
+#[test]
+fn max_loss_takes_a_lossy_line_out_and_back() {
+    require_root!();
+    let lab = Lab::builder()
+        .clients(1)
+        .servers(2)
+        .build()
+        .expect("building the lab");
+    let mut pcc = lab
+        .start_pcc(&["--max-loss", "20", "--loss-window", "3"])
+        .expect("starting pcc-ctl with --max-loss");
+    wait_wans_up(&pcc, &["wan0", "wan1"], Duration::from_secs(10)).expect("both WANs up");
+    lab.lossy_isp(0, 40).expect("40% loss on isp0");
+    wait_wan_state(&pcc, "wan0", false, Duration::from_secs(8))
+        .expect("wan0 out within 8 s of 40% loss over a 20% limit");
+    let (_, log) = pcc.output();
+    assert!(
+        log.contains("loss over threshold"),
+        "down for its loss ratio: {log}"
+    );
+    let m = pcc.metrics().unwrap();
+    assert_eq!(m.get("pcc_wan_up", &[("wan", "wan1")]), Some(1.0));
+    lab.lossy_isp(0, 0).expect("removing the loss");
+    wait_wan_state(&pcc, "wan0", true, Duration::from_secs(10))
+        .expect("wan0 back within 10 s of the loss ending");
 }

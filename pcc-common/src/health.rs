@@ -25,17 +25,21 @@ pub struct ProbeParams {
     pub max_rtt_ms: Option<f64>,
 }
 
+impl ProbeParams {
+    pub const DEFAULT: Self = Self {
+        interval_ms: 50,
+        down_after: 12,
+        up_after: 20,
+        window_ms: 10_000,
+        reply_timeout_ms: 1_000,
+        max_loss: None,
+        max_rtt_ms: None,
+    };
+}
+
 impl Default for ProbeParams {
     fn default() -> Self {
-        Self {
-            interval_ms: 50,
-            down_after: 12,
-            up_after: 20,
-            window_ms: 10_000,
-            reply_timeout_ms: 1_000,
-            max_loss: None,
-            max_rtt_ms: None,
-        }
+        Self::DEFAULT
     }
 }
 

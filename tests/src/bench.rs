@@ -437,6 +437,9 @@ impl MachineInfo {
     }
 }
 
+/// pcc-ctl's health settings when no flag changes them.
+const HEALTH: pcc_common::health::ProbeParams = pcc_common::health::ProbeParams::DEFAULT;
+
 /// The `## Failover` section (title line included) for BENCHMARKS.md.
 pub fn render_markdown(r: &FailoverReport, m: &MachineInfo, command: &str) -> String {
     let mut s = String::new();
@@ -456,7 +459,7 @@ pub fn render_markdown(r: &FailoverReport, m: &MachineInfo, command: &str) -> St
     let _ = writeln!(
         s,
         "- Lab: the namespace lab of `tests/` ({}), {CLIENTS} clients, 2 ISPs; `pcc-ctl up --wan wan0,wan1 --lan lan0{}` \
-         (health defaults: probe every 50 ms, down after 12 unanswered, up after 20 answered)",
+         (health defaults: probe every {} ms, down after {} unanswered, up after {} answered)",
         match r.shaped {
             Some(mb) => format!("ISP lines shaped to {mb} Mbit/s with tbf"),
             None => "unshaped veths".into(),
@@ -465,7 +468,10 @@ pub fn render_markdown(r: &FailoverReport, m: &MachineInfo, command: &str) -> St
             String::new()
         } else {
             format!(" {}", r.pcc_args.join(" "))
-        }
+        },
+        HEALTH.interval_ms,
+        HEALTH.down_after,
+        HEALTH.up_after
     );
     let _ = writeln!(
         s,

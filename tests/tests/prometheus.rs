@@ -1,5 +1,6 @@
-//! The metrics endpoint is valid Prometheus exposition (`promtool check metrics`) and a real
-//! Prometheus server scrapes it and answers a query for `pcc_wan_up`.
+//! The metrics endpoint is valid Prometheus exposition (`promtool check metrics`), and a real
+//! Prometheus server scrapes it, answers a query for `pcc_wan_up` and returns data for every
+//! query of the Grafana dashboard.
 
 use std::time::{Duration, Instant};
 
@@ -116,8 +117,37 @@ fn promtool_accepts_and_prometheus_scrapes() {
     panic!("Prometheus never answered pcc_wan_up for both WANs; last answer: {last}");
 }
 
-/// Every query of the Grafana dashboard is valid PromQL that the live Prometheus evaluates,
-/// and names only metrics pcc exports; the sample Prometheus config is valid.
+/// Asks the lab's Prometheus for `expr` now and returns `data.result` (an error for anything
+/// but a successful vector or matrix answer).
+fn prom_query(lab: &Lab, expr: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+    let query = format!("query={expr}");
+    let args = [
+        "curl",
+        "-s",
+        "--max-time",
+        "5",
+        "-G",
+        "http://127.0.0.1:9190/api/v1/query",
+        "--data-urlencode",
+        &query,
+    ];
+    let out = lab.exec("router", &args)?;
+    let answer = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value =
+        serde_json::from_str(&answer).map_err(|e| anyhow::anyhow!("`{expr}`: {e}: {answer}"))?;
+    anyhow::ensure!(v["status"] == "success", "`{expr}` -> {answer}");
+    v["data"]["result"]
+        .as_array()
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("`{expr}`: no result list: {answer}"))
+}
+
+/// The window the test puts in place of Grafana's `$__rate_interval` (scrapes are 1 s apart).
+const RATE_WINDOW: &str = "10s";
+
+/// Every query of the Grafana dashboard names only metrics pcc exports and returns data from
+/// the live Prometheus (an empty answer is a broken panel: a join that matches nothing, say),
+/// with a series for each WAN where it has a `wan` label; the sample Prometheus config is valid.
 fn check_dashboard(lab: &Lab, metrics_text: &str) {
     let root = pcc_tests::workspace_root();
     let dashboard: serde_json::Value = serde_json::from_str(
@@ -129,12 +159,28 @@ fn check_dashboard(lab: &Lab, metrics_text: &str) {
         panels.len() >= 6,
         "throughput, share, RTT, jitter, loss, state, drops"
     );
+    // rate() needs two samples in its window: wait for three scrapes inside it.
+    let window = format!("count_over_time(pcc_flows_active[{RATE_WINDOW}])");
+    pcc_tests::health::wait_until(
+        "three scrapes in the rate window",
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+        || {
+            let r = prom_query(lab, &window)?;
+            let n = r
+                .first()
+                .and_then(|s| s["value"][1].as_str())
+                .and_then(|v| v.parse::<f64>().ok());
+            Ok(n.is_some_and(|n| n >= 3.0).then_some(()))
+        },
+    )
+    .expect("Prometheus keeps scraping pcc");
     for panel in panels {
         for target in panel["targets"].as_array().expect("targets") {
             let expr = target["expr"]
                 .as_str()
                 .expect("expr")
-                .replace("$__rate_interval", "10s");
+                .replace("$__rate_interval", RATE_WINDOW);
             for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
                 if word.starts_with("pcc_") {
                     assert!(
@@ -143,23 +189,19 @@ fn check_dashboard(lab: &Lab, metrics_text: &str) {
                     );
                 }
             }
-            let query = format!("query={expr}");
-            let args = [
-                "curl",
-                "-s",
-                "--max-time",
-                "5",
-                "-G",
-                "http://127.0.0.1:9190/api/v1/query",
-                "--data-urlencode",
-                &query,
-            ];
-            let out = lab.exec("router", &args).expect("curl");
-            let answer = String::from_utf8_lossy(&out.stdout);
+            let title = &panel["title"];
+            let result = prom_query(lab, &expr).unwrap_or_else(|e| panic!("panel {title}: {e:#}"));
             assert!(
-                answer.contains(r#""status":"success""#),
-                "panel {}: `{expr}` -> {answer}",
-                panel["title"]
+                !result.is_empty(),
+                "panel {title}: `{expr}` returns no series from a Prometheus scraping pcc"
+            );
+            let wans: std::collections::BTreeSet<&str> = result
+                .iter()
+                .filter_map(|s| s["metric"]["wan"].as_str())
+                .collect();
+            assert!(
+                wans.is_empty() || wans == ["wan0", "wan1"].into(),
+                "panel {title}: `{expr}` has series for {wans:?}, not both WANs: {result:?}"
             );
         }
     }

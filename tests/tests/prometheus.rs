@@ -1,10 +1,14 @@
-//! The metrics endpoint is valid Prometheus exposition (`promtool check metrics`), and a real
-//! Prometheus server scrapes it, answers a query for `pcc_wan_up` and returns data for every
-//! query of the Grafana dashboard.
+//! The metrics endpoint is valid Prometheus exposition (`promtool check metrics`) with a series
+//! for every dataplane counter, and a real Prometheus server scrapes it, answers a query for
+//! `pcc_wan_up` and returns data for every query of the Grafana dashboard.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
-use pcc_tests::{Lab, require_root};
+use pcc_common::Counter;
+use pcc_tests::{Lab, Metrics, require_root};
 
 #[test]
 fn promtool_accepts_and_prometheus_scrapes() {
@@ -55,6 +59,8 @@ fn promtool_accepts_and_prometheus_scrapes() {
             "{name} missing from /metrics"
         );
     }
+
+    every_counter_exported(&text);
 
     // A real Prometheus in the router namespace, scraping every second.
     let dir = lab.dir().join("prometheus");
@@ -115,6 +121,45 @@ fn promtool_accepts_and_prometheus_scrapes() {
         }
     }
     panic!("Prometheus never answered pcc_wan_up for both WANs; last answer: {last}");
+}
+
+/// One `pcc_drops_total{reason}` series per drop reason of the dataplane and no other, and one
+/// `pcc_packets_total{action,reason}` per counter, zeros included (the list is the dataplane's
+/// own, `pcc_common::Counter::ALL`).
+fn every_counter_exported(text: &str) {
+    let metrics = Metrics::parse(text).expect("parsing /metrics");
+    let series = |name: &str| -> Vec<&BTreeMap<String, String>> {
+        metrics
+            .samples
+            .iter()
+            .filter(|s| s.name == name)
+            .map(|s| &s.labels)
+            .collect()
+    };
+    let mut drops: Vec<&str> = series("pcc_drops_total")
+        .iter()
+        .map(|l| l["reason"].as_str())
+        .collect();
+    drops.sort_unstable();
+    let mut want: Vec<&str> = Counter::ALL
+        .iter()
+        .filter(|c| c.is_drop())
+        .map(|c| c.reason())
+        .collect();
+    want.sort_unstable();
+    assert!(want.len() >= 10, "drop reasons: {want:?}");
+    assert_eq!(drops, want, "pcc_drops_total reasons");
+    let packets = series("pcc_packets_total");
+    assert_eq!(packets.len(), Counter::ALL.len(), "{packets:?}");
+    for c in Counter::ALL {
+        assert!(
+            packets
+                .iter()
+                .any(|l| l.get("action").map(String::as_str) == Some(c.action())
+                    && l.get("reason").map(String::as_str) == Some(c.reason())),
+            "pcc_packets_total for {c:?} missing: {packets:?}"
+        );
+    }
 }
 
 /// Asks the lab's Prometheus for `expr` now and returns `data.result` (an error for anything

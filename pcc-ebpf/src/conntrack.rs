@@ -8,7 +8,7 @@ use pcc_common::{
     natport::NAT_PORT_TRIES,
 };
 
-use crate::{CT_IN, CT_OUT, parse};
+use crate::{CT_IN, CT_OUT, WAN_STATS, parse};
 
 const EEXIST: i32 = 17;
 
@@ -72,6 +72,7 @@ pub struct Opening {
 /// Cilium's order: the reply entry goes in first with `BPF_NOEXIST`, so a port is only ever
 /// claimed atomically; the forward entry follows, and the reply entry is rolled back if that
 /// fails. Another CPU racing us on the same new connection wins, and we use its entry.
+/// `flows_created` of the WAN counts the connections this call created, not the lost races.
 #[inline(always)]
 pub fn open(
     key: &FlowKey,
@@ -126,7 +127,15 @@ pub fn open(
         bytes: len,
     };
     match CT_OUT.insert(key, &out, BPF_NOEXIST as u64) {
-        Ok(()) => Ok(out),
+        Ok(()) => {
+            // Counted here, where the entry was created: a CPU that lost the race below
+            // opened nothing.
+            if let Some(stats) = WAN_STATS.get_ptr_mut(wan_id as u32) {
+                // SAFETY: per-CPU slot.
+                unsafe { (*stats).flows_created += 1 };
+            }
+            Ok(out)
+        }
         Err(e) => {
             let _ = CT_IN.remove(&key.reply_key(wan.addr, nat_port));
             if e as i32 == -EEXIST

@@ -117,10 +117,6 @@ pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
                 now,
             };
             let e = conntrack::open(&key, cfg, wan_id, wan, &first)?;
-            if let Some(stats) = WAN_STATS.get_ptr_mut(wan_id as u32) {
-                // SAFETY: per-CPU slot.
-                unsafe { (*stats).flows_created += 1 };
-            }
             // Another CPU may have opened the same connection first, on another WAN.
             let wan = if e.wan_id == wan_id {
                 wan

@@ -1,9 +1,14 @@
-//! The metrics endpoint is valid Prometheus exposition (`promtool check metrics`) and a real
-//! Prometheus server scrapes it and answers a query for `pcc_wan_up`.
+//! The metrics endpoint is valid Prometheus exposition (`promtool check metrics`) with a series
+//! for every dataplane counter, and a real Prometheus server scrapes it, answers a query for
+//! `pcc_wan_up` and returns data for every query of the Grafana dashboard.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
-use pcc_tests::{Lab, require_root};
+use pcc_common::Counter;
+use pcc_tests::{Lab, Metrics, require_root};
 
 #[test]
 fn promtool_accepts_and_prometheus_scrapes() {
@@ -54,6 +59,8 @@ fn promtool_accepts_and_prometheus_scrapes() {
             "{name} missing from /metrics"
         );
     }
+
+    every_counter_exported(&text);
 
     // A real Prometheus in the router namespace, scraping every second.
     let dir = lab.dir().join("prometheus");
@@ -116,8 +123,76 @@ fn promtool_accepts_and_prometheus_scrapes() {
     panic!("Prometheus never answered pcc_wan_up for both WANs; last answer: {last}");
 }
 
-/// Every query of the Grafana dashboard is valid PromQL that the live Prometheus evaluates,
-/// and names only metrics pcc exports; the sample Prometheus config is valid.
+/// One `pcc_drops_total{reason}` series per drop reason of the dataplane and no other, and one
+/// `pcc_packets_total{action,reason}` per counter, zeros included (the list is the dataplane's
+/// own, `pcc_common::Counter::ALL`).
+fn every_counter_exported(text: &str) {
+    let metrics = Metrics::parse(text).expect("parsing /metrics");
+    let series = |name: &str| -> Vec<&BTreeMap<String, String>> {
+        metrics
+            .samples
+            .iter()
+            .filter(|s| s.name == name)
+            .map(|s| &s.labels)
+            .collect()
+    };
+    let mut drops: Vec<&str> = series("pcc_drops_total")
+        .iter()
+        .map(|l| l["reason"].as_str())
+        .collect();
+    drops.sort_unstable();
+    let mut want: Vec<&str> = Counter::ALL
+        .iter()
+        .filter(|c| c.is_drop())
+        .map(|c| c.reason())
+        .collect();
+    want.sort_unstable();
+    assert!(want.len() >= 10, "drop reasons: {want:?}");
+    assert_eq!(drops, want, "pcc_drops_total reasons");
+    let packets = series("pcc_packets_total");
+    assert_eq!(packets.len(), Counter::ALL.len(), "{packets:?}");
+    for c in Counter::ALL {
+        assert!(
+            packets
+                .iter()
+                .any(|l| l.get("action").map(String::as_str) == Some(c.action())
+                    && l.get("reason").map(String::as_str) == Some(c.reason())),
+            "pcc_packets_total for {c:?} missing: {packets:?}"
+        );
+    }
+}
+
+/// Asks the lab's Prometheus for `expr` now and returns `data.result` (an error for anything
+/// but a successful vector or matrix answer).
+fn prom_query(lab: &Lab, expr: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+    let query = format!("query={expr}");
+    let args = [
+        "curl",
+        "-s",
+        "--max-time",
+        "5",
+        "-G",
+        "http://127.0.0.1:9190/api/v1/query",
+        "--data-urlencode",
+        &query,
+    ];
+    let out = lab.exec("router", &args)?;
+    let answer = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value =
+        serde_json::from_str(&answer).map_err(|e| anyhow::anyhow!("`{expr}`: {e}: {answer}"))?;
+    anyhow::ensure!(v["status"] == "success", "`{expr}` -> {answer}");
+    v["data"]["result"]
+        .as_array()
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("`{expr}`: no result list: {answer}"))
+}
+
+/// The window the test puts in place of Grafana's `$__rate_interval` (scrapes are 1 s apart).
+const RATE_WINDOW: &str = "10s";
+
+/// Every query of the Grafana dashboard names only metrics pcc exports and returns data from
+/// the live Prometheus (an empty answer is a broken panel: a join that matches nothing, say),
+/// with a series for each WAN where it has a `wan` label; the sample Prometheus config is valid.
 fn check_dashboard(lab: &Lab, metrics_text: &str) {
     let root = pcc_tests::workspace_root();
     let dashboard: serde_json::Value = serde_json::from_str(
@@ -129,12 +204,28 @@ fn check_dashboard(lab: &Lab, metrics_text: &str) {
         panels.len() >= 6,
         "throughput, share, RTT, jitter, loss, state, drops"
     );
+    // rate() needs two samples in its window: wait for three scrapes inside it.
+    let window = format!("count_over_time(pcc_flows_active[{RATE_WINDOW}])");
+    pcc_tests::health::wait_until(
+        "three scrapes in the rate window",
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+        || {
+            let r = prom_query(lab, &window)?;
+            let n = r
+                .first()
+                .and_then(|s| s["value"][1].as_str())
+                .and_then(|v| v.parse::<f64>().ok());
+            Ok(n.is_some_and(|n| n >= 3.0).then_some(()))
+        },
+    )
+    .expect("Prometheus keeps scraping pcc");
     for panel in panels {
         for target in panel["targets"].as_array().expect("targets") {
             let expr = target["expr"]
                 .as_str()
                 .expect("expr")
-                .replace("$__rate_interval", "10s");
+                .replace("$__rate_interval", RATE_WINDOW);
             for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
                 if word.starts_with("pcc_") {
                     assert!(
@@ -143,23 +234,19 @@ fn check_dashboard(lab: &Lab, metrics_text: &str) {
                     );
                 }
             }
-            let query = format!("query={expr}");
-            let args = [
-                "curl",
-                "-s",
-                "--max-time",
-                "5",
-                "-G",
-                "http://127.0.0.1:9190/api/v1/query",
-                "--data-urlencode",
-                &query,
-            ];
-            let out = lab.exec("router", &args).expect("curl");
-            let answer = String::from_utf8_lossy(&out.stdout);
+            let title = &panel["title"];
+            let result = prom_query(lab, &expr).unwrap_or_else(|e| panic!("panel {title}: {e:#}"));
             assert!(
-                answer.contains(r#""status":"success""#),
-                "panel {}: `{expr}` -> {answer}",
-                panel["title"]
+                !result.is_empty(),
+                "panel {title}: `{expr}` returns no series from a Prometheus scraping pcc"
+            );
+            let wans: std::collections::BTreeSet<&str> = result
+                .iter()
+                .filter_map(|s| s["metric"]["wan"].as_str())
+                .collect();
+            assert!(
+                wans.is_empty() || wans == ["wan0", "wan1"].into(),
+                "panel {title}: `{expr}` has series for {wans:?}, not both WANs: {result:?}"
             );
         }
     }

@@ -656,6 +656,59 @@ fn parse_flow_output(text: &str, idx: &[usize], flows: &mut [FlowRecord]) {
     }
 }
 
+/// A lab ready for a failover: pcc-ctl running with `pcc_args`, both WANs up, and UDP flows
+/// every 50 ms from c1 and c2 to four servers each, every flow answered and at least one of
+/// them leaving by wan0.
+pub struct FlowBed {
+    // Dropped in this order: the flows, pcc-ctl, the lab.
+    pub flows: UdpFlows,
+    pub pcc: PccHandle,
+    pub lab: Lab,
+    /// The flows that were on wan0 once all had answered.
+    pub on0: Vec<usize>,
+}
+
+impl FlowBed {
+    /// Builds the lab and starts pcc-ctl and the flows (which end after `duration`).
+    pub fn start(pcc_args: &[&str], duration: Duration) -> Result<Self> {
+        let lab = Lab::builder()
+            .clients(2)
+            .servers(8)
+            .build()
+            .context("building the lab")?;
+        lab.start_udp_echo().context("UDP echo server")?;
+        let pcc = lab.start_pcc(pcc_args).context("starting pcc-ctl")?;
+        wait_wans_up(&pcc, &WAN_NAMES, Duration::from_secs(10))
+            .context("both WANs up after start")?;
+        let pairs = flow_pairs(&lab, 2, 4);
+        let mut flows =
+            lab.start_udp_flows(&as_refs(&pairs), Duration::from_millis(50), duration)?;
+        let warm = flows.wait_replies(5, Duration::from_secs(10))?;
+        let on0 = warm.on_wan_at(0, mono_now());
+        ensure!(!on0.is_empty(), "no flow on wan0:\n{}", warm.describe());
+        Ok(Self {
+            flows,
+            pcc,
+            lab,
+            on0,
+        })
+    }
+
+    /// Waits until every flow that was on wan0 had a reply over wan1 since `since`.
+    pub fn wait_moved_to_wan1(&mut self, since: f64, timeout: Duration) -> Result<()> {
+        let on0 = self.on0.clone();
+        self.flows
+            .wait_answered_over(
+                "every wan0 flow answered over wan1",
+                &on0,
+                1,
+                since,
+                timeout,
+            )
+            .with_context(|| self.flows.snapshot().describe())
+    }
+}
+
 /// `(client, server)` pairs: `per_client` distinct server addresses for each of the lab's
 /// first `clients` clients (server addresses are not shared between clients).
 pub fn flow_pairs(lab: &Lab, clients: usize, per_client: usize) -> Vec<(String, Ipv4Addr)> {

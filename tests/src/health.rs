@@ -150,21 +150,43 @@ impl Lab {
             .with_context(|| format!("no dev in `ip route get {dst}`: {out}"))
     }
 
-    /// Default routes of the router's main table as `(dev, gateway)`.
-    pub fn router_default_routes(&self) -> Result<Vec<(String, String)>> {
-        let out = self.run("router", &["ip", "-j", "route", "show", "default"])?;
+    /// Default routes of the router's main table, in the kernel's order.
+    pub fn router_default_routes(&self) -> Result<Vec<DefaultRoute>> {
+        let out = self.run("router", &["ip", "-j", "-d", "route", "show", "default"])?;
         let v: serde_json::Value = serde_json::from_str(&out).context("ip -j route")?;
         Ok(v.as_array()
             .into_iter()
             .flatten()
             .map(|r| {
-                (
-                    r["dev"].as_str().unwrap_or("?").to_owned(),
-                    r["gateway"].as_str().unwrap_or("?").to_owned(),
-                )
+                let text = |k: &str| r[k].as_str().unwrap_or("").to_owned();
+                DefaultRoute {
+                    dev: text("dev"),
+                    gateway: text("gateway"),
+                    metric: r["metric"].as_u64().unwrap_or(0),
+                    protocol: text("protocol"),
+                    scope: text("scope"),
+                    flags: r["flags"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|f| f.as_str().map(str::to_owned))
+                        .collect(),
+                }
             })
             .collect())
     }
+}
+
+/// A default route as `ip -d route` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DefaultRoute {
+    pub dev: String,
+    pub gateway: String,
+    /// 0 when `ip` shows none.
+    pub metric: u64,
+    pub protocol: String,
+    pub scope: String,
+    pub flags: Vec<String>,
 }
 
 /// Now on `CLOCK_MONOTONIC` in seconds: the clock Python's `time.monotonic()` reads, so reply

@@ -123,6 +123,19 @@ impl PccHandle {
     }
 }
 
+impl PccHandle {
+    /// SIGKILL, as a crash would end it: nothing is cleaned up. Panics unless it dies within
+    /// 5 s.
+    pub fn kill(mut self) {
+        let p = self.process();
+        p.signal(libc::SIGKILL);
+        assert!(
+            p.wait_timeout(Duration::from_secs(5)).is_some(),
+            "pcc-ctl did not die"
+        );
+    }
+}
+
 impl Drop for PccHandle {
     fn drop(&mut self) {
         if let Some(mut p) = self.proc.take() {
@@ -261,6 +274,16 @@ impl Lab {
         let name = format!("pcc-ctl {}", args.join(" "));
         let p = self.spawn_command(cmd, &name, libc::SIGTERM)?;
         Ok(p.finish(timeout))
+    }
+
+    /// `pcc-ctl down --lan lan0` (at most 20 s): whether it succeeded, and stdout + stderr.
+    pub fn pcc_down(&self) -> Result<(bool, String)> {
+        let out = self.run_pcc(&["down", "--lan", "lan0"], Duration::from_secs(20))?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        ))
     }
 
     /// Asserts-style check that nothing of pcc is left attached in the router: no XDP on any

@@ -150,21 +150,43 @@ impl Lab {
             .with_context(|| format!("no dev in `ip route get {dst}`: {out}"))
     }
 
-    /// Default routes of the router's main table as `(dev, gateway)`.
-    pub fn router_default_routes(&self) -> Result<Vec<(String, String)>> {
-        let out = self.run("router", &["ip", "-j", "route", "show", "default"])?;
+    /// Default routes of the router's main table, in the kernel's order.
+    pub fn router_default_routes(&self) -> Result<Vec<DefaultRoute>> {
+        let out = self.run("router", &["ip", "-j", "-d", "route", "show", "default"])?;
         let v: serde_json::Value = serde_json::from_str(&out).context("ip -j route")?;
         Ok(v.as_array()
             .into_iter()
             .flatten()
             .map(|r| {
-                (
-                    r["dev"].as_str().unwrap_or("?").to_owned(),
-                    r["gateway"].as_str().unwrap_or("?").to_owned(),
-                )
+                let text = |k: &str| r[k].as_str().unwrap_or("").to_owned();
+                DefaultRoute {
+                    dev: text("dev"),
+                    gateway: text("gateway"),
+                    metric: r["metric"].as_u64().unwrap_or(0),
+                    protocol: text("protocol"),
+                    scope: text("scope"),
+                    flags: r["flags"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|f| f.as_str().map(str::to_owned))
+                        .collect(),
+                }
             })
             .collect())
     }
+}
+
+/// A default route as `ip -d route` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DefaultRoute {
+    pub dev: String,
+    pub gateway: String,
+    /// 0 when `ip` shows none.
+    pub metric: u64,
+    pub protocol: String,
+    pub scope: String,
+    pub flags: Vec<String>,
 }
 
 /// Now on `CLOCK_MONOTONIC` in seconds: the clock Python's `time.monotonic()` reads, so reply
@@ -653,6 +675,59 @@ fn parse_flow_output(text: &str, idx: &[usize], flows: &mut [FlowRecord]) {
             }
             _ => {}
         }
+    }
+}
+
+/// A lab ready for a failover: pcc-ctl running with `pcc_args`, both WANs up, and UDP flows
+/// every 50 ms from c1 and c2 to four servers each, every flow answered and at least one of
+/// them leaving by wan0.
+pub struct FlowBed {
+    // Dropped in this order: the flows, pcc-ctl, the lab.
+    pub flows: UdpFlows,
+    pub pcc: PccHandle,
+    pub lab: Lab,
+    /// The flows that were on wan0 once all had answered.
+    pub on0: Vec<usize>,
+}
+
+impl FlowBed {
+    /// Builds the lab and starts pcc-ctl and the flows (which end after `duration`).
+    pub fn start(pcc_args: &[&str], duration: Duration) -> Result<Self> {
+        let lab = Lab::builder()
+            .clients(2)
+            .servers(8)
+            .build()
+            .context("building the lab")?;
+        lab.start_udp_echo().context("UDP echo server")?;
+        let pcc = lab.start_pcc(pcc_args).context("starting pcc-ctl")?;
+        wait_wans_up(&pcc, &WAN_NAMES, Duration::from_secs(10))
+            .context("both WANs up after start")?;
+        let pairs = flow_pairs(&lab, 2, 4);
+        let mut flows =
+            lab.start_udp_flows(&as_refs(&pairs), Duration::from_millis(50), duration)?;
+        let warm = flows.wait_replies(5, Duration::from_secs(10))?;
+        let on0 = warm.on_wan_at(0, mono_now());
+        ensure!(!on0.is_empty(), "no flow on wan0:\n{}", warm.describe());
+        Ok(Self {
+            flows,
+            pcc,
+            lab,
+            on0,
+        })
+    }
+
+    /// Waits until every flow that was on wan0 had a reply over wan1 since `since`.
+    pub fn wait_moved_to_wan1(&mut self, since: f64, timeout: Duration) -> Result<()> {
+        let on0 = self.on0.clone();
+        self.flows
+            .wait_answered_over(
+                "every wan0 flow answered over wan1",
+                &on0,
+                1,
+                since,
+                timeout,
+            )
+            .with_context(|| self.flows.snapshot().describe())
     }
 }
 

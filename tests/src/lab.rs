@@ -766,6 +766,30 @@ fn claim_prefix() -> Result<String> {
     bail!("could not find a free lab prefix")
 }
 
+/// What the lab with namespace prefix `prefix` left on the host: its namespaces, its marker
+/// in /run/pcc-lab and its scratch directory. Empty once the lab was dropped (or reaped).
+pub fn lab_leftovers(prefix: &str) -> Vec<String> {
+    let mut left: Vec<String> = fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&format!("{prefix}-")))
+                .map(|n| format!("namespace {n}"))
+                .collect()
+        })
+        .unwrap_or_default();
+    left.sort();
+    for path in [
+        Path::new(MARKER_DIR).join(prefix),
+        std::env::temp_dir().join(prefix),
+    ] {
+        if path.exists() {
+            left.push(path.display().to_string());
+        }
+    }
+    left
+}
+
 /// Removes namespaces, bpffs mounts and scratch dirs of labs whose process no longer exists.
 pub fn reap_stale_labs() {
     let Ok(entries) = fs::read_dir(MARKER_DIR) else {

@@ -21,7 +21,7 @@ pub mod services;
 
 pub use lab::{
     ISP_ADDRS, LAN_GATEWAY, LAN_NET, Lab, LabBuilder, LinkStats, WAN_ADDRS, WAN_NAMES, is_root,
-    reap_stale_labs, wan_of_addr,
+    lab_leftovers, reap_stale_labs, wan_of_addr,
 };
 pub use metrics::Metrics;
 pub use pcc::{PccExit, PccHandle, pcc_ctl_path, workspace_root};

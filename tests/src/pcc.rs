@@ -123,6 +123,19 @@ impl PccHandle {
     }
 }
 
+impl PccHandle {
+    /// SIGKILL, as a crash would end it: nothing is cleaned up. Panics unless it dies within
+    /// 5 s.
+    pub fn kill(mut self) {
+        let p = self.process();
+        p.signal(libc::SIGKILL);
+        assert!(
+            p.wait_timeout(Duration::from_secs(5)).is_some(),
+            "pcc-ctl did not die"
+        );
+    }
+}
+
 impl Drop for PccHandle {
     fn drop(&mut self) {
         if let Some(mut p) = self.proc.take() {
@@ -290,6 +303,16 @@ impl Lab {
         pins.sort();
         Ok(format!(
             "routes:\n{routes}\nnftables:\n{nft}\nmanaged neighbours: {managed:?}\npins: {pins:?}\n"
+        ))
+    }
+
+    /// `pcc-ctl down --lan lan0` (at most 20 s): whether it succeeded, and stdout + stderr.
+    pub fn pcc_down(&self) -> Result<(bool, String)> {
+        let out = self.run_pcc(&["down", "--lan", "lan0"], Duration::from_secs(20))?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
         ))
     }
 

@@ -90,6 +90,13 @@ impl LabProcess {
         })
     }
 
+    /// Starts `cmd` on the host (not in a lab namespace) like a lab process: own process
+    /// group, output captured, SIGKILLed with its group when dropped, `death_signal` if the
+    /// starting thread dies first.
+    pub fn spawn_host(cmd: Command, name: &str, death_signal: i32) -> Result<Self> {
+        Self::spawn(cmd, name, &Registry::default(), death_signal, Stdio::null())
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
     }

@@ -40,19 +40,8 @@ fn bench_forward_smoke() {
     }
     assert!(text.contains("## Forwarding rate"), "{text}");
 
-    let left: Vec<String> = std::fs::read_dir("/run/netns")
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(&format!("{}-", report.lab_prefix)))
-                .collect()
-        })
-        .unwrap_or_default();
-    assert!(left.is_empty(), "namespaces left behind: {left:?}");
-    assert!(
-        !std::env::temp_dir().join(&report.lab_prefix).exists(),
-        "lab directory left behind"
-    );
+    let left = pcc_tests::lab_leftovers(&report.lab_prefix);
+    assert!(left.is_empty(), "left behind: {left:?}");
     // Other benchmarks may write BENCHMARKS.md meanwhile: check only that this run did not.
     let after = std::fs::read_to_string(&real).ok();
     assert!(

@@ -2,7 +2,7 @@
 //! it produces numbers, leaves no namespace behind and does not touch BENCHMARKS.md.
 
 use pcc_tests::bench::{self, FailoverOpts};
-use pcc_tests::{require_root, workspace_root};
+use pcc_tests::{lab_leftovers, require_root, workspace_root};
 
 #[test]
 fn bench_failover_smoke() {
@@ -42,19 +42,8 @@ fn bench_failover_smoke() {
         "{text}"
     );
 
-    let left: Vec<String> = std::fs::read_dir("/run/netns")
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(&format!("{}-", report.lab_prefix)))
-                .collect()
-        })
-        .unwrap_or_default();
-    assert!(left.is_empty(), "namespaces left behind: {left:?}");
-    assert!(
-        !std::env::temp_dir().join(&report.lab_prefix).exists(),
-        "lab directory left behind"
-    );
+    let left = lab_leftovers(&report.lab_prefix);
+    assert!(left.is_empty(), "left behind: {left:?}");
     assert_eq!(
         std::fs::read(&real).ok(),
         before,

@@ -3,60 +3,40 @@
 
 use std::time::Duration;
 
-use pcc_tests::health::{
-    as_refs, flow_pairs, health_summary, mono_now, wait_route, wait_wan_state, wait_wans_up,
-};
-use pcc_tests::{Lab, require_root};
+use pcc_tests::health::{FlowBed, health_summary, mono_now, wait_route, wait_wan_state};
+use pcc_tests::require_root;
 
 const S: fn(u64) -> Duration = Duration::from_secs;
 
 #[test]
 fn carrier_loss_fails_over_and_back() {
     require_root!();
-    let lab = Lab::builder()
-        .clients(2)
-        .servers(8)
-        .build()
-        .expect("building the lab");
-    lab.start_udp_echo().expect("UDP echo server");
-    let pcc = lab.start_pcc(&[]).expect("starting pcc-ctl");
-    wait_wans_up(&pcc, &["wan0", "wan1"], S(10)).expect("both WANs up after start");
-    let pairs = flow_pairs(&lab, 2, 4);
-    let mut flows = lab
-        .start_udp_flows(&as_refs(&pairs), Duration::from_millis(50), S(30))
-        .expect("starting UDP flows");
-    let warm = flows.wait_replies(5, S(10)).expect("UDP flows answered");
-
+    let mut bed = FlowBed::start(&[], S(30)).expect("lab, pcc-ctl and UDP flows");
+    let (lab, pcc) = (&bed.lab, &bed.pcc);
     let t_cut = mono_now();
-    let on0 = warm.on_wan_at(0, t_cut);
-    assert!(
-        !on0.is_empty(),
-        "no flow on wan0 before the cut:\n{}",
-        warm.describe()
-    );
     lab.carrier_down(0).expect("carrier down");
-    let t_down = wait_wan_state(&pcc, "wan0", false, Duration::from_millis(1500))
+    let t_down = wait_wan_state(pcc, "wan0", false, Duration::from_millis(1500))
         .expect("wan0 down within 1.5 s of losing carrier");
     eprintln!(
         "carrier: wan0 down {:.3} s after carrier loss",
         t_down - t_cut
     );
-    wait_route(&lab, lab.server_addr(0), "wan1", S(2)).expect("router's own route on wan1");
-    flows
-        .wait_answered_over("every wan0 flow answered over wan1", &on0, 1, t_cut, S(3))
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", flows.snapshot().describe()));
+    wait_route(lab, lab.server_addr(0), "wan1", S(2)).expect("router's own route on wan1");
+    bed.wait_moved_to_wan1(t_cut, S(3))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let (lab, pcc) = (&bed.lab, &bed.pcc);
 
     let t_up_cmd = mono_now();
     lab.carrier_up(0).expect("carrier up");
-    let t_up = wait_wan_state(&pcc, "wan0", true, S(5))
+    let t_up = wait_wan_state(pcc, "wan0", true, S(5))
         .expect("wan0 up within 5 s of its carrier returning");
     eprintln!(
         "carrier: wan0 up {:.3} s after carrier returned",
         t_up - t_up_cmd
     );
-    wait_route(&lab, lab.server_addr(0), "wan0", S(2)).expect("router's own route back on wan0");
+    wait_route(lab, lab.server_addr(0), "wan0", S(2)).expect("router's own route back on wan0");
     std::thread::sleep(S(1));
-    let end = flows.stop();
+    let end = bed.flows.stop();
     for f in &end.flows {
         assert!(
             f.between(t_up, f64::MAX).count() >= 8,

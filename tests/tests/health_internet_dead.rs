@@ -152,7 +152,7 @@ fn internet_dead_fails_over_and_back() {
     }
     let routes = lab.router_default_routes().unwrap();
     assert!(
-        routes.iter().any(|(d, _)| d == "wan0") && routes.iter().any(|(d, _)| d == "wan1"),
+        routes.iter().any(|r| r.dev == "wan0") && routes.iter().any(|r| r.dev == "wan1"),
         "both default routes after pcc-ctl exited: {routes:?}"
     );
 }

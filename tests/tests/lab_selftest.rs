@@ -3,7 +3,7 @@
 
 use std::net::Ipv4Addr;
 
-use pcc_tests::{Lab, require_root};
+use pcc_tests::{Lab, lab_leftovers, require_root};
 
 fn kernel_nat_lab() -> Lab {
     let lab = Lab::builder()
@@ -197,22 +197,16 @@ fn shaped_lab_is_limited() {
 #[test]
 fn lab_cleans_up() {
     require_root!();
-    let (prefix, dir) = {
+    let prefix = {
         let lab = Lab::builder().clients(2).servers(1).build().expect("lab");
         let _p = lab.spawn("inet", &["sleep", "30"]).expect("spawn");
         assert!(lab.dir().exists());
-        (lab.prefix().to_owned(), lab.dir().to_owned())
+        let prefix = lab.prefix().to_owned();
+        assert!(lab_leftovers(&prefix).len() > 7, "namespaces, marker, dir");
+        prefix
     };
-    let list = std::process::Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .unwrap();
-    let list = String::from_utf8_lossy(&list.stdout);
-    assert!(
-        !list.contains(&prefix),
-        "namespaces of {prefix} left behind:\n{list}"
-    );
-    assert!(!dir.exists(), "{} left behind", dir.display());
+    let left = lab_leftovers(&prefix);
+    assert!(left.is_empty(), "{prefix} left behind: {left:?}");
 }
 
 /// pcc-ctl runs with the lab's own bpffs on /sys/fs/bpf and a lab directory on /run/pcc.

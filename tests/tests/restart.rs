@@ -7,15 +7,7 @@
 
 use std::time::Duration;
 
-use pcc_tests::{Lab, PccHandle, require_root};
-
-fn kill(mut pcc: PccHandle) {
-    pcc.process().signal(libc::SIGKILL);
-    assert!(
-        pcc.process().wait_timeout(Duration::from_secs(5)).is_some(),
-        "pcc-ctl did not die"
-    );
-}
+use pcc_tests::{Lab, require_root};
 
 fn pins_left(lab: &Lab) -> bool {
     lab.bpffs_dir().join("pcc/lan0").exists()
@@ -54,7 +46,7 @@ fn a_killed_controller_keeps_forwarding_and_the_next_one_adopts_it() {
         // 8 MB at 2 MB/s: about 4 s, across the kill, the refused start and the adoption.
         let download = s.spawn(|| lab.download_paced("c2", lab.server_addr(1), &file, 2_000_000));
         std::thread::sleep(Duration::from_millis(700));
-        kill(pcc);
+        pcc.kill();
         assert_all_attached(&lab);
         assert!(
             pins_left(&lab) && guard_left(&lab),
@@ -112,23 +104,12 @@ fn a_killed_controller_keeps_forwarding_and_the_next_one_adopts_it() {
 fn down_removes_what_a_killed_controller_left() {
     require_root!();
     let lab = Lab::builder().build().expect("building the lab");
-    let down = || {
-        let out = lab
-            .pcc_command(&["down", "--lan", "lan0"])
-            .unwrap()
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
-    };
+    let down = || lab.pcc_down().expect("pcc-ctl down");
     let pcc = lab.start_pcc(&[]).expect("starting pcc-ctl");
     let (ok, text) = down();
     assert!(!ok && text.contains("stop that one with SIGTERM"), "{text}");
     assert_all_attached(&lab);
-    kill(pcc);
+    pcc.kill();
     let (ok, text) = down();
     assert!(ok && text.contains("programs detached"), "{text}");
     assert!(lab.xdp_interfaces("router").unwrap().is_empty(), "detached");

@@ -168,32 +168,37 @@ fn parse_command(line: &str) -> Result<Action, String> {
     }
 }
 
+impl LabArgs {
+    /// The scheduled faults in time order, checked against `--clients` and `--seconds`.
+    fn schedule(&self) -> Result<Vec<(f64, Action)>> {
+        let seconds = self.seconds;
+        ensure!((1..=50).contains(&self.clients), "--clients must be 1..=50");
+        ensure!((1..=600).contains(&seconds), "--seconds must be 1..=600");
+        let mut schedule: Vec<(f64, Action)> = Vec::new();
+        schedule.extend(self.cut.iter().map(|&(i, t)| (t, Action::Cut(i))));
+        schedule.extend(self.restore.iter().map(|&(i, t)| (t, Action::Restore(i))));
+        schedule.extend(self.down.iter().map(|&(i, t)| (t, Action::Down(i))));
+        schedule.extend(self.up.iter().map(|&(i, t)| (t, Action::Up(i))));
+        schedule.extend(self.loss.iter().map(|&(i, p, t)| (t, Action::Loss(i, p))));
+        schedule.sort_by(|a, b| a.0.total_cmp(&b.0));
+        if let Some((t, a)) = schedule.iter().find(|(t, _)| *t >= seconds as f64) {
+            bail!("{a:?} at {t} s is not within the {seconds} s of traffic (--seconds)");
+        }
+        Ok(schedule)
+    }
+}
+
 pub fn run(args: LabArgs) -> Result<()> {
+    let schedule = args.schedule()?;
     let LabArgs {
         clients,
         seconds,
         no_shape,
         no_build,
-        cut,
-        restore,
-        down,
-        up,
-        loss,
         quiet,
         pcc_args,
+        ..
     } = args;
-    ensure!((1..=50).contains(&clients), "--clients must be 1..=50");
-    ensure!((1..=600).contains(&seconds), "--seconds must be 1..=600");
-    let mut schedule: Vec<(f64, Action)> = Vec::new();
-    schedule.extend(cut.iter().map(|&(i, t)| (t, Action::Cut(i))));
-    schedule.extend(restore.iter().map(|&(i, t)| (t, Action::Restore(i))));
-    schedule.extend(down.iter().map(|&(i, t)| (t, Action::Down(i))));
-    schedule.extend(up.iter().map(|&(i, t)| (t, Action::Up(i))));
-    schedule.extend(loss.iter().map(|&(i, p, t)| (t, Action::Loss(i, p))));
-    schedule.sort_by(|a, b| a.0.total_cmp(&b.0));
-    if let Some((t, a)) = schedule.iter().find(|(t, _)| *t >= seconds as f64) {
-        bail!("{a:?} at {t} s is not within the {seconds} s of traffic (--seconds)");
-    }
     ensure!(
         pcc_tests::is_root(),
         "the lab needs root (it creates network namespaces)"
@@ -641,4 +646,186 @@ fn print_report(
 fn delta_of(after: &Metrics, before: &Metrics, name: &str, label: &str, value: &str) -> f64 {
     let get = |m: &Metrics| m.get(name, &[(label, value)]).unwrap_or(0.0);
     get(after) - get(before)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    /// `cargo xtask lab ARGS…` as clap parses it.
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        lab: LabArgs,
+    }
+
+    fn lab_args(args: &[&str]) -> Result<LabArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("lab").chain(args.iter().copied())).map(|c| c.lab)
+    }
+
+    #[test]
+    fn isps_and_seconds() {
+        assert_eq!(parse_isp("isp0"), Ok(0));
+        assert_eq!(parse_isp("1"), Ok(1));
+        for bad in ["isp2", "2", "isp", "", "ISP0", "isp-1", "wan0"] {
+            let e = parse_isp(bad).unwrap_err();
+            assert!(e.contains("expected isp0, isp1, 0 or 1"), "{bad:?}: {e}");
+        }
+        assert_eq!(parse_secs("5"), Ok(5.0));
+        assert_eq!(parse_secs("2.5s"), Ok(2.5));
+        assert_eq!(parse_secs("0"), Ok(0.0));
+        for bad in ["-1", "inf", "NaN", "", "s", "five", "1e400"] {
+            let e = parse_secs(bad).unwrap_err();
+            assert!(e.contains("expected seconds"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn scheduled_faults() {
+        assert_eq!(parse_at("isp0@5"), Ok((0, 5.0)));
+        assert_eq!(parse_at("1@0.5s"), Ok((1, 0.5)));
+        let e = parse_at("isp0").unwrap_err();
+        assert!(e.contains("ISP@SECONDS"), "{e}");
+        assert!(parse_at("isp2@5").unwrap_err().contains("isp2"));
+        assert!(parse_at("isp0@-3").unwrap_err().contains("-3"));
+        assert!(parse_at("@5").is_err());
+
+        assert_eq!(parse_loss_at("isp0=20@3"), Ok((0, 20, 3.0)));
+        assert_eq!(parse_loss_at("1=100%@0"), Ok((1, 100, 0.0)));
+        assert_eq!(parse_loss_at("isp1=0@2"), Ok((1, 0, 2.0)));
+        let e = parse_loss_at("isp0=101@3").unwrap_err();
+        assert!(e.contains("0..=100"), "{e}");
+        assert!(parse_loss_at("isp0=-1@3").unwrap_err().contains("0..=100"));
+        assert!(parse_loss_at("isp0=x@3").is_err());
+        assert!(
+            parse_loss_at("isp0@3")
+                .unwrap_err()
+                .contains("ISP=PERCENT@SECONDS")
+        );
+        assert!(
+            parse_loss_at("isp0=20")
+                .unwrap_err()
+                .contains("ISP=PERCENT@SECONDS")
+        );
+        assert!(parse_loss_at("isp5=20@3").unwrap_err().contains("isp5"));
+        assert!(
+            parse_loss_at("isp0=20@later")
+                .unwrap_err()
+                .contains("later")
+        );
+    }
+
+    #[test]
+    fn typed_commands() {
+        assert_eq!(parse_command("cut 0"), Ok(Action::Cut(0)));
+        assert_eq!(parse_command("restore isp1"), Ok(Action::Restore(1)));
+        assert_eq!(parse_command("  down \t 1  "), Ok(Action::Down(1)));
+        assert_eq!(parse_command("up 0"), Ok(Action::Up(0)));
+        assert_eq!(parse_command("loss 0 20"), Ok(Action::Loss(0, 20)));
+        assert_eq!(parse_command("loss isp1 5%"), Ok(Action::Loss(1, 5)));
+        assert_eq!(parse_command("loss 1 0"), Ok(Action::Loss(1, 0)));
+        for q in ["quit", "q", "exit", "quit now"] {
+            assert_eq!(parse_command(q), Ok(Action::Quit), "{q:?}");
+        }
+        for which in ["cut", "restore", "down", "up"] {
+            assert!(
+                parse_command(which).unwrap_err().contains("which ISP?"),
+                "{which}"
+            );
+        }
+        assert!(parse_command("cut 2").unwrap_err().contains("isp0, isp1"));
+        for bad in ["loss 0", "loss 0 101", "loss 0 -5", "loss 0 lots"] {
+            let e = parse_command(bad).unwrap_err();
+            assert!(e.contains("loss ISP PERCENT"), "{bad:?}: {e}");
+        }
+        assert!(
+            parse_command("loss 3 20")
+                .unwrap_err()
+                .contains("isp0, isp1")
+        );
+        for bad in ["", "   ", "CUT 0", "kill 0", "help"] {
+            let e = parse_command(bad).unwrap_err();
+            assert!(e.starts_with("commands: cut N"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn command_line_schedule_and_passthrough() {
+        let a = lab_args(&[
+            "--seconds",
+            "8",
+            "--restore",
+            "isp0@5",
+            "--cut",
+            "isp0@2",
+            "--loss",
+            "isp1=20@1",
+            "--down",
+            "1@6",
+            "--up",
+            "isp1@7.5",
+            "--weight",
+            "wan0=2,wan1=1",
+            "--classifier",
+            "src-address",
+        ])
+        .unwrap();
+        assert_eq!(
+            a.schedule().unwrap(),
+            [
+                (1.0, Action::Loss(1, 20)),
+                (2.0, Action::Cut(0)),
+                (5.0, Action::Restore(0)),
+                (6.0, Action::Down(1)),
+                (7.5, Action::Up(1)),
+            ]
+        );
+        assert_eq!(
+            a.pcc_args,
+            ["--weight", "wan0=2,wan1=1", "--classifier", "src-address"]
+        );
+        assert_eq!(
+            (a.clients, a.no_shape, a.no_build, a.quiet),
+            (3, false, false, false)
+        );
+
+        // Repeated faults at the same time keep their kind's order (stable sort).
+        let a = lab_args(&["--cut", "isp1@3", "--cut", "isp0@3", "--restore", "isp1@3"]).unwrap();
+        assert_eq!(
+            a.schedule().unwrap(),
+            [
+                (3.0, Action::Cut(1)),
+                (3.0, Action::Cut(0)),
+                (3.0, Action::Restore(1)),
+            ]
+        );
+        assert!(lab_args(&[]).unwrap().schedule().unwrap().is_empty());
+
+        let late = lab_args(&["--seconds", "8", "--cut", "isp0@8"]).unwrap();
+        let e = late.schedule().unwrap_err().to_string();
+        assert!(
+            e.contains("Cut(0) at 8 s") && e.contains("--seconds"),
+            "{e}"
+        );
+        for (args, what) in [
+            (&["--clients", "0"][..], "--clients"),
+            (&["--clients", "51"][..], "--clients"),
+            (&["--seconds", "0"][..], "--seconds"),
+            (&["--seconds", "601"][..], "--seconds"),
+        ] {
+            let e = lab_args(args).unwrap().schedule().unwrap_err().to_string();
+            assert!(e.contains(what), "{args:?}: {e}");
+        }
+        for bad in [
+            &["--cut", "isp2@1"][..],
+            &["--restore", "isp0"][..],
+            &["--loss", "isp0=20"][..],
+            &["--loss", "isp0=120@1"][..],
+            &["--down", "isp0@soon"][..],
+        ] {
+            assert!(lab_args(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 }

@@ -188,6 +188,28 @@ impl LabArgs {
     }
 }
 
+/// Whether Ctrl-C was pressed: each step of the start-up asks, so an interrupted lab starts
+/// nothing more and cleans up what it has.
+fn interrupted(stop: &AtomicBool) -> bool {
+    stop.load(Ordering::SeqCst)
+}
+
+/// The end of every run that got as far as a lab: pcc-ctl (if started) must exit cleanly on
+/// SIGTERM, then the namespaces go.
+fn finish(lab: Lab, pcc: Option<PccHandle>) -> Result<()> {
+    if let Some(pcc) = pcc {
+        let exit = pcc.stop()?;
+        ensure!(
+            exit.code() == Some(0),
+            "pcc-ctl did not exit cleanly: {}",
+            exit.describe()
+        );
+    }
+    drop(lab);
+    eprintln!("xtask lab: cleaned up");
+    Ok(())
+}
+
 pub fn run(args: LabArgs) -> Result<()> {
     let schedule = args.schedule()?;
     let LabArgs {
@@ -225,16 +247,18 @@ pub fn run(args: LabArgs) -> Result<()> {
     let mut builder = Lab::builder();
     if !no_build {
         crate::setup()?;
-        if stop.load(Ordering::SeqCst) {
-            bail!("interrupted");
+        if interrupted(&stop) {
+            eprintln!("xtask lab: cleaned up (nothing was started)");
+            return Ok(());
         }
         let bin = crate::build_pcc_ctl()?;
         if std::env::var_os("PCC_CTL").is_none() {
             builder = builder.pcc_ctl(bin);
         }
     }
-    if stop.load(Ordering::SeqCst) {
-        bail!("interrupted");
+    if interrupted(&stop) {
+        eprintln!("xtask lab: cleaned up (nothing was started)");
+        return Ok(());
     }
 
     let shaped = (!no_shape).then_some(20);
@@ -254,8 +278,14 @@ pub fn run(args: LabArgs) -> Result<()> {
     );
     lab.start_http()?;
     let file = lab.http_file(FILE_SIZE)?;
+    if interrupted(&stop) {
+        return finish(lab, None);
+    }
     let pcc_refs: Vec<&str> = pcc_args.iter().map(String::as_str).collect();
     let pcc = lab.start_pcc(&pcc_refs)?;
+    if interrupted(&stop) {
+        return finish(lab, Some(pcc));
+    }
     let interactive = std::io::stdin().is_terminal();
     eprintln!(
         "xtask lab: pcc-ctl ready, driving traffic for {seconds} s (Ctrl-C stops){}",
@@ -278,16 +308,7 @@ pub fn run(args: LabArgs) -> Result<()> {
     let after = pcc.metrics()?;
     let log = lab.http_log()?;
     print_report(&lab, &pcc_args, &report, &before, &after, &log);
-
-    let exit = pcc.stop()?;
-    ensure!(
-        exit.code() == Some(0),
-        "pcc-ctl did not exit cleanly: {}",
-        exit.describe()
-    );
-    drop(lab);
-    eprintln!("xtask lab: cleaned up");
-    Ok(())
+    finish(lab, Some(pcc))
 }
 
 struct Report {

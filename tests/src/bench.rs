@@ -191,12 +191,7 @@ pub fn failover(opts: &FailoverOpts) -> Result<FailoverReport> {
         );
         runs.push(r);
     }
-    let exit = pcc.stop()?;
-    ensure!(
-        exit.code() == Some(0),
-        "pcc-ctl did not exit cleanly: {}",
-        exit.describe()
-    );
+    pcc.stop_cleanly()?;
     drop(lab);
     Ok(FailoverReport {
         runs,

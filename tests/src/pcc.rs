@@ -101,6 +101,17 @@ impl PccHandle {
         (p.stdout_text(), p.stderr_text())
     }
 
+    /// [`stop`](Self::stop), and an error unless it exited 0.
+    pub fn stop_cleanly(self) -> Result<()> {
+        let exit = self.stop()?;
+        ensure!(
+            exit.code() == Some(0),
+            "pcc-ctl did not exit cleanly: {}",
+            exit.describe()
+        );
+        Ok(())
+    }
+
     /// Sends SIGTERM and waits up to 15 s for it to exit (SIGKILL after that, reported as an
     /// error).
     pub fn stop(mut self) -> Result<PccExit> {

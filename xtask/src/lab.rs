@@ -198,12 +198,7 @@ fn interrupted(stop: &AtomicBool) -> bool {
 /// SIGTERM, then the namespaces go.
 fn finish(lab: Lab, pcc: Option<PccHandle>) -> Result<()> {
     if let Some(pcc) = pcc {
-        let exit = pcc.stop()?;
-        ensure!(
-            exit.code() == Some(0),
-            "pcc-ctl did not exit cleanly: {}",
-            exit.describe()
-        );
+        pcc.stop_cleanly()?;
     }
     drop(lab);
     eprintln!("xtask lab: cleaned up");

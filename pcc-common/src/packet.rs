@@ -7,6 +7,7 @@ use crate::csum;
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_ARP: u16 = 0x0806;
+pub const ETH_P_IPV6: u16 = 0x86dd;
 
 /// The transport part of a frame.
 #[derive(Clone, Debug, PartialEq, Eq)]

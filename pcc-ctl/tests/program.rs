@@ -31,8 +31,31 @@ impl Rig {
     }
 
     fn run(&mut self, role: Role, frame: &[u8]) -> (u32, Vec<u8>) {
-        let (action, out, _) = self.0.run(role, frame).expect("BPF_PROG_TEST_RUN");
+        self.run_on(role, LO, frame)
+    }
+
+    /// Runs `role`'s program on `frame` arriving on port `ifindex`.
+    fn run_on(&mut self, role: Role, ifindex: u32, frame: &[u8]) -> (u32, Vec<u8>) {
+        let (action, out, _) = self
+            .0
+            .run_on(role, ifindex, frame)
+            .expect("BPF_PROG_TEST_RUN");
         (action, out)
+    }
+
+    /// Runs each case's LAN frame arriving on port `ifindex`: each must end in its XDP action
+    /// and be counted under its reason.
+    fn check_lan_cases(&mut self, ifindex: u32, cases: Vec<(&str, Vec<u8>, u32, Counter)>) {
+        for (what, frame, want, counter) in cases {
+            let before = self.counter(counter);
+            let (action, _) = self.run_on(Role::Lan, ifindex, &frame);
+            assert_eq!(action, want, "{what}");
+            assert_eq!(
+                self.counter(counter),
+                before + 1,
+                "{what} counted as {counter:?}"
+            );
+        }
     }
 
     fn counter(&self, c: Counter) -> u64 {
@@ -570,17 +593,157 @@ fn lan_traffic_the_fast_path_does_not_own_is_passed_or_dropped_and_counted() {
             Counter::PassUnsupported,
         ),
     ];
-    for (what, frame, want, counter) in cases {
-        let before = rig.counter(counter);
-        let (action, _) = rig.run(Role::Lan, &frame);
-        assert_eq!(action, want, "{what}");
-        assert_eq!(
-            rig.counter(counter),
-            before + 1,
-            "{what} counted as {counter:?}"
+    rig.check_lan_cases(LO, cases);
+    assert_eq!(rig.counter(Counter::FwdOut), 0);
+}
+
+/// LAN 1 of the two-LAN test bed: its router address, and one host on it.
+const LAN1_ADDR: Ipv4Addr = Ipv4Addr::new(198, 19, 20, 1);
+const HOST1: Host = Host {
+    addr: Ipv4Addr::new(198, 19, 20, 11),
+    mac: [0x02, 0, 0, 0, 0, 0x21],
+    lan_mac: [0x02, 0, 0, 0, 0, 0x02],
+};
+
+/// With two LAN ports, each host's replies leave by its own port with that port's MAC; LAN to
+/// LAN is the kernel's; a source on the wrong port is dropped as spoofed (BCP 38), also on
+/// a connection its rightful owner has open.
+#[test]
+fn two_lans_each_get_their_replies_and_keep_their_sources() {
+    let mut rig = Rig::new(1024);
+    let lan1 = own_port("lan1").expect("a veth port of the test's own (root, iproute2)");
+    rig.set_lan(1, lan1, LAN1_ADDR, HOST1.lan_mac).unwrap();
+    let udp = |sport| L4::Udp {
+        sport,
+        dport: 53,
+        payload: b"query".to_vec(),
+        checksum: true,
+    };
+    let from_lan1 = |l4| Frame {
+        dst_mac: HOST1.lan_mac,
+        ..from_client(HOST1.addr, HOST1.mac, l4)
+    };
+    // A connection from each LAN, each on its own port.
+    let mut answers = Vec::new();
+    for (host, port, sport) in [(&HOST, LO, 5000), (&HOST1, lan1, 5001)] {
+        let query = Frame {
+            dst_mac: host.lan_mac,
+            ..from_client(host.addr, host.mac, udp(sport))
+        };
+        let (action, out) = rig.run_on(Role::Lan, port, &query.bytes());
+        assert_eq!(action, XDP_REDIRECT, "{} opens a connection", host.addr);
+        let wan = rig.expected_wan(host.addr, SERVER);
+        assert_frame("query out", &out, &out_via(&query, wan, sport));
+        answers.push(from_server(
+            wan,
+            L4::Udp {
+                sport: 53,
+                dport: sport,
+                payload: b"answer".to_vec(),
+                checksum: true,
+            },
+        ));
+    }
+    for (answer, host, sport) in [(&answers[0], &HOST, 5000), (&answers[1], &HOST1, 5001)] {
+        let (action, back) = rig.run(Role::Wan, &answer.bytes());
+        assert_eq!(action, XDP_REDIRECT);
+        assert_frame(
+            &format!("answer to {}, from its own LAN port's MAC", host.addr),
+            &back,
+            &reply_to(answer, host, sport),
         );
     }
-    assert_eq!(rig.counter(Counter::FwdOut), 0);
+
+    rig.check_lan_cases(
+        LO,
+        vec![
+            (
+                "LAN 0 to a LAN 1 host",
+                Frame {
+                    dst: HOST1.addr,
+                    ..from_client(CLIENT, CLIENT_MAC, udp(5002))
+                }
+                .bytes(),
+                XDP_PASS,
+                Counter::PassLocal,
+            ),
+            (
+                "a LAN 1 source on LAN 0's port",
+                from_client(HOST1.addr, HOST1.mac, udp(5003)).bytes(),
+                XDP_DROP,
+                Counter::DropSpoofed,
+            ),
+            (
+                "a LAN 1 source on LAN 0's port, on its open connection",
+                from_client(HOST1.addr, HOST1.mac, udp(5001)).bytes(),
+                XDP_DROP,
+                Counter::DropSpoofed,
+            ),
+        ],
+    );
+    rig.check_lan_cases(
+        lan1,
+        vec![
+            (
+                "LAN 1 to a LAN 0 host",
+                Frame {
+                    dst: CLIENT,
+                    ..from_lan1(udp(5004))
+                }
+                .bytes(),
+                XDP_PASS,
+                Counter::PassLocal,
+            ),
+            (
+                "LAN 1 to the router's LAN 0 address",
+                Frame {
+                    dst: LAN_ADDR,
+                    ..from_lan1(udp(5005))
+                }
+                .bytes(),
+                XDP_PASS,
+                Counter::PassLocal,
+            ),
+            (
+                "a LAN 0 source on LAN 1's port",
+                Frame {
+                    src: CLIENT,
+                    ..from_lan1(udp(5006))
+                }
+                .bytes(),
+                XDP_DROP,
+                Counter::DropSpoofed,
+            ),
+            (
+                "a LAN 0 source on LAN 1's port, on its open connection",
+                Frame {
+                    src: CLIENT,
+                    ..from_lan1(udp(5000))
+                }
+                .bytes(),
+                XDP_DROP,
+                Counter::DropSpoofed,
+            ),
+            (
+                "LAN 1's own connection goes on",
+                from_lan1(udp(5001)).bytes(),
+                XDP_REDIRECT,
+                Counter::FwdOut,
+            ),
+        ],
+    );
+    assert_eq!(
+        rig.maps.ct_out.keys().count(),
+        2,
+        "no other connection opened"
+    );
+
+    // LAN 1's answers go through LAN 1's DEVMAP slot: with its port gone they cannot be
+    // redirected, while LAN 0's still are.
+    ip(&["link", "del", "lan1"]).unwrap();
+    assert_eq!(rig.run(Role::Wan, &answers[1].bytes()).0, XDP_DROP);
+    assert_eq!(rig.counter(Counter::DropRedirect), 1);
+    assert_eq!(rig.run(Role::Wan, &answers[0].bytes()).0, XDP_REDIRECT);
 }
 
 #[test]

@@ -7,6 +7,7 @@ use crate::csum;
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_ARP: u16 = 0x0806;
+pub const ETH_P_IPV6: u16 = 0x86dd;
 
 /// The transport part of a frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,6 +42,8 @@ pub struct Frame {
     pub src_mac: [u8; 6],
     pub src: Ipv4Addr,
     pub dst: Ipv4Addr,
+    /// Type of service (DSCP and ECN): no router on the way changes it.
+    pub tos: u8,
     pub ttl: u8,
     pub id: u16,
     pub l4: L4,
@@ -118,7 +121,7 @@ impl L4 {
     }
 }
 
-/// An IPv4 header plus `payload`, with a valid header checksum.
+/// An IPv4 header (type of service 0) plus `payload`, with a valid header checksum.
 pub fn ipv4_packet(
     src: Ipv4Addr,
     dst: Ipv4Addr,
@@ -127,8 +130,22 @@ pub fn ipv4_packet(
     proto: u8,
     payload: &[u8],
 ) -> Vec<u8> {
+    ipv4_packet_tos(src, dst, 0, ttl, id, proto, payload)
+}
+
+/// [`ipv4_packet`] with type of service `tos`.
+fn ipv4_packet_tos(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    tos: u8,
+    ttl: u8,
+    id: u16,
+    proto: u8,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut p = vec![0u8; 20];
     p[0] = 0x45;
+    p[1] = tos;
     p[2..4].copy_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
     p[4..6].copy_from_slice(&id.to_be_bytes());
     p[6] = 0x40; // DF, as hosts doing path-MTU discovery send
@@ -145,9 +162,10 @@ pub fn ipv4_packet(
 impl Frame {
     /// The IPv4 packet (no Ethernet header).
     pub fn ip_bytes(&self) -> Vec<u8> {
-        ipv4_packet(
+        ipv4_packet_tos(
             self.src,
             self.dst,
+            self.tos,
             self.ttl,
             self.id,
             self.l4.proto(),
@@ -177,9 +195,10 @@ impl Frame {
             .iter()
             .enumerate()
             .map(|(i, piece)| {
-                let mut ip = ipv4_packet(
+                let mut ip = ipv4_packet_tos(
                     self.src,
                     self.dst,
+                    self.tos,
                     self.ttl,
                     self.id,
                     self.l4.proto(),
@@ -246,9 +265,10 @@ pub fn reassemble(frames: &[Vec<u8>]) -> Option<Vec<u8>> {
     let src = Ipv4Addr::new(hdr[12], hdr[13], hdr[14], hdr[15]);
     let dst = Ipv4Addr::new(hdr[16], hdr[17], hdr[18], hdr[19]);
     let mut f = first[..14].to_vec();
-    f.extend_from_slice(&ipv4_packet(
+    f.extend_from_slice(&ipv4_packet_tos(
         src,
         dst,
+        hdr[1],
         hdr[8],
         be16(hdr, 4),
         hdr[9],
@@ -369,6 +389,7 @@ mod tests {
                 src_mac: [2; 6],
                 src: a,
                 dst: b,
+                tos: 0,
                 ttl: 64,
                 id: 7,
                 l4,
@@ -386,6 +407,7 @@ mod tests {
             src_mac: [2; 6],
             src: Ipv4Addr::new(198, 19, 10, 11),
             dst: Ipv4Addr::new(203, 0, 113, 10),
+            tos: 0xb8,
             ttl: 64,
             id: 0x4242,
             l4: L4::Udp {
@@ -406,7 +428,13 @@ mod tests {
             assert_eq!(be16(fr, 20) & 0x2000 != 0, i < 2, "MF of fragment {i}");
         }
         frags.reverse();
-        let whole = parse(&reassemble(&frags).expect("reassembles")).expect("parses");
+        let joined = reassemble(&frags).expect("reassembles");
+        assert!(
+            frags.iter().all(|fr| fr[15] == 0xb8),
+            "each fragment keeps the TOS"
+        );
+        assert_eq!(joined[15], 0xb8, "and so does the whole");
+        let whole = parse(&joined).expect("parses");
         assert!(whole.l4_checksum_ok);
         assert_eq!((whole.sport, whole.dport, whole.l4.len()), (5000, 7, 4008));
         assert!(reassemble(&frags[..2]).is_none(), "a missing piece");

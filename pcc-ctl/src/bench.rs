@@ -74,6 +74,7 @@ fn frame_ttl(ttl: u8, src: Ipv4Addr, sport: u16, dst: Ipv4Addr, l4: impl Fn(u16)
         src_mac: CLIENT_MAC,
         src,
         dst,
+        tos: 0,
         ttl,
         id: 1,
         l4: l4(sport),
@@ -180,6 +181,7 @@ fn amortized_costs(tb: &mut TestBed, calls: usize) -> Result<Vec<Cost>> {
         src_mac: GW_MACS[wan as usize],
         src: SERVER,
         dst: wan_addr,
+        tos: 0,
         ttl: 255,
         id: 2,
         l4: L4::Tcp {

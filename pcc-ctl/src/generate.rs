@@ -134,6 +134,7 @@ impl GenerateOpts {
             src_mac: self.src_mac,
             src: self.src,
             dst: Ipv4Addr::from(dst),
+            tos: 0,
             ttl: 64,
             id: 1,
             l4: L4::Udp {

@@ -1,6 +1,6 @@
-//! A dataplane loaded but attached nowhere, configured with one LAN and two WANs on `lo`, to
-//! run the programs on crafted frames with BPF_PROG_TEST_RUN: the program tests and the
-//! program benchmarks share it. Needs root.
+//! A dataplane loaded but attached nowhere, configured with one LAN and two WANs on `lo` (more
+//! LANs with [`TestBed::set_lan`]), to run the programs on crafted frames with
+//! BPF_PROG_TEST_RUN: the program tests and the program benchmarks share it. Needs root.
 use std::{net::Ipv4Addr, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
@@ -57,7 +57,7 @@ impl TestBed {
         let nat_ports = NatPortRange::default();
         let config = Config {
             classifier: Classifier::BothAddresses as u8,
-            lan_count: 1,
+            lan_count: 0,
             wan_count: 2,
             method: 0,
             policy_count: 0,
@@ -66,15 +66,6 @@ impl TestBed {
             nat_ports,
         };
         maps.config.set(0, config, 0)?;
-        let lan = LanInfo {
-            ifindex: LO,
-            addr: be(LAN_ADDR),
-            netmask: be(Ipv4Addr::new(255, 255, 255, 0)),
-            mac: LAN_MAC,
-            mtu: 1500,
-        };
-        maps.lans.set(0, lan, 0)?;
-        maps.devmap.set(LAN_DEVMAP_BASE, LO, None, 0)?;
         let mut weights = [0; MAX_WANS];
         for (i, weight) in weights.iter_mut().enumerate().take(2) {
             let wan = WanInfo {
@@ -90,17 +81,55 @@ impl TestBed {
             *weight = 1;
         }
         maps.slots.set(0, slots::build(&weights), 0)?;
-        Ok(TestBed {
+        let mut bed = TestBed {
             dataplane,
             maps,
             nat_ports,
-        })
+        };
+        bed.set_lan(0, LO, LAN_ADDR, LAN_MAC)?;
+        Ok(bed)
+    }
+
+    /// Configures LAN `lan_id` (a /24 around the router's address `addr`) on port `ifindex`,
+    /// as `pcc-ctl up` does: `LANS`, its `DEVMAP` slot, and the LAN count.
+    pub fn set_lan(
+        &mut self,
+        lan_id: u8,
+        ifindex: u32,
+        addr: Ipv4Addr,
+        mac: [u8; 6],
+    ) -> Result<()> {
+        let lan = LanInfo {
+            ifindex,
+            addr: be(addr),
+            netmask: be(Ipv4Addr::new(255, 255, 255, 0)),
+            mac,
+            mtu: 1500,
+        };
+        self.maps.lans.set(u32::from(lan_id), lan, 0)?;
+        self.maps
+            .devmap
+            .set(LAN_DEVMAP_BASE + u32::from(lan_id), ifindex, None, 0)?;
+        let mut config = self.maps.config.get(&0, 0)?;
+        config.lan_count = config.lan_count.max(lan_id + 1);
+        self.maps.config.set(0, config, 0)?;
+        Ok(())
     }
 
     /// Runs `role`'s program once on `frame`: (XDP action, frame out, the kernel's time for the
     /// run).
     pub fn run(&mut self, role: Role, frame: &[u8]) -> Result<(u32, Vec<u8>, Duration)> {
         self.run_named(role.program(), frame)
+    }
+
+    /// Like [`run`](Self::run) with the frame arriving on port `ifindex` instead of `LO`.
+    pub fn run_on(
+        &mut self,
+        role: Role,
+        ifindex: u32,
+        frame: &[u8],
+    ) -> Result<(u32, Vec<u8>, Duration)> {
+        self.run_at(role.program(), ifindex, frame, 1)
     }
 
     /// Like [`run`](Self::run) for any program of the object (e.g. the `bench_drop` floor).
@@ -116,11 +145,21 @@ impl TestBed {
         frame: &[u8],
         repeat: u32,
     ) -> Result<(u32, Vec<u8>, Duration)> {
+        self.run_at(program, LO, frame, repeat)
+    }
+
+    fn run_at(
+        &mut self,
+        program: &str,
+        ifindex: u32,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, Vec<u8>, Duration)> {
         let mut out = vec![0u8; frame.len() + 256];
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
         let mut ctx = [0u8; 24];
         ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-        ctx[12..16].copy_from_slice(&LO.to_ne_bytes());
+        ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
         let prog = self.dataplane.named_program(program)?;
         let options = TestRunOptions {
             data_in: Some(frame),
@@ -142,6 +181,36 @@ impl TestBed {
     }
 }
 
+/// A port of a test's own: moves the calling thread into a network namespace of its own
+/// (BPF_PROG_TEST_RUN, the devmap and `ip` look ports up in the caller's; its `lo` is `LO`
+/// too), creates the veth pair `name`/`name`p there and returns `name`'s ifindex. The
+/// namespace and its ports go when the thread ends.
+pub fn own_port(name: &str) -> Result<u32> {
+    // SAFETY: unshare has no memory preconditions; CLONE_NEWNET applies to this thread only.
+    ensure!(
+        unsafe { libc::unshare(libc::CLONE_NEWNET) } == 0,
+        "unshare(CLONE_NEWNET): {}",
+        std::io::Error::last_os_error()
+    );
+    let peer = format!("{name}p");
+    ip(&["link", "add", name, "type", "veth", "peer", "name", &peer])?;
+    let cname = std::ffi::CString::new(name)?;
+    // SAFETY: a valid NUL-terminated name.
+    let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+    ensure!(ifindex != 0, "{name} has no ifindex");
+    Ok(ifindex)
+}
+
+/// Runs `ip args…` in the calling thread's network namespace.
+pub fn ip(args: &[&str]) -> Result<()> {
+    let status = std::process::Command::new("ip")
+        .args(args)
+        .status()
+        .context("running ip")?;
+    ensure!(status.success(), "ip {}: {status}", args.join(" "));
+    Ok(())
+}
+
 /// A frame from a LAN host `src` (MAC `mac`) to `SERVER`.
 pub fn from_client(src: Ipv4Addr, mac: [u8; 6], l4: L4) -> Frame {
     Frame {
@@ -149,6 +218,7 @@ pub fn from_client(src: Ipv4Addr, mac: [u8; 6], l4: L4) -> Frame {
         src_mac: mac,
         src,
         dst: SERVER,
+        tos: 0x28,
         ttl: 64,
         id: 1,
         l4,
@@ -162,6 +232,7 @@ pub fn from_server(wan: usize, l4: L4) -> Frame {
         src_mac: GW_MACS[wan],
         src: SERVER,
         dst: WAN_ADDRS[wan],
+        tos: 0xb8,
         ttl: 50,
         id: 2,
         l4,

@@ -33,6 +33,7 @@ fn expected(i: u32) -> Vec<u8> {
         src_mac: [2, 0, 0, 0, 0, 0x11],
         src: Ipv4Addr::new(198, 19, 10, 11),
         dst: Ipv4Addr::from(dst),
+        tos: 0,
         ttl: 64,
         id: 1,
         l4: L4::Udp {
@@ -56,6 +57,7 @@ fn bench_gen_rewrites_recycled_frames_to_the_next_flow() {
         src_mac: [2, 0, 0, 0, 1, 2],
         src: Ipv4Addr::new(198, 18, 1, 2),
         dst: Ipv4Addr::new(203, 0, 113, 33),
+        tos: 0,
         ttl: 63,
         id: 1,
         l4: L4::Udp {

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use pcc_common::{
     Counter,
-    packet::{Frame, L4, TCP_ACK, TCP_SYN, parse, reassemble},
+    packet::{ETH_P_ARP, ETH_P_IPV6, Frame, L4, TCP_ACK, TCP_SYN, parse, reassemble},
 };
 use pcc_ctl::{
     dataplane::Role,
@@ -61,6 +61,13 @@ fn edited(frame: Frame, edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
     let mut f = frame.bytes();
     edit(&mut f);
     fix_ip_checksum(&mut f);
+    f
+}
+
+/// `frame` under another EtherType: to the parser, no longer IPv4.
+fn with_ether_type(frame: Frame, ether_type: u16) -> Vec<u8> {
+    let mut f = frame.bytes();
+    f[12..14].copy_from_slice(&ether_type.to_be_bytes());
     f
 }
 
@@ -249,11 +256,7 @@ fn hostile_lan_packets_are_each_handled_and_counted() {
         ),
         (
             "IPv6",
-            {
-                let mut f = u().bytes();
-                f[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
-                f
-            },
+            with_ether_type(u(), ETH_P_IPV6),
             XDP_PASS,
             Counter::PassNotIpv4,
         ),
@@ -380,6 +383,39 @@ fn unsolicited_wan_packets_never_reach_the_lan() {
             from_server(wan, udp(1, 2, 0)).bytes()[..20].to_vec(),
             XDP_DROP,
             Counter::DropRunt,
+        ),
+        // What the kernel answers itself, even on the live connection's tuple.
+        (
+            "ARP",
+            with_ether_type(from_server(wan, tcp(80, nat_port, TCP_ACK)), ETH_P_ARP),
+            XDP_PASS,
+            Counter::PassNotIpv4,
+        ),
+        (
+            "IPv6",
+            with_ether_type(from_server(wan, tcp(80, nat_port, TCP_ACK)), ETH_P_IPV6),
+            XDP_PASS,
+            Counter::PassNotIpv4,
+        ),
+        (
+            "TTL 1 on the live connection",
+            Frame {
+                ttl: 1,
+                ..from_server(wan, tcp(80, nat_port, TCP_ACK))
+            }
+            .bytes(),
+            XDP_PASS,
+            Counter::PassTtl,
+        ),
+        (
+            "TTL 0 on the live connection",
+            Frame {
+                ttl: 0,
+                ..from_server(wan, tcp(80, nat_port, TCP_ACK))
+            }
+            .bytes(),
+            XDP_PASS,
+            Counter::PassTtl,
         ),
     ];
     check_cases(&mut tb, Role::Wan, cases);

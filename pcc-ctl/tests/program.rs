@@ -31,13 +31,187 @@ impl Rig {
     }
 
     fn run(&mut self, role: Role, frame: &[u8]) -> (u32, Vec<u8>) {
-        let (action, out, _) = self.0.run(role, frame).expect("BPF_PROG_TEST_RUN");
+        self.run_on(role, LO, frame)
+    }
+
+    /// Runs `role`'s program on `frame` arriving on port `ifindex`.
+    fn run_on(&mut self, role: Role, ifindex: u32, frame: &[u8]) -> (u32, Vec<u8>) {
+        let (action, out, _) = self
+            .0
+            .run_on(role, ifindex, frame)
+            .expect("BPF_PROG_TEST_RUN");
         (action, out)
+    }
+
+    /// Runs each case's LAN frame arriving on port `ifindex`: each must end in its XDP action
+    /// and be counted under its reason.
+    fn check_lan_cases(&mut self, ifindex: u32, cases: Vec<(&str, Vec<u8>, u32, Counter)>) {
+        for (what, frame, want, counter) in cases {
+            let before = self.counter(counter);
+            let (action, _) = self.run_on(Role::Lan, ifindex, &frame);
+            assert_eq!(action, want, "{what}");
+            assert_eq!(
+                self.counter(counter),
+                before + 1,
+                "{what} counted as {counter:?}"
+            );
+        }
     }
 
     fn counter(&self, c: Counter) -> u64 {
         self.maps.counters().unwrap()[c as usize]
     }
+}
+
+/// A LAN host as the router sees it: its address and MAC, and the MAC of the LAN port it is on.
+struct Host {
+    addr: Ipv4Addr,
+    mac: [u8; 6],
+    lan_mac: [u8; 6],
+}
+
+const HOST: Host = Host {
+    addr: CLIENT,
+    mac: CLIENT_MAC,
+    lan_mac: LAN_MAC,
+};
+const HOST2: Host = Host {
+    addr: CLIENT2,
+    mac: CLIENT2_MAC,
+    lan_mac: LAN_MAC,
+};
+
+/// `l4` with its source (`src`) or destination port set to `port`; ICMP echo: its identifier.
+fn with_port(l4: &L4, src: bool, port: u16) -> L4 {
+    let mut l4 = l4.clone();
+    match &mut l4 {
+        L4::Tcp { sport, dport, .. } | L4::Udp { sport, dport, .. } => {
+            *(if src { sport } else { dport }) = port
+        }
+        L4::Icmp { rest, .. } => rest[..2].copy_from_slice(&port.to_be_bytes()),
+    }
+    l4
+}
+
+/// What WAN `wan` must send for `sent`, a LAN host's frame, with NAT port (or echo
+/// identifier) `nat_port`: from the WAN's MAC to its gateway's, from the WAN's address, TTL
+/// one less; IP ID, TOS and payload as sent; every checksum computed afresh.
+fn out_via(sent: &Frame, wan: usize, nat_port: u16) -> Frame {
+    Frame {
+        dst_mac: GW_MACS[wan],
+        src_mac: WAN_MACS[wan],
+        src: WAN_ADDRS[wan],
+        ttl: sent.ttl - 1,
+        l4: with_port(&sent.l4, true, nat_port),
+        ..sent.clone()
+    }
+}
+
+/// What `host`'s LAN port must send it for `got`, a frame from a WAN, whose transport part
+/// becomes `l4`: from the port's MAC to the host's, to the host's address, TTL one less; IP
+/// ID, TOS and payload as received; every checksum computed afresh.
+fn back_to(got: &Frame, host: &Host, l4: L4) -> Frame {
+    Frame {
+        dst_mac: host.mac,
+        src_mac: host.lan_mac,
+        dst: host.addr,
+        ttl: got.ttl - 1,
+        l4,
+        ..got.clone()
+    }
+}
+
+/// A reply from a WAN, as `host` must get it on its own port `port`.
+fn reply_to(got: &Frame, host: &Host, port: u16) -> Frame {
+    back_to(got, host, with_port(&got.l4, false, port))
+}
+
+/// The ICMP error `err` as `host` must get it: quoting `sent` as the host sent it, with the
+/// TTL the router forwarded it with, cut where the error cut its quote.
+fn error_to(err: &Frame, host: &Host, sent: &Frame) -> Frame {
+    let L4::Icmp {
+        kind,
+        code,
+        rest,
+        payload,
+    } = &err.l4
+    else {
+        panic!("not an ICMP error: {err:?}")
+    };
+    let mut quote = Frame {
+        ttl: sent.ttl - 1,
+        ..sent.clone()
+    }
+    .ip_bytes();
+    quote.truncate(payload.len());
+    let l4 = L4::Icmp {
+        kind: *kind,
+        code: *code,
+        rest: *rest,
+        payload: quote,
+    };
+    back_to(err, host, l4)
+}
+
+/// Asserts the frame out is `want` byte for byte (so every checksum equals one computed from
+/// scratch); on a mismatch both are shown in hex, a header a line.
+fn assert_frame(what: &str, out: &[u8], want: &Frame) {
+    let want = want.bytes();
+    let differ: Vec<&str> = sections(out)
+        .iter()
+        .zip(sections(&want).iter())
+        .filter(|(a, b)| a != b)
+        .map(|(a, _)| a.0)
+        .collect();
+    assert_eq!(
+        Hex(out),
+        Hex(&want),
+        "{what}: the frame out (left) is not the expected one (right): {differ:?} differ, \
+         {} bytes out, {} expected",
+        out.len(),
+        want.len()
+    );
+}
+
+#[derive(PartialEq)]
+struct Hex<'a>(&'a [u8]);
+
+impl std::fmt::Debug for Hex<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (name, bytes) in sections(self.0) {
+            write!(f, "\n  {name:<11}")?;
+            for b in bytes {
+                write!(f, " {b:02x}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A frame cut at its headers: Ethernet, IPv4, the transport header, for an ICMP error the
+/// quoted IPv4 header and its first 8 bytes; the rest in lines of 16 bytes.
+fn sections(frame: &[u8]) -> Vec<(&'static str, &[u8])> {
+    let mut cuts = vec![("ethernet", 14), ("ipv4", 20)];
+    match frame.get(23) {
+        Some(6) => cuts.push(("tcp", 20)),
+        Some(17) => cuts.push(("udp", 8)),
+        Some(1) => {
+            cuts.push(("icmp", 8));
+            if matches!(frame.get(34), Some(3 | 11 | 12)) {
+                cuts.extend([("quoted ipv4", 20), ("quoted l4", 8)]);
+            }
+        }
+        _ => {}
+    }
+    let mut at = 0;
+    let mut out = Vec::new();
+    for (name, len) in cuts {
+        let end = (at + len).min(frame.len());
+        out.push((name, &frame[at..end]));
+        at = end;
+    }
+    out.extend(frame[at..].chunks(16).map(|c| ("payload", c)));
+    out
 }
 
 fn tcp(sport: u16, dport: u16, flags: u8) -> L4 {
@@ -53,56 +227,33 @@ fn tcp(sport: u16, dport: u16, flags: u8) -> L4 {
 fn tcp_connection_is_translated_both_ways() {
     let mut rig = Rig::new(1024);
     let wan = rig.expected_wan(CLIENT, SERVER);
-    let (action, out) = rig.run(
-        Role::Lan,
-        &from_client(CLIENT, CLIENT_MAC, tcp(40000, 80, TCP_SYN)).bytes(),
-    );
+    let syn = from_client(CLIENT, CLIENT_MAC, tcp(40000, 80, TCP_SYN));
+    let (action, out) = rig.run(Role::Lan, &syn.bytes());
     assert_eq!(action, XDP_REDIRECT, "LAN->WAN TCP is redirected");
-    let p = parse(&out).expect("IPv4 out");
-    assert_eq!(
-        (p.dst_mac, p.src_mac),
-        (GW_MACS[wan], WAN_MACS[wan]),
-        "next hop is the WAN's gateway"
-    );
-    assert_eq!(
-        (p.src, p.dst, p.ttl),
-        (WAN_ADDRS[wan], SERVER, 63),
-        "source NAT and TTL"
-    );
-    assert!(
-        p.ip_checksum_ok && p.l4_checksum_ok,
-        "checksums after NAT: {p:?}"
-    );
-    assert_eq!(p.dport, 80);
-    let nat_port = p.sport;
+    let nat_port = parse(&out).expect("IPv4 out").sport;
     assert!(
         rig.nat_ports.contains(nat_port),
         "40000 is the router's own ephemeral range: replaced by {nat_port}"
     );
+    assert_frame(
+        "SYN out: source NAT, WAN MAC to the gateway's, TTL - 1",
+        &out,
+        &out_via(&syn, wan, nat_port),
+    );
 
-    let (action, back) = rig.run(
-        Role::Wan,
-        &from_server(wan, tcp(80, nat_port, TCP_SYN | TCP_ACK)).bytes(),
-    );
+    let syn_ack = from_server(wan, tcp(80, nat_port, TCP_SYN | TCP_ACK));
+    let (action, back) = rig.run(Role::Wan, &syn_ack.bytes());
     assert_eq!(action, XDP_REDIRECT, "the reply is redirected to the LAN");
-    let p = parse(&back).unwrap();
-    assert_eq!((p.dst_mac, p.src_mac), (CLIENT_MAC, LAN_MAC));
-    assert_eq!(
-        (p.src, p.dst, p.ttl, p.sport, p.dport),
-        (SERVER, CLIENT, 49, 80, 40000)
-    );
-    assert!(
-        p.ip_checksum_ok && p.l4_checksum_ok,
-        "checksums after reverse NAT: {p:?}"
+    assert_frame(
+        "SYN-ACK back: reverse NAT, LAN MAC to the host's, TTL - 1",
+        &back,
+        &reply_to(&syn_ack, &HOST, 40000),
     );
 
     // Later packets of the connection keep the same WAN and port.
-    let (_, again) = rig.run(
-        Role::Lan,
-        &from_client(CLIENT, CLIENT_MAC, tcp(40000, 80, TCP_ACK)).bytes(),
-    );
-    let p = parse(&again).unwrap();
-    assert_eq!((p.src, p.sport), (WAN_ADDRS[wan], nat_port), "pinned");
+    let ack = from_client(CLIENT, CLIENT_MAC, tcp(40000, 80, TCP_ACK));
+    let (_, again) = rig.run(Role::Lan, &ack.bytes());
+    assert_frame("ACK out: pinned", &again, &out_via(&ack, wan, nat_port));
     assert_eq!(rig.counter(Counter::FwdOut), 2);
     assert_eq!(rig.counter(Counter::FwdIn), 1);
     let w = rig.maps.wan_counters(wan as u8).unwrap();
@@ -123,37 +274,43 @@ fn udp_keeps_a_free_port_and_a_zero_checksum() {
     let wan = rig.expected_wan(CLIENT, SERVER);
     for checksum in [true, false] {
         let sport = if checksum { 5000 } else { 5001 };
-        let l4 = L4::Udp {
-            sport,
-            dport: 53,
-            payload: b"query".to_vec(),
-            checksum,
-        };
-        let (action, out) = rig.run(Role::Lan, &from_client(CLIENT, CLIENT_MAC, l4).bytes());
-        assert_eq!(action, XDP_REDIRECT);
-        let p = parse(&out).unwrap();
-        assert_eq!(
-            (p.src, p.sport),
-            (WAN_ADDRS[wan], sport),
-            "a free port outside the router's range is kept"
+        let query = from_client(
+            CLIENT,
+            CLIENT_MAC,
+            L4::Udp {
+                sport,
+                dport: 53,
+                payload: b"query".to_vec(),
+                checksum,
+            },
         );
-        assert!(p.ip_checksum_ok && p.l4_checksum_ok);
-        assert_eq!(
-            p.udp_checksum_zero, !checksum,
-            "UDP checksum 0 (none) stays 0"
+        let (action, out) = rig.run(Role::Lan, &query.bytes());
+        assert_eq!(action, XDP_REDIRECT);
+        // The expected frames' UDP checksum is 0 exactly when the host sent none.
+        assert_frame(
+            &format!(
+                "query out (checksum {checksum}): a free port outside the router's range is kept"
+            ),
+            &out,
+            &out_via(&query, wan, sport),
         );
 
-        let reply = L4::Udp {
-            sport: 53,
-            dport: sport,
-            payload: b"answer".to_vec(),
-            checksum,
-        };
-        let (action, back) = rig.run(Role::Wan, &from_server(wan, reply).bytes());
+        let answer = from_server(
+            wan,
+            L4::Udp {
+                sport: 53,
+                dport: sport,
+                payload: b"answer".to_vec(),
+                checksum,
+            },
+        );
+        let (action, back) = rig.run(Role::Wan, &answer.bytes());
         assert_eq!(action, XDP_REDIRECT);
-        let p = parse(&back).unwrap();
-        assert_eq!((p.dst, p.dport), (CLIENT, sport));
-        assert!(p.ip_checksum_ok && p.l4_checksum_ok);
+        assert_frame(
+            &format!("answer back (checksum {checksum})"),
+            &back,
+            &reply_to(&answer, &HOST, sport),
+        );
     }
 }
 
@@ -176,24 +333,36 @@ fn two_hosts_on_the_same_port_get_distinct_nat_ports() {
     assert_eq!((a.src, b.src), (WAN_ADDRS[0], WAN_ADDRS[0]));
     assert_eq!(a.sport, 5000, "the first keeps its port");
     assert_ne!(b.sport, 5000, "the second gets another");
-    for (sport, client, mac) in [
-        (a.sport, CLIENT, CLIENT_MAC),
-        (b.sport, CLIENT2, CLIENT2_MAC),
-    ] {
-        let reply = L4::Udp {
-            sport: 53,
-            dport: sport,
-            payload: vec![9],
-            checksum: true,
-        };
-        let (action, back) = rig.run(Role::Wan, &from_server(0, reply).bytes());
-        assert_eq!(action, XDP_REDIRECT);
-        let p = parse(&back).unwrap();
-        assert_eq!(
-            (p.dst, p.dport, p.dst_mac),
-            (client, 5000, mac),
-            "each reply reaches its own host"
+    for (sport, host) in [(a.sport, &HOST), (b.sport, &HOST2)] {
+        let reply = from_server(
+            0,
+            L4::Udp {
+                sport: 53,
+                dport: sport,
+                payload: vec![9],
+                checksum: true,
+            },
         );
+        let (action, back) = rig.run(Role::Wan, &reply.bytes());
+        assert_eq!(action, XDP_REDIRECT);
+        assert_frame(
+            &format!("the reply to NAT port {sport} reaches its own host"),
+            &back,
+            &reply_to(&reply, host, 5000),
+        );
+    }
+}
+
+/// An ICMP echo message (`kind` 8 request, 0 reply).
+fn echo(kind: u8, id: u16, seq: u16, payload: Vec<u8>) -> L4 {
+    let mut rest = [0u8; 4];
+    rest[..2].copy_from_slice(&id.to_be_bytes());
+    rest[2..].copy_from_slice(&seq.to_be_bytes());
+    L4::Icmp {
+        kind,
+        code: 0,
+        rest,
+        payload,
     }
 }
 
@@ -201,32 +370,23 @@ fn two_hosts_on_the_same_port_get_distinct_nat_ports() {
 fn icmp_echo_translates_the_identifier() {
     let mut rig = Rig::new(1024);
     let wan = rig.expected_wan(CLIENT, SERVER);
-    let echo = L4::Icmp {
-        kind: 8,
-        code: 0,
-        rest: [0x9c, 0x40, 0, 1],
-        payload: vec![0xab; 32],
-    }; // id 40000
-    let (action, out) = rig.run(Role::Lan, &from_client(CLIENT, CLIENT_MAC, echo).bytes());
+    let request = from_client(CLIENT, CLIENT_MAC, echo(8, 40000, 1, vec![0xab; 32]));
+    let (action, out) = rig.run(Role::Lan, &request.bytes());
     assert_eq!(action, XDP_REDIRECT);
-    let p = parse(&out).unwrap();
-    assert!(p.ip_checksum_ok && p.l4_checksum_ok);
-    assert_eq!(p.src, WAN_ADDRS[wan]);
-    let id = p.sport;
-    let mut rest = [0u8; 4];
-    rest[..2].copy_from_slice(&id.to_be_bytes());
-    rest[3] = 1;
-    let reply = L4::Icmp {
-        kind: 0,
-        code: 0,
-        rest,
-        payload: vec![0xab; 32],
-    };
-    let (action, back) = rig.run(Role::Wan, &from_server(wan, reply).bytes());
+    let id = parse(&out).unwrap().sport;
+    assert_frame(
+        "echo request out: the identifier plays the port",
+        &out,
+        &out_via(&request, wan, id),
+    );
+    let reply = from_server(wan, echo(0, id, 1, vec![0xab; 32]));
+    let (action, back) = rig.run(Role::Wan, &reply.bytes());
     assert_eq!(action, XDP_REDIRECT);
-    let p = parse(&back).unwrap();
-    assert_eq!((p.dst, p.sport), (CLIENT, 40000), "echo reply id restored");
-    assert!(p.ip_checksum_ok && p.l4_checksum_ok);
+    assert_frame(
+        "echo reply back: identifier restored",
+        &back,
+        &reply_to(&reply, &HOST, 40000),
+    );
 }
 
 /// An ICMP error from a router on the path, quoting what we sent (after NAT).
@@ -241,6 +401,7 @@ fn icmp_error(wan: usize, kind: u8, code: u8, quoted: Vec<u8>) -> Frame {
         src_mac: GW_MACS[wan],
         src: Ipv4Addr::new(198, 18, 1, 1),
         dst: WAN_ADDRS[wan],
+        tos: 0xc0, // network control, as routers send their errors
         ttl: 60,
         id: 3,
         l4: L4::Icmp {
@@ -256,91 +417,57 @@ fn icmp_error(wan: usize, kind: u8, code: u8, quoted: Vec<u8>) -> Frame {
 fn icmp_errors_about_our_connections_are_translated_inside_too() {
     let mut rig = Rig::new(1024);
     let wan = rig.expected_wan(CLIENT, SERVER);
-    // UDP: port unreachable, quoting the whole datagram.
-    let (_, sent) = rig.run(
-        Role::Lan,
-        &from_client(
-            CLIENT,
-            CLIENT_MAC,
+    // Each: what the host sends, the error about it (type, code) and how much of the
+    // translated packet the error quotes.
+    let cases = [
+        (
+            "UDP: port unreachable, quoting the whole datagram",
             L4::Udp {
                 sport: 40001,
                 dport: 53,
                 payload: b"q".to_vec(),
                 checksum: true,
             },
-        )
-        .bytes(),
-    );
-    let quoted = sent[14..].to_vec();
-    let nat_port = parse(&sent).unwrap().sport;
-    let (action, back) = rig.run(Role::Wan, &icmp_error(wan, 3, 3, quoted).bytes());
-    assert_eq!(action, XDP_REDIRECT, "port unreachable goes to the host");
-    let outer = parse(&back).unwrap();
-    assert_eq!((outer.dst, outer.dst_mac), (CLIENT, CLIENT_MAC));
-    assert!(
-        outer.ip_checksum_ok && outer.l4_checksum_ok,
-        "outer IP and ICMP checksums: {outer:?}"
-    );
-    let mut inner_frame = back[..14].to_vec();
-    inner_frame.extend_from_slice(&outer.l4[8..]);
-    let inner = parse(&inner_frame).unwrap();
-    assert_eq!(
-        (inner.src, inner.sport, inner.dst, inner.dport),
-        (CLIENT, 40001, SERVER, 53),
-        "quoted header back to the host's view"
-    );
-    assert!(
-        inner.ip_checksum_ok && inner.l4_checksum_ok,
-        "quoted IP and UDP checksums: {inner:?}"
-    );
-    assert_ne!(nat_port, 40001);
-    assert_eq!(rig.counter(Counter::FwdIcmpError), 1);
-
-    // TCP: fragmentation needed quoting only the first 8 bytes (path-MTU discovery).
-    let (_, sent) = rig.run(
-        Role::Lan,
-        &from_client(CLIENT, CLIENT_MAC, tcp(40002, 443, TCP_ACK)).bytes(),
-    );
-    let quoted = sent[14..14 + 28].to_vec();
-    let (action, back) = rig.run(Role::Wan, &icmp_error(wan, 3, 4, quoted).bytes());
-    assert_eq!(
-        action, XDP_REDIRECT,
-        "fragmentation needed goes to the host"
-    );
-    let outer = parse(&back).unwrap();
-    assert!(outer.ip_checksum_ok && outer.l4_checksum_ok);
-    assert_eq!(&outer.l4[4..8], &[0, 0, 0x05, 0x78], "the MTU survives");
-    let q = &outer.l4[8..];
-    assert_eq!(&q[12..16], &CLIENT.octets(), "quoted source");
-    assert_eq!(u16::from_be_bytes([q[20], q[21]]), 40002, "quoted port");
-    assert_eq!(
-        pcc_common::csum::checksum(&q[..20]),
-        0,
-        "quoted IP checksum"
-    );
-
-    // ICMP echo: time exceeded (traceroute).
-    let echo = L4::Icmp {
-        kind: 8,
-        code: 0,
-        rest: [0x12, 0x34, 0, 7],
-        payload: vec![0; 8],
-    };
-    let (_, sent) = rig.run(Role::Lan, &from_client(CLIENT, CLIENT_MAC, echo).bytes());
-    let (action, back) = rig.run(
-        Role::Wan,
-        &icmp_error(wan, 11, 0, sent[14..14 + 28].to_vec()).bytes(),
-    );
-    assert_eq!(action, XDP_REDIRECT);
-    let outer = parse(&back).unwrap();
-    assert!(outer.ip_checksum_ok && outer.l4_checksum_ok);
-    let q = &outer.l4[8..];
-    assert_eq!(u16::from_be_bytes([q[24], q[25]]), 0x1234, "quoted echo id");
-    assert_eq!(
-        pcc_common::csum::checksum(&q[20..28]),
-        0,
-        "quoted echo checksum (8 bytes, no payload)"
-    );
+            (3, 3),
+            usize::MAX,
+        ),
+        (
+            "TCP: fragmentation needed with the next-hop MTU, quoting the IP header and 8 bytes \
+             (path-MTU discovery): no TCP checksum quoted",
+            tcp(40002, 443, TCP_ACK),
+            (3, 4),
+            28,
+        ),
+        (
+            "ICMP echo: time exceeded (traceroute)",
+            echo(8, 0x1234, 7, vec![0; 8]),
+            (11, 0),
+            28,
+        ),
+    ];
+    for (n, (what, l4, (kind, code), quoted)) in cases.into_iter().enumerate() {
+        let sent = from_client(CLIENT, CLIENT_MAC, l4);
+        let (_, out) = rig.run(Role::Lan, &sent.bytes());
+        let nat_port = parse(&out).unwrap().sport;
+        assert_frame(
+            &format!("{what}: sent"),
+            &out,
+            &out_via(&sent, wan, nat_port),
+        );
+        let quote = out[14..].iter().take(quoted).copied().collect();
+        let err = icmp_error(wan, kind, code, quote);
+        let (action, back) = rig.run(Role::Wan, &err.bytes());
+        assert_eq!(action, XDP_REDIRECT, "{what}: to the host");
+        assert_frame(
+            &format!("{what}: outer header to the host, quoted header back to its view"),
+            &back,
+            &error_to(&err, &HOST, &sent),
+        );
+        assert_eq!(rig.counter(Counter::FwdIcmpError), n as u64 + 1);
+        if n == 0 {
+            assert_ne!(nat_port, 40001, "the quoted port was translated");
+        }
+    }
 }
 
 #[test]
@@ -466,17 +593,157 @@ fn lan_traffic_the_fast_path_does_not_own_is_passed_or_dropped_and_counted() {
             Counter::PassUnsupported,
         ),
     ];
-    for (what, frame, want, counter) in cases {
-        let before = rig.counter(counter);
-        let (action, _) = rig.run(Role::Lan, &frame);
-        assert_eq!(action, want, "{what}");
-        assert_eq!(
-            rig.counter(counter),
-            before + 1,
-            "{what} counted as {counter:?}"
+    rig.check_lan_cases(LO, cases);
+    assert_eq!(rig.counter(Counter::FwdOut), 0);
+}
+
+/// LAN 1 of the two-LAN test bed: its router address, and one host on it.
+const LAN1_ADDR: Ipv4Addr = Ipv4Addr::new(198, 19, 20, 1);
+const HOST1: Host = Host {
+    addr: Ipv4Addr::new(198, 19, 20, 11),
+    mac: [0x02, 0, 0, 0, 0, 0x21],
+    lan_mac: [0x02, 0, 0, 0, 0, 0x02],
+};
+
+/// With two LAN ports, each host's replies leave by its own port with that port's MAC; LAN to
+/// LAN is the kernel's; a source on the wrong port is dropped as spoofed (BCP 38), also on
+/// a connection its rightful owner has open.
+#[test]
+fn two_lans_each_get_their_replies_and_keep_their_sources() {
+    let mut rig = Rig::new(1024);
+    let lan1 = own_port("lan1").expect("a veth port of the test's own (root, iproute2)");
+    rig.set_lan(1, lan1, LAN1_ADDR, HOST1.lan_mac).unwrap();
+    let udp = |sport| L4::Udp {
+        sport,
+        dport: 53,
+        payload: b"query".to_vec(),
+        checksum: true,
+    };
+    let from_lan1 = |l4| Frame {
+        dst_mac: HOST1.lan_mac,
+        ..from_client(HOST1.addr, HOST1.mac, l4)
+    };
+    // A connection from each LAN, each on its own port.
+    let mut answers = Vec::new();
+    for (host, port, sport) in [(&HOST, LO, 5000), (&HOST1, lan1, 5001)] {
+        let query = Frame {
+            dst_mac: host.lan_mac,
+            ..from_client(host.addr, host.mac, udp(sport))
+        };
+        let (action, out) = rig.run_on(Role::Lan, port, &query.bytes());
+        assert_eq!(action, XDP_REDIRECT, "{} opens a connection", host.addr);
+        let wan = rig.expected_wan(host.addr, SERVER);
+        assert_frame("query out", &out, &out_via(&query, wan, sport));
+        answers.push(from_server(
+            wan,
+            L4::Udp {
+                sport: 53,
+                dport: sport,
+                payload: b"answer".to_vec(),
+                checksum: true,
+            },
+        ));
+    }
+    for (answer, host, sport) in [(&answers[0], &HOST, 5000), (&answers[1], &HOST1, 5001)] {
+        let (action, back) = rig.run(Role::Wan, &answer.bytes());
+        assert_eq!(action, XDP_REDIRECT);
+        assert_frame(
+            &format!("answer to {}, from its own LAN port's MAC", host.addr),
+            &back,
+            &reply_to(answer, host, sport),
         );
     }
-    assert_eq!(rig.counter(Counter::FwdOut), 0);
+
+    rig.check_lan_cases(
+        LO,
+        vec![
+            (
+                "LAN 0 to a LAN 1 host",
+                Frame {
+                    dst: HOST1.addr,
+                    ..from_client(CLIENT, CLIENT_MAC, udp(5002))
+                }
+                .bytes(),
+                XDP_PASS,
+                Counter::PassLocal,
+            ),
+            (
+                "a LAN 1 source on LAN 0's port",
+                from_client(HOST1.addr, HOST1.mac, udp(5003)).bytes(),
+                XDP_DROP,
+                Counter::DropSpoofed,
+            ),
+            (
+                "a LAN 1 source on LAN 0's port, on its open connection",
+                from_client(HOST1.addr, HOST1.mac, udp(5001)).bytes(),
+                XDP_DROP,
+                Counter::DropSpoofed,
+            ),
+        ],
+    );
+    rig.check_lan_cases(
+        lan1,
+        vec![
+            (
+                "LAN 1 to a LAN 0 host",
+                Frame {
+                    dst: CLIENT,
+                    ..from_lan1(udp(5004))
+                }
+                .bytes(),
+                XDP_PASS,
+                Counter::PassLocal,
+            ),
+            (
+                "LAN 1 to the router's LAN 0 address",
+                Frame {
+                    dst: LAN_ADDR,
+                    ..from_lan1(udp(5005))
+                }
+                .bytes(),
+                XDP_PASS,
+                Counter::PassLocal,
+            ),
+            (
+                "a LAN 0 source on LAN 1's port",
+                Frame {
+                    src: CLIENT,
+                    ..from_lan1(udp(5006))
+                }
+                .bytes(),
+                XDP_DROP,
+                Counter::DropSpoofed,
+            ),
+            (
+                "a LAN 0 source on LAN 1's port, on its open connection",
+                Frame {
+                    src: CLIENT,
+                    ..from_lan1(udp(5000))
+                }
+                .bytes(),
+                XDP_DROP,
+                Counter::DropSpoofed,
+            ),
+            (
+                "LAN 1's own connection goes on",
+                from_lan1(udp(5001)).bytes(),
+                XDP_REDIRECT,
+                Counter::FwdOut,
+            ),
+        ],
+    );
+    assert_eq!(
+        rig.maps.ct_out.keys().count(),
+        2,
+        "no other connection opened"
+    );
+
+    // LAN 1's answers go through LAN 1's DEVMAP slot: with its port gone they cannot be
+    // redirected, while LAN 0's still are.
+    ip(&["link", "del", "lan1"]).unwrap();
+    assert_eq!(rig.run(Role::Wan, &answers[1].bytes()).0, XDP_DROP);
+    assert_eq!(rig.counter(Counter::DropRedirect), 1);
+    assert_eq!(rig.run(Role::Wan, &answers[0].bytes()).0, XDP_REDIRECT);
 }
 
 #[test]

@@ -67,10 +67,13 @@ pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
     };
     let now = conntrack::now_ns();
     let len = frame_len(ctx);
+    let cfg = CONFIG.get(0).ok_or(Counter::DropNoWan)?;
+    let ifindex = ctx.ingress_ifindex() as u32;
 
     // (NAT address, NAT port, wan_id, WAN) of the connection, looked up once.
     let mut found = None;
     if let Some(e) = CT_OUT.get_ptr_mut(&key) {
+        select::same_lan(ifindex, src, cfg)?;
         // SAFETY: a live entry of our map; concurrent writers only touch counters.
         let e = unsafe { &mut *e };
         match WANS.get(e.wan_id as u32) {
@@ -98,8 +101,7 @@ pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
             if bits & CT_TCP_RST != 0 {
                 return Err(Counter::PassUntracked);
             }
-            let cfg = CONFIG.get(0).ok_or(Counter::DropNoWan)?;
-            let lan_id = select::lan_for(ctx.ingress_ifindex() as u32, src, dst, cfg)?;
+            let lan_id = select::lan_for(ifindex, src, dst, cfg)?;
             let (wan_id, wan) = select::wan_for(&key, cfg)?;
             if wan.gateway_mac == [0; 6] {
                 return Err(Counter::PassNoNeighbour);

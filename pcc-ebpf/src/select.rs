@@ -55,6 +55,28 @@ pub fn lan_for(ifindex: u32, src: u32, dst: u32, cfg: &Config) -> Result<u8, Cou
     found.ok_or(Counter::DropSpoofed)
 }
 
+/// A packet of a known connection: with several LANs, the port it arrived on must still own
+/// its source, as when the connection opened (BCP 38), or a host on one LAN could send into
+/// another LAN's connections by spoofing. With one LAN, only its hosts have connections.
+#[inline(always)]
+pub fn same_lan(ifindex: u32, src: u32, cfg: &Config) -> Result<(), Counter> {
+    if cfg.lan_count <= 1 {
+        return Ok(());
+    }
+    for i in 0..MAX_LANS as u32 {
+        if i >= u32::from(cfg.lan_count) {
+            break;
+        }
+        if let Some(lan) = LANS.get(i)
+            && lan.ifindex == ifindex
+            && lan.contains(src)
+        {
+            return Ok(());
+        }
+    }
+    Err(Counter::DropSpoofed)
+}
+
 /// The WAN for a new connection: its classifier hash picks a slot of the weighted table; if
 /// that WAN went down since the controller last rebuilt the table, the first live one.
 #[inline(always)]

@@ -787,8 +787,13 @@ async fn refresh_links(nl: &Netlink, wans: &mut [WanView]) -> bool {
         // An entry being resolved again (or failed once: on a line losing 20 % both ways, all
         // six ARP probes of a re-verification fail ~0.2 % of the time) is no proof that the
         // gateway is gone: keep the MAC this interface had and let the probes decide, as they
-        // see a dead gateway within 0.6 s. Only a gateway never resolved waits for ARP.
-        let known = link.as_ref().is_some_and(|l| l.ifindex == wan.info.ifindex)
+        // see a dead gateway within 0.6 s. Only while the link stayed up, though: after a
+        // carrier loss (a modem swapped) or a lost address the gateway is resolved afresh.
+        let known = link
+            .as_ref()
+            .is_some_and(|l| l.ifindex == wan.info.ifindex && l.oper_up)
+            && wan.link_ok
+            && addr.is_some()
             && wan.info.gateway_mac != [0; 6];
         let mac = resolved.or(known.then_some(wan.info.gateway_mac));
         let mut info = wan.info;

@@ -174,6 +174,16 @@ impl Lab {
         LabBuilder::default()
     }
 
+    /// For tests: a lab of `clients` LAN clients and `servers` server addresses, defaults
+    /// otherwise; panics if it cannot be built.
+    pub fn with(clients: usize, servers: usize) -> Lab {
+        Lab::builder()
+            .clients(clients)
+            .servers(servers)
+            .build()
+            .expect("building the lab")
+    }
+
     /// The per-lab prefix of namespace names (`pcc` + 5 hex digits).
     pub fn prefix(&self) -> &str {
         &self.prefix

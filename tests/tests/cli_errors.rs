@@ -38,11 +38,7 @@ fn expect_up_refusal(lab: &Lab, extra: &[&str], mention: &str) {
 #[test]
 fn bad_interfaces_are_refused() {
     require_root!();
-    let lab = Lab::builder()
-        .clients(1)
-        .servers(2)
-        .build()
-        .expect("building the lab");
+    let lab = Lab::with(1, 2);
     // wan2: up, no address. wan3: an address but no default route through it.
     lab.ip_batch(
         "router",
@@ -142,11 +138,7 @@ fn expect_one_line(out: &std::process::Output, mention: &str) {
 #[test]
 fn not_root_and_no_bpffs_are_refused() {
     require_root!();
-    let lab = Lab::builder()
-        .clients(1)
-        .servers(1)
-        .build()
-        .expect("building the lab");
+    let lab = Lab::with(1, 1);
     let bin = pcc_tests::pcc_ctl_path().expect("pcc-ctl binary");
     let bin = bin.to_str().expect("utf-8 path");
     let up = "up --wan wan0,wan1 --lan lan0 --metrics 127.0.0.1:9100";
@@ -186,11 +178,7 @@ fn not_root_and_no_bpffs_are_refused() {
 #[test]
 fn second_instance_is_refused_and_first_keeps_working() {
     require_root!();
-    let lab = Lab::builder()
-        .clients(1)
-        .servers(2)
-        .build()
-        .expect("building the lab");
+    let lab = Lab::with(1, 2);
     lab.start_http().expect("HTTP server");
     let file = lab.http_file(256 << 10).expect("test file");
     let mut first = lab.start_pcc(&[]).expect("starting the first pcc-ctl");

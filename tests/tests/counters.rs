@@ -6,11 +6,7 @@ use pcc_tests::{Lab, require_root};
 #[test]
 fn counters_account_for_a_known_download_volume() {
     require_root!();
-    let lab = Lab::builder()
-        .clients(1)
-        .servers(2)
-        .build()
-        .expect("building the lab");
+    let lab = Lab::with(1, 2);
     lab.start_http().expect("HTTP server");
     let size = 8u64 << 20;
     let file = lab.http_file(size).expect("test file");

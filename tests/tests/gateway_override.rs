@@ -10,11 +10,7 @@ use pcc_tests::{Lab, require_root, scenario};
 #[test]
 fn a_wan_without_a_default_route_uses_the_given_gateway() {
     require_root!();
-    let lab = Lab::builder()
-        .clients(2)
-        .servers(50)
-        .build()
-        .expect("building the lab");
+    let lab = Lab::with(2, 50);
     let gateway = lab.isp_addr(1).to_string();
     lab.run(
         "router",

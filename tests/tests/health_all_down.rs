@@ -20,11 +20,7 @@ fn no_wan_up(m: &Metrics) -> f64 {
 #[test]
 fn all_down_then_one_back() {
     require_root!();
-    let lab = Lab::builder()
-        .clients(2)
-        .servers(8)
-        .build()
-        .expect("building the lab");
+    let lab = Lab::with(2, 8);
     for i in 0..2 {
         lab.watch_lan_sources(i).expect("LAN-source counters");
     }

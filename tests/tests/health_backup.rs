@@ -9,11 +9,7 @@ use pcc_tests::{Lab, require_root, scenario};
 #[test]
 fn backup_wan_only_while_primary_dead() {
     require_root!();
-    let lab = Lab::builder()
-        .clients(3)
-        .servers(50)
-        .build()
-        .expect("building the lab");
+    let lab = Lab::with(3, 50);
     let pcc = lab
         .start_pcc(&["--wan", "wan0", "--backup", "wan1"])
         .expect("starting pcc-ctl with a backup WAN");
@@ -57,11 +53,7 @@ fn backup_wan_only_while_primary_dead() {
 #[test]
 fn routers_own_traffic_uses_the_primary_not_the_backup() {
     require_root!();
-    let lab = Lab::builder()
-        .clients(1)
-        .servers(1)
-        .build()
-        .expect("building the lab");
+    let lab = Lab::with(1, 1);
     let dst = lab.server_addr(0);
     assert_eq!(lab.route_dev("router", dst).unwrap(), "wan0", "lab default");
     let pcc = lab

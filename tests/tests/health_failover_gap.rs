@@ -10,11 +10,7 @@ use pcc_tests::{Lab, require_root};
 #[test]
 fn failover_gap_is_short() {
     require_root!();
-    let lab = Lab::builder()
-        .clients(3)
-        .servers(12)
-        .build()
-        .expect("building the lab");
+    let lab = Lab::with(3, 12);
     lab.start_udp_echo().expect("UDP echo server");
     let pcc = lab.start_pcc(&[]).expect("starting pcc-ctl");
     wait_wans_up(&pcc, &["wan0", "wan1"], Duration::from_secs(10)).expect("both WANs up");

@@ -11,11 +11,7 @@ use pcc_tests::{Lab, require_root};
 #[test]
 fn a_new_gateway_mac_is_learnt_after_a_failure() {
     require_root!();
-    let lab = Lab::builder()
-        .clients(1)
-        .servers(2)
-        .build()
-        .expect("building the lab");
+    let lab = Lab::with(1, 2);
     lab.start_udp_echo().expect("UDP echo");
     let pcc = lab.start_pcc(&[]).expect("starting pcc-ctl");
     wait_wans_up(&pcc, &["wan0", "wan1"], Duration::from_secs(10)).expect("both WANs up");
@@ -63,11 +59,7 @@ fn a_new_gateway_mac_is_learnt_after_a_failure() {
 #[test]
 fn a_failed_arp_entry_alone_does_not_take_the_wan_down() {
     require_root!();
-    let lab = Lab::builder()
-        .clients(1)
-        .servers(2)
-        .build()
-        .expect("building the lab");
+    let lab = Lab::with(1, 2);
     let pcc = lab.start_pcc(&[]).expect("starting pcc-ctl");
     wait_wans_up(&pcc, &["wan0", "wan1"], Duration::from_secs(10)).expect("both WANs up");
     let gateway = lab.isp_addr(0).to_string();

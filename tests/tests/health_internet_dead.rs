@@ -15,11 +15,7 @@ const S: fn(u64) -> Duration = Duration::from_secs;
 #[test]
 fn internet_dead_fails_over_and_back() {
     require_root!();
-    let lab = Lab::builder()
-        .clients(3)
-        .servers(50)
-        .build()
-        .expect("building the lab");
+    let lab = Lab::with(3, 50);
     lab.start_udp_echo().expect("UDP echo server");
     let pcc = lab.start_pcc(&[]).expect("starting pcc-ctl");
     wait_wans_up(&pcc, &["wan0", "wan1"], S(10)).expect("both WANs up after start");

@@ -9,11 +9,7 @@ use pcc_tests::{Lab, require_root};
 #[test]
 fn lossy_line_stays_up() {
     require_root!();
-    let lab = Lab::builder()
-        .clients(1)
-        .servers(4)
-        .build()
-        .expect("building the lab");
+    let lab = Lab::with(1, 4);
     let pcc = lab.start_pcc(&[]).expect("starting pcc-ctl");
     wait_wans_up(&pcc, &["wan0", "wan1"], Duration::from_secs(10)).expect("both WANs up");
     let changes0 = pcc
@@ -73,11 +69,7 @@ fn lossy_line_stays_up() {
 #[test]
 fn max_loss_takes_a_lossy_line_out_and_back() {
     require_root!();
-    let lab = Lab::builder()
-        .clients(1)
-        .servers(2)
-        .build()
-        .expect("building the lab");
+    let lab = Lab::with(1, 2);
     let mut pcc = lab
         .start_pcc(&["--max-loss", "20", "--loss-window", "3"])
         .expect("starting pcc-ctl with --max-loss");

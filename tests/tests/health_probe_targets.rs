@@ -10,11 +10,7 @@ use pcc_tests::{Lab, require_root};
 #[test]
 fn probe_targets_beyond_the_gateway() {
     require_root!();
-    let lab = Lab::builder()
-        .clients(1)
-        .servers(4)
-        .build()
-        .expect("building the lab");
+    let lab = Lab::with(1, 4);
     let p0 = format!("wan0={}", lab.server_addr(0));
     let p1 = format!("wan1={}", lab.server_addr(1));
     let pcc = lab
@@ -59,11 +55,7 @@ fn probe_targets_beyond_the_gateway() {
 #[test]
 fn probe_quorum_decides_with_several_targets() {
     require_root!();
-    let lab = Lab::builder()
-        .clients(1)
-        .servers(2)
-        .build()
-        .expect("building the lab");
+    let lab = Lab::with(1, 2);
     let gateway = lab.isp_addr(0).to_string();
     let beyond = lab.server_addr(0).to_string();
     let probe = format!("wan0={gateway},{beyond}");

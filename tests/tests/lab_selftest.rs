@@ -6,11 +6,7 @@ use std::net::Ipv4Addr;
 use pcc_tests::{Lab, lab_leftovers, require_root};
 
 fn kernel_nat_lab() -> Lab {
-    let lab = Lab::builder()
-        .clients(3)
-        .servers(5)
-        .build()
-        .expect("building the lab");
+    let lab = Lab::with(3, 5);
     lab.enable_kernel_nat().expect("kernel NAT in the router");
     // c2 leaves over wan1, the others over wan0 (the lower-metric default route).
     lab.ip_batch(
@@ -91,11 +87,7 @@ fn kernel_forwarding_lab_works() {
 #[test]
 fn topology_settings() {
     require_root!();
-    let lab = Lab::builder()
-        .clients(2)
-        .servers(3)
-        .build()
-        .expect("building the lab");
+    let lab = Lab::with(2, 3);
     let routes = lab
         .run("router", &["ip", "route", "show", "default"])
         .unwrap();

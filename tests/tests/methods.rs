@@ -7,11 +7,7 @@ use pcc_tests::{Lab, require_root, scenario};
 
 /// split_equal's lab: 3 clients, 50 servers.
 fn spread_lab() -> Lab {
-    Lab::builder()
-        .clients(3)
-        .servers(50)
-        .build()
-        .expect("building the lab")
+    Lab::with(3, 50)
 }
 
 fn wan0_share(args: &[&str]) -> f64 {

@@ -52,11 +52,7 @@ fn wait_wan(pcc: &PccHandle, wan: &str, up: bool) {
 #[test]
 fn subnets_use_only_their_wans_and_fall_back_as_configured() {
     require_root!();
-    let lab = Lab::builder()
-        .clients(3)
-        .servers(12)
-        .build()
-        .expect("building the lab");
+    let lab = Lab::with(3, 12);
     lab.start_udp_echo().expect("UDP echo server");
     let file = lab.dir().join("policies.toml");
     std::fs::write(&file, POLICIES).unwrap();

@@ -13,11 +13,7 @@ use pcc_tests::{Lab, Metrics, require_root};
 #[test]
 fn promtool_accepts_and_prometheus_scrapes() {
     require_root!();
-    let lab = Lab::builder()
-        .clients(1)
-        .servers(2)
-        .build()
-        .expect("building the lab");
+    let lab = Lab::with(1, 2);
     lab.start_http().expect("HTTP server");
     let file = lab.http_file(64 << 10).expect("test file");
     let pcc = lab.start_pcc(&[]).expect("starting pcc-ctl");

@@ -39,11 +39,7 @@ fn wans_of_new_flows(lab: &Lab, base: u16) -> std::collections::BTreeSet<String>
 #[test]
 fn a_quota_fills_acts_survives_a_restart_and_can_be_set() {
     require_root!();
-    let lab = Lab::builder()
-        .clients(2)
-        .servers(12)
-        .build()
-        .expect("building the lab");
+    let lab = Lab::with(2, 12);
     lab.start_http().expect("HTTP server");
     lab.start_udp_echo().expect("UDP echo server");
     let file = lab.http_file(1 << 20).expect("1 MB test file");

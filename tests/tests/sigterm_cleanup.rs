@@ -7,11 +7,7 @@ use pcc_tests::{Lab, require_root};
 #[test]
 fn sigterm_detaches_and_exits_zero() {
     require_root!();
-    let lab = Lab::builder()
-        .clients(1)
-        .servers(2)
-        .build()
-        .expect("building the lab");
+    let lab = Lab::with(1, 2);
     lab.start_http().expect("HTTP server");
     let file = lab.http_file(256 << 10).expect("test file");
     assert_eq!(
@@ -61,11 +57,7 @@ fn sigterm_detaches_and_exits_zero() {
 #[test]
 fn sigterm_during_start_up_leaves_nothing() {
     require_root!();
-    let lab = Lab::builder()
-        .clients(1)
-        .servers(1)
-        .build()
-        .expect("building the lab");
+    let lab = Lab::with(1, 1);
     let before = lab.router_footprint().unwrap();
     lab.carrier_down(1).unwrap();
     let args = [

@@ -6,11 +6,7 @@ use pcc_tests::{Lab, require_root, scenario};
 #[test]
 fn connections_split_evenly() {
     require_root!();
-    let lab = Lab::builder()
-        .clients(3)
-        .servers(50)
-        .build()
-        .expect("building the lab");
+    let lab = Lab::with(3, 50);
     let pcc = lab.start_pcc(&[]).expect("starting pcc-ctl");
     let spread = scenario::connection_spread(&lab, Some(&pcc)).expect("150 connections");
     eprintln!("split_equal: {}", spread.summary());

@@ -5,11 +5,7 @@ use pcc_tests::{Lab, require_root, scenario};
 #[test]
 fn connections_follow_weights() {
     require_root!();
-    let lab = Lab::builder()
-        .clients(3)
-        .servers(50)
-        .build()
-        .expect("building the lab");
+    let lab = Lab::with(3, 50);
     let pcc = lab
         .start_pcc(&["--weight", "wan0=2,wan1=1"])
         .expect("starting pcc-ctl");

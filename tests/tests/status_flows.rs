@@ -76,11 +76,7 @@ fn snapshot(lab: &Lab, pcc: &pcc_tests::PccHandle) -> (Metrics, Value, Vec<Value
 #[test]
 fn status_and_flows_agree_with_metrics() {
     require_root!();
-    let lab = Lab::builder()
-        .clients(2)
-        .servers(4)
-        .build()
-        .expect("building the lab");
+    let lab = Lab::with(2, 4);
     lab.start_udp_echo().expect("UDP echo");
     let pcc = lab.start_pcc(&[]).expect("starting pcc-ctl");
     let api = pcc.metrics_addr().to_string();

@@ -179,6 +179,10 @@ pub struct CtOut {
     pub wan_id: u8,
     /// `CT_TCP_*` seen from the LAN host.
     pub tcp_flags: u8,
+    /// The source MAC of the host's latest packet: when it differs (a host that changed its
+    /// NIC but kept its address), the reply entry's `lan_mac` is updated, so replies follow.
+    pub lan_mac: [u8; 6],
+    pub _pad: u16,
     pub created_ns: u64,
     /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the last packet from the LAN host.
     pub last_seen_ns: u64,
@@ -222,7 +226,7 @@ const _: () = {
     assert!(size_of::<WanInfo>() == 24);
     assert!(size_of::<LanInfo>() == 20);
     assert!(size_of::<FlowKey>() == 16);
-    assert!(size_of::<CtOut>() == 40);
+    assert!(size_of::<CtOut>() == 48);
     assert!(size_of::<CtIn>() == 40);
     assert!(size_of::<SlotTable>().is_multiple_of(4));
 };

@@ -155,6 +155,7 @@ fn amortized_costs(tb: &mut TestBed, calls: usize) -> Result<Vec<Cost>> {
             nat_port: key.src_port,
             wan_id: wan,
             tcp_flags: pcc_common::CT_TCP_SYN | pcc_common::CT_TCP_ACK,
+            lan_mac: CLIENT_MAC,
             ..Default::default()
         };
         tb.maps.ct_out.insert(key, out, 0)?;
@@ -245,6 +246,7 @@ fn prefill(tb: &mut TestBed, n: u32) -> Result<()> {
             nat_addr,
             nat_port,
             wan_id: 0,
+            lan_mac: CLIENT_MAC,
             ..Default::default()
         };
         let reply = CtIn {

@@ -268,6 +268,50 @@ fn tcp_connection_is_translated_both_ways() {
     );
 }
 
+/// A host that keeps its address but sends from a new MAC (its NIC swapped) mid-connection:
+/// the connection stays as it was, and its replies go to the new MAC from then on.
+#[test]
+fn replies_follow_a_host_that_changes_its_mac() {
+    let mut rig = Rig::new(1024);
+    let wan = rig.expected_wan(CLIENT, SERVER);
+    let udp = |sport, dport, payload: &[u8]| L4::Udp {
+        sport,
+        dport,
+        payload: payload.to_vec(),
+        checksum: true,
+    };
+    let (_, out) = rig.run(
+        Role::Lan,
+        &from_client(CLIENT, CLIENT_MAC, udp(5000, 53, b"before")).bytes(),
+    );
+    let nat_port = parse(&out).expect("IPv4 out").sport;
+    let answer = from_server(wan, udp(53, nat_port, b"answer"));
+    let (_, back) = rig.run(Role::Wan, &answer.bytes());
+    assert_frame(
+        "answer to the old MAC",
+        &back,
+        &reply_to(&answer, &HOST, 5000),
+    );
+
+    const NEW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x99];
+    let moved = Host {
+        mac: NEW_MAC,
+        ..HOST
+    };
+    let after = from_client(CLIENT, NEW_MAC, udp(5000, 53, b"after"));
+    let (action, out) = rig.run(Role::Lan, &after.bytes());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_frame("same connection", &out, &out_via(&after, wan, nat_port));
+    let (_, back) = rig.run(Role::Wan, &answer.bytes());
+    assert_frame(
+        "answer to the new MAC",
+        &back,
+        &reply_to(&answer, &moved, 5000),
+    );
+    let w = rig.maps.wan_counters(wan as u8).unwrap();
+    assert_eq!(w.flows_created, 1, "no new connection");
+}
+
 #[test]
 fn udp_keeps_a_free_port_and_a_zero_checksum() {
     let mut rig = Rig::new(1024);

@@ -54,6 +54,25 @@ pub fn close(key: &FlowKey, entry: &CtOut) {
     let _ = CT_OUT.remove(key);
 }
 
+/// A host that sends from another MAC than its connection knew (a NIC swapped under the same
+/// address) gets the replies there from now on, as the kernel's ARP would send them.
+#[inline(always)]
+pub fn follow_host_mac(key: &FlowKey, entry: &mut CtOut, mac: &[u8; 6]) {
+    // Byte by byte: an array comparison may compile to a `memcmp` call, which BPF lacks.
+    let mut differ = 0u8;
+    for i in 0..6 {
+        differ |= entry.lan_mac[i] ^ mac[i];
+    }
+    if differ == 0 {
+        return;
+    }
+    entry.lan_mac = *mac;
+    if let Some(reply) = CT_IN.get_ptr_mut(&key.reply_key(entry.nat_addr, entry.nat_port)) {
+        // SAFETY: a live entry of our map; only this field is written.
+        unsafe { (*reply).lan_mac = *mac };
+    }
+}
+
 /// What the packet that opens a connection says about it.
 #[derive(Clone, Copy)]
 pub struct Opening {
@@ -121,6 +140,8 @@ pub fn open(
         nat_port,
         wan_id,
         tcp_flags: tcp_bits,
+        lan_mac,
+        _pad: 0,
         created_ns: now,
         last_seen_ns: now,
         packets: 1,

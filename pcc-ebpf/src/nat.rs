@@ -78,6 +78,8 @@ pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
         let e = unsafe { &mut *e };
         match WANS.get(e.wan_id as u32) {
             Some(wan) if wan.is_up() && !conntrack::reopens(e, bits) => {
+                // SAFETY: bounds-checked in parse::ipv4().
+                conntrack::follow_host_mac(&key, e, unsafe { &(*eth).src });
                 e.last_seen_ns = now;
                 e.tcp_flags |= bits;
                 e.packets += 1;

@@ -547,6 +547,8 @@ async fn serve(
     let timeouts = args.timeouts.timeouts();
     let mut last_counters: Vec<(u64, u64)> = vec![(0, 0); wans.len()];
     let mut last_sample = tokio::time::Instant::now();
+    // The WANs taking new connections when the default routes last followed them (at start).
+    let mut in_use: Vec<bool> = wans.iter().map(wan::in_use(&wans)).collect();
     let mut gc_passes: u64 = 0;
     let mut ticks: u64 = 0;
     loop {
@@ -656,8 +658,13 @@ async fn serve(
                 policy::write_tables(maps, &shared.policies, &wans, args.method)?;
                 *shared.wans.lock().expect("wans lock poisoned") = wans.clone();
             }
-            // Also on a change of tier (a quota turning a WAN into a backup), not only up/down.
-            owned.routes.follow(nl, &wans).await;
+            // On a change of the WANs in use: up/down, or a quota turning a WAN into a backup
+            // (a least-loaded weight update changes neither).
+            let now_in_use: Vec<bool> = wans.iter().map(wan::in_use(&wans)).collect();
+            if now_in_use != in_use {
+                owned.routes.follow(nl, &wans).await;
+                in_use = now_in_use;
+            }
         }
         if states_changed && !wans.iter().any(|w| w.up) {
             log::warn!("no WAN is up: traffic from the LAN is dropped until one returns");

@@ -59,8 +59,9 @@ pub fn in_use(wans: &[WanView]) -> impl Fn(&WanView) -> bool + use<> {
 
 /// Slot-table weights of the WANs in use.
 pub fn weights_of(wans: &[WanView]) -> [u32; MAX_WANS] {
+    let in_use = in_use(wans);
     let mut w = [0; MAX_WANS];
-    for wan in wans.iter().filter(|w| in_use(wans)(w)) {
+    for wan in wans.iter().filter(|w| in_use(w)) {
         w[wan.wan_id as usize] = wan.weight;
     }
     w

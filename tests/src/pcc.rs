@@ -280,14 +280,15 @@ impl Lab {
     /// for it to exit (killed after `timeout`: then `status.code()` is `None`). `RUST_LOG` is
     /// removed from its environment so the output is what a user sees by default.
     pub fn run_pcc(&self, args: &[&str], timeout: Duration) -> Result<Output> {
-        let mut cmd = self.pcc_command(args)?;
-        cmd.env_remove("RUST_LOG");
-        Ok(self.spawn_pcc(cmd, args)?.finish(timeout))
+        Ok(self.spawn_pcc(args)?.finish(timeout))
     }
 
     /// Starts `pcc-ctl args…` (args complete) in the router namespace without waiting for
-    /// anything: for tests that act while it is still starting.
-    pub fn spawn_pcc(&self, cmd: Command, args: &[&str]) -> Result<LabProcess> {
+    /// anything, `RUST_LOG` removed like [`run_pcc`](Self::run_pcc): for tests that act while
+    /// it is still starting.
+    pub fn spawn_pcc(&self, args: &[&str]) -> Result<LabProcess> {
+        let mut cmd = self.pcc_command(args)?;
+        cmd.env_remove("RUST_LOG");
         self.spawn_command(cmd, &format!("pcc-ctl {}", args.join(" ")), libc::SIGTERM)
     }
 

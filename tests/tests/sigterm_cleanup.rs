@@ -69,9 +69,7 @@ fn sigterm_during_start_up_leaves_nothing() {
         "--metrics",
         "127.0.0.1:9100",
     ];
-    let mut p = lab
-        .spawn_pcc(lab.pcc_command(&args).unwrap(), &args)
-        .expect("starting pcc-ctl");
+    let mut p = lab.spawn_pcc(&args).expect("starting pcc-ctl");
     // The forwarding guard goes in before the gateways are resolved: once it is there,
     // pcc-ctl is mid-start.
     let started = Instant::now();

@@ -5,23 +5,27 @@ pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
-/// Idle timeouts in seconds. Defaults follow Linux nf_conntrack (`nf_conntrack_*_timeout_*`)
-/// except `tcp_close`: Linux keeps closed connections 120 s in TIME_WAIT, but a NAT only needs
-/// to absorb the last retransmitted FIN/ACK, and returning the port sooner matters when
-/// guests open thousands of short connections.
+/// Idle timeouts in seconds. A NAT that forgets a mapping too early breaks the connection
+/// behind it, so every default meets the floor the IETF set for NATs (RFC 5382 for TCP, RFC
+/// 4787 for UDP, RFC 5508 for ICMP); established TCP follows Linux nf_conntrack. The closed-TCP
+/// grace is shorter than Linux's 120 s TIME_WAIT: a NAT only needs to absorb the last
+/// retransmitted FIN/ACK, and returning the port sooner matters when guests open thousands of
+/// short connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
-    /// Established TCP (nf_conntrack_tcp_timeout_established: 5 days).
+    /// Established TCP (nf_conntrack_tcp_timeout_established: 5 days; RFC 5382 REQ-5: at
+    /// least 2 h 4 min).
     pub tcp_established: u64,
-    /// TCP that has not been answered yet (SYN_SENT), or is half-closed (FIN one way).
+    /// TCP that has not been answered yet (SYN_SENT), or is half-closed (FIN one way): RFC
+    /// 5382 REQ-5's "transitory" state, at least 4 min.
     pub tcp_opening: u64,
-    /// After RST, or FIN both ways.
+    /// After an in-window RST, or FIN both ways.
     pub tcp_close: u64,
-    /// UDP seen one way only (nf_conntrack_udp_timeout).
+    /// UDP seen one way only: RFC 4787 REQ-5, at least 2 min.
     pub udp: u64,
-    /// UDP with replies (nf_conntrack_udp_timeout_stream).
+    /// UDP with replies: RFC 4787 REQ-5 recommends 5 min.
     pub udp_stream: u64,
-    /// ICMP echo (nf_conntrack_icmp_timeout).
+    /// ICMP echo: RFC 5508 REQ-2, at least 60 s.
     pub icmp: u64,
 }
 
@@ -29,11 +33,11 @@ impl Default for Timeouts {
     fn default() -> Self {
         Self {
             tcp_established: 432_000,
-            tcp_opening: 120,
+            tcp_opening: 240,
             tcp_close: 10,
-            udp: 30,
-            udp_stream: 120,
-            icmp: 30,
+            udp: 120,
+            udp_stream: 300,
+            icmp: 60,
         }
     }
 }
@@ -98,11 +102,11 @@ mod tests {
     fn tcp_states() {
         let t = Timeouts::default();
         let (o, i) = pair(CT_TCP_SYN, 0, 0);
-        assert_eq!(t.idle_limit(PROTO_TCP, &o, &i), 120, "unanswered SYN");
+        assert_eq!(t.idle_limit(PROTO_TCP, &o, &i), 240, "unanswered SYN");
         let (o, i) = pair(CT_TCP_SYN, CT_TCP_SYN, 1);
         assert_eq!(t.idle_limit(PROTO_TCP, &o, &i), 432_000, "established");
         let (o, i) = pair(CT_TCP_FIN, 0, 3);
-        assert_eq!(t.idle_limit(PROTO_TCP, &o, &i), 120, "half closed");
+        assert_eq!(t.idle_limit(PROTO_TCP, &o, &i), 240, "half closed");
         let (o, i) = pair(CT_TCP_FIN, CT_TCP_FIN, 3);
         assert_eq!(t.idle_limit(PROTO_TCP, &o, &i), 10, "closed both ways");
         let (o, i) = pair(0, CT_TCP_RST, 3);
@@ -113,22 +117,36 @@ mod tests {
     fn udp_and_icmp() {
         let t = Timeouts::default();
         let (o, i) = pair(0, 0, 0);
-        assert_eq!(t.idle_limit(PROTO_UDP, &o, &i), 30);
-        assert_eq!(t.idle_limit(PROTO_ICMP, &o, &i), 30);
-        let (o, i) = pair(0, 0, 2);
         assert_eq!(t.idle_limit(PROTO_UDP, &o, &i), 120);
+        assert_eq!(t.idle_limit(PROTO_ICMP, &o, &i), 60);
+        let (o, i) = pair(0, 0, 2);
+        assert_eq!(t.idle_limit(PROTO_UDP, &o, &i), 300);
     }
 
     #[test]
     fn expiry_uses_the_latest_packet_of_either_side() {
         let t = Timeouts::default();
         let (o, mut i) = pair(0, 0, 1);
-        assert!(!t.expired(PROTO_UDP, &o, &i, 200 * S));
-        assert!(t.expired(PROTO_UDP, &o, &i, 221 * S));
+        assert!(!t.expired(PROTO_UDP, &o, &i, 400 * S));
+        assert!(t.expired(PROTO_UDP, &o, &i, 401 * S));
         i.last_seen_ns = 150 * S;
         assert!(
-            !t.expired(PROTO_UDP, &o, &i, 221 * S),
+            !t.expired(PROTO_UDP, &o, &i, 401 * S),
             "a recent reply keeps it alive"
         );
+    }
+}
+
+#[cfg(test)]
+mod rfc_floors {
+    use super::Timeouts;
+
+    #[test]
+    fn defaults_meet_the_rfc_floors() {
+        let t = Timeouts::default();
+        assert!(t.tcp_established >= 2 * 3600 + 4 * 60, "RFC 5382 REQ-5");
+        assert!(t.tcp_opening >= 4 * 60, "RFC 5382 REQ-5 transitory");
+        assert!(t.udp >= 120 && t.udp_stream >= 120, "RFC 4787 REQ-5");
+        assert!(t.icmp >= 60, "RFC 5508 REQ-2");
     }
 }

@@ -11,6 +11,12 @@ pub enum Counter {
     FwdIn,
     /// WAN -> LAN ICMP error about a tracked connection, translated back (inner header too).
     FwdIcmpError,
+    /// LAN -> WAN ICMP error (port unreachable, time exceeded, fragmentation needed from a LAN
+    /// router) about a tracked connection, translated out like the connection (RFC 5508 REQ-4).
+    FwdIcmpErrorOut,
+    /// Over the MTU of the port it would leave by, with DF set: dropped, and the sender gets
+    /// an ICMP "fragmentation needed" with that MTU, built by the dataplane (RFC 1191).
+    AnsweredFragNeeded,
     /// Not IPv4 (ARP, IPv6, ...): the kernel's business.
     PassNotIpv4,
     /// Addressed to the router itself, or broadcast/multicast.
@@ -24,13 +30,18 @@ pub enum Counter {
     /// A fragment pcc does not translate (from a WAN, of a datagram whose first fragment
     /// matched no connection or was not seen yet): the kernel's business, never the LAN's.
     PassFragment,
-    /// Bigger than the WAN's MTU: the kernel fragments or answers "fragmentation needed".
-    PassMtu,
     /// Arrived on a WAN and matches no connection: the kernel decides (it never reaches the LAN
     /// through the dataplane).
     PassUntracked,
     /// The WAN's gateway MAC is not known yet.
     PassNoNeighbour,
+    /// A TCP segment from the LAN that is not a SYN and matches no connection (a SYN-ACK of a
+    /// server, a mid-stream ACK after failover): only a SYN opens a mapping, as in
+    /// nf_conntrack; the kernel decides (its forwarding guard drops what it cannot track).
+    PassTcpNotSyn,
+    /// Larger than the port it arrived on allows: a GRO super-frame, which only generic XDP
+    /// sees (it runs after GRO); the kernel segments it.
+    PassOversize,
     /// Shorter than its Ethernet header, or than an IPv4 header after it.
     DropRunt,
     /// IPv4 header invalid: version, IHL < 5 or past the total length, total length shorter
@@ -55,23 +66,32 @@ pub enum Counter {
     DropNatPortsExhausted,
     /// `bpf_redirect_map` refused the target port.
     DropRedirect,
+    /// Over the MTU of the port it would leave by, without DF: pcc does not fragment, and
+    /// the kernel would send it out of another WAN or not at all (README: "MTU").
+    DropOverMtu,
+    /// A reset from outside whose sequence number lies outside the window the LAN host
+    /// advertised (RFC 5961 section 3): a blind spoof, which must not end the connection.
+    DropRstOutOfWindow,
 }
 
 impl Counter {
-    pub const COUNT: usize = Counter::DropRedirect as usize + 1;
+    pub const COUNT: usize = Counter::DropRstOutOfWindow as usize + 1;
     pub const ALL: [Counter; Self::COUNT] = [
         Counter::FwdOut,
         Counter::FwdIn,
         Counter::FwdIcmpError,
+        Counter::FwdIcmpErrorOut,
+        Counter::AnsweredFragNeeded,
         Counter::PassNotIpv4,
         Counter::PassLocal,
         Counter::PassTtl,
         Counter::PassUnsupported,
         Counter::PassIpOptions,
         Counter::PassFragment,
-        Counter::PassMtu,
         Counter::PassUntracked,
         Counter::PassNoNeighbour,
+        Counter::PassTcpNotSyn,
+        Counter::PassOversize,
         Counter::DropRunt,
         Counter::DropBadIpHeader,
         Counter::DropBadTransportHeader,
@@ -82,6 +102,8 @@ impl Counter {
         Counter::DropConntrackFull,
         Counter::DropNatPortsExhausted,
         Counter::DropRedirect,
+        Counter::DropOverMtu,
+        Counter::DropRstOutOfWindow,
     ];
 
     /// Whether the packet is dropped (else forwarded or passed to the kernel).
@@ -89,19 +111,24 @@ impl Counter {
         self as u32 >= Counter::DropRunt as u32
     }
 
-    /// What the packet's fate was: "forwarded", "passed" (to the kernel) or "dropped".
+    /// What the packet's fate was: "forwarded", "answered" (dropped, and an ICMP error sent
+    /// back), "passed" (to the kernel) or "dropped".
     pub const fn action(self) -> &'static str {
         match self {
-            Counter::FwdOut | Counter::FwdIn | Counter::FwdIcmpError => "forwarded",
+            Counter::FwdOut | Counter::FwdIn | Counter::FwdIcmpError | Counter::FwdIcmpErrorOut => {
+                "forwarded"
+            }
+            Counter::AnsweredFragNeeded => "answered",
             Counter::PassNotIpv4
             | Counter::PassLocal
             | Counter::PassTtl
             | Counter::PassUnsupported
             | Counter::PassIpOptions
             | Counter::PassFragment
-            | Counter::PassMtu
             | Counter::PassUntracked
-            | Counter::PassNoNeighbour => "passed",
+            | Counter::PassNoNeighbour
+            | Counter::PassTcpNotSyn
+            | Counter::PassOversize => "passed",
             _ => "dropped",
         }
     }
@@ -112,15 +139,18 @@ impl Counter {
             Counter::FwdOut => "lan_to_wan",
             Counter::FwdIn => "wan_to_lan",
             Counter::FwdIcmpError => "icmp_error",
+            Counter::FwdIcmpErrorOut => "icmp_error_out",
+            Counter::AnsweredFragNeeded => "frag_needed",
             Counter::PassNotIpv4 => "not_ipv4",
             Counter::PassLocal => "local",
             Counter::PassTtl => "ttl_expired",
             Counter::PassUnsupported => "unsupported",
             Counter::PassIpOptions => "ip_options",
             Counter::PassFragment => "fragment",
-            Counter::PassMtu => "over_mtu",
             Counter::PassUntracked => "untracked",
             Counter::PassNoNeighbour => "no_neighbour",
+            Counter::PassTcpNotSyn => "tcp_not_syn",
+            Counter::PassOversize => "over_ingress_mtu",
             Counter::DropRunt => "runt",
             Counter::DropBadIpHeader => "bad_ip_header",
             Counter::DropBadTransportHeader => "bad_transport_header",
@@ -131,6 +161,8 @@ impl Counter {
             Counter::DropConntrackFull => "conntrack_full",
             Counter::DropNatPortsExhausted => "nat_ports_exhausted",
             Counter::DropRedirect => "redirect_failed",
+            Counter::DropOverMtu => "over_mtu_no_df",
+            Counter::DropRstOutOfWindow => "rst_out_of_window",
         }
     }
 }

@@ -10,9 +10,11 @@ pub mod classify;
 pub mod counters;
 pub mod csum;
 pub mod generator;
+pub mod icmp;
 pub mod maps;
 pub mod method;
 pub mod natport;
+pub mod tcp;
 
 #[cfg(feature = "std")]
 pub mod conntrack;

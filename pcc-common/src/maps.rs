@@ -182,7 +182,16 @@ pub struct CtOut {
     /// The source MAC of the host's latest packet: when it differs (a host that changed its
     /// NIC but kept its address), the reply entry's `lan_mac` is updated, so replies follow.
     pub lan_mac: [u8; 6],
-    pub _pad: u16,
+    pub _pad: u8,
+    /// The LAN host's TCP window scale (RFC 7323), from its SYN; 0 without the option. Used
+    /// even when the server did not agree to scaling: that only widens the window the RST
+    /// check accepts, never rejects a valid reset.
+    pub lan_wscale: u8,
+    /// TCP: the last acknowledgment number the LAN host sent (host byte order), where its
+    /// receive window starts (RFC 793 RCV.NXT as the remote end last learnt it).
+    pub lan_ack: u32,
+    /// TCP: the receive window in bytes the LAN host advertised with `lan_ack`.
+    pub lan_window: u32,
     pub created_ns: u64,
     /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the last packet from the LAN host.
     pub last_seen_ns: u64,
@@ -226,7 +235,7 @@ const _: () = {
     assert!(size_of::<WanInfo>() == 24);
     assert!(size_of::<LanInfo>() == 20);
     assert!(size_of::<FlowKey>() == 16);
-    assert!(size_of::<CtOut>() == 48);
+    assert!(size_of::<CtOut>() == 56);
     assert!(size_of::<CtIn>() == 40);
     assert!(size_of::<SlotTable>().is_multiple_of(4));
 };

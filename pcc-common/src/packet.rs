@@ -25,6 +25,9 @@ pub enum L4 {
         payload: Vec<u8>,
         checksum: bool,
     },
+    /// TCP with every header field chosen: options (padded to 32-bit words), sequence and
+    /// acknowledgment numbers, window.
+    TcpFull(TcpSegment),
     /// Any ICMP message: echo (`rest` = id, seq), or an error (`rest` = unused/MTU word,
     /// `payload` = the quoted datagram).
     Icmp {
@@ -49,6 +52,47 @@ pub struct Frame {
     pub l4: L4,
 }
 
+/// A TCP segment for [`L4::TcpFull`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TcpSegment {
+    pub sport: u16,
+    pub dport: u16,
+    pub seq: u32,
+    pub ack: u32,
+    pub flags: u8,
+    pub window: u16,
+    /// Raw option bytes, zero-padded to a multiple of 4.
+    pub options: Vec<u8>,
+    pub payload: Vec<u8>,
+}
+
+impl TcpSegment {
+    /// The segment with a valid checksum for `src` -> `dst`.
+    pub fn bytes(&self, src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
+        let mut options = self.options.clone();
+        options.resize(options.len().div_ceil(4) * 4, 0);
+        let mut s = vec![0u8; 20];
+        s[0..2].copy_from_slice(&self.sport.to_be_bytes());
+        s[2..4].copy_from_slice(&self.dport.to_be_bytes());
+        s[4..8].copy_from_slice(&self.seq.to_be_bytes());
+        s[8..12].copy_from_slice(&self.ack.to_be_bytes());
+        s[12] = (((20 + options.len()) / 4) as u8) << 4;
+        s[13] = self.flags;
+        s[14..16].copy_from_slice(&self.window.to_be_bytes());
+        s.extend_from_slice(&options);
+        s.extend_from_slice(&self.payload);
+        let c = csum::l4_checksum(src.octets(), dst.octets(), 6, &s);
+        s[16..18].copy_from_slice(&c.to_be_bytes());
+        s
+    }
+}
+
+/// The TCP option carrying a maximum segment size (RFC 879).
+pub fn mss_option(mss: u16) -> [u8; 4] {
+    let [hi, lo] = mss.to_be_bytes();
+    [2, 4, hi, lo]
+}
+
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
@@ -57,7 +101,7 @@ pub const TCP_ACK: u8 = 0x10;
 impl L4 {
     pub fn proto(&self) -> u8 {
         match self {
-            L4::Tcp { .. } => 6,
+            L4::Tcp { .. } | L4::TcpFull(_) => 6,
             L4::Udp { .. } => 17,
             L4::Icmp { .. } => 1,
         }
@@ -84,6 +128,7 @@ impl L4 {
                 s[16..18].copy_from_slice(&c.to_be_bytes());
                 s
             }
+            L4::TcpFull(seg) => seg.bytes(src, dst),
             L4::Udp {
                 sport,
                 dport,

@@ -246,7 +246,8 @@ fn parse_percent(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
-/// Idle timeouts in seconds (defaults: Linux nf_conntrack's, but a shorter closed-TCP grace).
+/// Idle timeouts in seconds (defaults: the RFC 5382/4787/5508 floors for NATs, Linux's 5 days for
+/// established TCP, a short closed-TCP grace).
 #[derive(Args, Debug)]
 pub struct TimeoutArgs {
     /// Established TCP.
@@ -255,7 +256,7 @@ pub struct TimeoutArgs {
     /// TCP not yet answered, or half-closed.
     #[arg(long, default_value_t = Timeouts::default().tcp_opening, value_name = "SECONDS")]
     pub tcp_opening_timeout: u64,
-    /// TCP after RST, or FIN both ways.
+    /// TCP after an in-window RST, or FIN both ways.
     #[arg(long, default_value_t = Timeouts::default().tcp_close, value_name = "SECONDS")]
     pub tcp_close_timeout: u64,
     /// UDP seen one way only.

@@ -8,7 +8,12 @@
 //!   the router's own ephemeral range (`net.ipv4.ip_local_port_range`), which pcc's NAT never
 //!   hands out, so the kernel's mappings and pcc's can never collide on a WAN address;
 //! - from a WAN to a LAN only replies the kernel itself tracks pass (`ct state
-//!   established,related`), everything else is dropped and counted.
+//!   established,related`), everything else is dropped and counted;
+//! - towards a WAN, what conntrack calls invalid is dropped: NAT only applies to tracked
+//!   packets, so a lone RST, an ICMP error about nothing or a TCP segment outside its window
+//!   would otherwise leave with its LAN source address. So is TCP that would open a kernel
+//!   mapping without a SYN (nf_conntrack's loose tracking picks up mid-stream segments): only
+//!   a SYN opens a connection, in the kernel as in pcc's dataplane.
 //!
 //! The `nft` tool is the interface (it ships with every nftables system, and applies a whole
 //! table atomically from text), so the rules are plain to read with `nft list table ip NAME`.
@@ -76,6 +81,8 @@ pub fn ruleset(table: &str, spec: &GuardSpec) -> String {
          \t\ttype filter hook forward priority filter; policy accept;\n\
          \t\tiifname {{ {wans} }} oifname {{ {lans} }} ct state established,related accept\n\
          \t\tiifname {{ {wans} }} oifname {{ {lans} }} counter drop comment \"unsolicited from a WAN\"\n\
+         \t\toifname {{ {wans} }} ct state invalid counter drop comment \"untrackable: NAT would not apply\"\n\
+         \t\toifname {{ {wans} }} ct state new tcp flags & (fin | syn | rst | ack) != syn counter drop comment \"TCP without a SYN opens nothing\"\n\
          \t}}\n\
          \tchain postrouting {{\n\
          \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
@@ -159,6 +166,8 @@ mod tests {
         let r = ruleset(&table_name("lan0"), &spec);
         assert!(r.starts_with("table ip pcc_guard_lan0\ndelete table ip pcc_guard_lan0\n"));
         assert!(r.contains("iifname { \"wan0\", \"wan1\" } oifname { \"lan0\" } ct state"));
+        assert!(r.contains("oifname { \"wan0\", \"wan1\" } ct state invalid counter drop"));
+        assert!(r.contains("ct state new tcp flags & (fin | syn | rst | ack) != syn counter drop"));
         assert!(r.contains(
             "ip saddr { 198.19.10.0/24 } meta l4proto { tcp, udp } counter masquerade to :32768-60999"
         ));

@@ -1,5 +1,7 @@
 //! The XDP programs run in the kernel on crafted frames (BPF_PROG_TEST_RUN): exact bytes out,
 //! every checksum recomputed from scratch. Needs root (loading BPF).
+mod rig;
+
 use std::net::Ipv4Addr;
 
 use pcc_common::{
@@ -8,220 +10,7 @@ use pcc_common::{
     slots,
 };
 use pcc_ctl::{dataplane::Role, testbed::*};
-
-/// The shared test bed, with assertions instead of errors.
-struct Rig(TestBed);
-
-impl std::ops::Deref for Rig {
-    type Target = TestBed;
-    fn deref(&self) -> &TestBed {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Rig {
-    fn deref_mut(&mut self) -> &mut TestBed {
-        &mut self.0
-    }
-}
-
-impl Rig {
-    fn new(max_connections: u32) -> Rig {
-        Rig(TestBed::new(max_connections).expect("program tests load BPF: run them as root"))
-    }
-
-    fn run(&mut self, role: Role, frame: &[u8]) -> (u32, Vec<u8>) {
-        self.run_on(role, LO, frame)
-    }
-
-    /// Runs `role`'s program on `frame` arriving on port `ifindex`.
-    fn run_on(&mut self, role: Role, ifindex: u32, frame: &[u8]) -> (u32, Vec<u8>) {
-        let (action, out, _) = self
-            .0
-            .run_on(role, ifindex, frame)
-            .expect("BPF_PROG_TEST_RUN");
-        (action, out)
-    }
-
-    /// Runs each case's LAN frame arriving on port `ifindex`: each must end in its XDP action
-    /// and be counted under its reason.
-    fn check_lan_cases(&mut self, ifindex: u32, cases: Vec<(&str, Vec<u8>, u32, Counter)>) {
-        for (what, frame, want, counter) in cases {
-            let before = self.counter(counter);
-            let (action, _) = self.run_on(Role::Lan, ifindex, &frame);
-            assert_eq!(action, want, "{what}");
-            assert_eq!(
-                self.counter(counter),
-                before + 1,
-                "{what} counted as {counter:?}"
-            );
-        }
-    }
-
-    fn counter(&self, c: Counter) -> u64 {
-        self.maps.counters().unwrap()[c as usize]
-    }
-}
-
-/// A LAN host as the router sees it: its address and MAC, and the MAC of the LAN port it is on.
-struct Host {
-    addr: Ipv4Addr,
-    mac: [u8; 6],
-    lan_mac: [u8; 6],
-}
-
-const HOST: Host = Host {
-    addr: CLIENT,
-    mac: CLIENT_MAC,
-    lan_mac: LAN_MAC,
-};
-const HOST2: Host = Host {
-    addr: CLIENT2,
-    mac: CLIENT2_MAC,
-    lan_mac: LAN_MAC,
-};
-
-/// `l4` with its source (`src`) or destination port set to `port`; ICMP echo: its identifier.
-fn with_port(l4: &L4, src: bool, port: u16) -> L4 {
-    let mut l4 = l4.clone();
-    match &mut l4 {
-        L4::Tcp { sport, dport, .. } | L4::Udp { sport, dport, .. } => {
-            *(if src { sport } else { dport }) = port
-        }
-        L4::Icmp { rest, .. } => rest[..2].copy_from_slice(&port.to_be_bytes()),
-    }
-    l4
-}
-
-/// What WAN `wan` must send for `sent`, a LAN host's frame, with NAT port (or echo
-/// identifier) `nat_port`: from the WAN's MAC to its gateway's, from the WAN's address, TTL
-/// one less; IP ID, TOS and payload as sent; every checksum computed afresh.
-fn out_via(sent: &Frame, wan: usize, nat_port: u16) -> Frame {
-    Frame {
-        dst_mac: GW_MACS[wan],
-        src_mac: WAN_MACS[wan],
-        src: WAN_ADDRS[wan],
-        ttl: sent.ttl - 1,
-        l4: with_port(&sent.l4, true, nat_port),
-        ..sent.clone()
-    }
-}
-
-/// What `host`'s LAN port must send it for `got`, a frame from a WAN, whose transport part
-/// becomes `l4`: from the port's MAC to the host's, to the host's address, TTL one less; IP
-/// ID, TOS and payload as received; every checksum computed afresh.
-fn back_to(got: &Frame, host: &Host, l4: L4) -> Frame {
-    Frame {
-        dst_mac: host.mac,
-        src_mac: host.lan_mac,
-        dst: host.addr,
-        ttl: got.ttl - 1,
-        l4,
-        ..got.clone()
-    }
-}
-
-/// A reply from a WAN, as `host` must get it on its own port `port`.
-fn reply_to(got: &Frame, host: &Host, port: u16) -> Frame {
-    back_to(got, host, with_port(&got.l4, false, port))
-}
-
-/// The ICMP error `err` as `host` must get it: quoting `sent` as the host sent it, with the
-/// TTL the router forwarded it with, cut where the error cut its quote.
-fn error_to(err: &Frame, host: &Host, sent: &Frame) -> Frame {
-    let L4::Icmp {
-        kind,
-        code,
-        rest,
-        payload,
-    } = &err.l4
-    else {
-        panic!("not an ICMP error: {err:?}")
-    };
-    let mut quote = Frame {
-        ttl: sent.ttl - 1,
-        ..sent.clone()
-    }
-    .ip_bytes();
-    quote.truncate(payload.len());
-    let l4 = L4::Icmp {
-        kind: *kind,
-        code: *code,
-        rest: *rest,
-        payload: quote,
-    };
-    back_to(err, host, l4)
-}
-
-/// Asserts the frame out is `want` byte for byte (so every checksum equals one computed from
-/// scratch); on a mismatch both are shown in hex, a header a line.
-fn assert_frame(what: &str, out: &[u8], want: &Frame) {
-    let want = want.bytes();
-    let differ: Vec<&str> = sections(out)
-        .iter()
-        .zip(sections(&want).iter())
-        .filter(|(a, b)| a != b)
-        .map(|(a, _)| a.0)
-        .collect();
-    assert_eq!(
-        Hex(out),
-        Hex(&want),
-        "{what}: the frame out (left) is not the expected one (right): {differ:?} differ, \
-         {} bytes out, {} expected",
-        out.len(),
-        want.len()
-    );
-}
-
-#[derive(PartialEq)]
-struct Hex<'a>(&'a [u8]);
-
-impl std::fmt::Debug for Hex<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (name, bytes) in sections(self.0) {
-            write!(f, "\n  {name:<11}")?;
-            for b in bytes {
-                write!(f, " {b:02x}")?;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// A frame cut at its headers: Ethernet, IPv4, the transport header, for an ICMP error the
-/// quoted IPv4 header and its first 8 bytes; the rest in lines of 16 bytes.
-fn sections(frame: &[u8]) -> Vec<(&'static str, &[u8])> {
-    let mut cuts = vec![("ethernet", 14), ("ipv4", 20)];
-    match frame.get(23) {
-        Some(6) => cuts.push(("tcp", 20)),
-        Some(17) => cuts.push(("udp", 8)),
-        Some(1) => {
-            cuts.push(("icmp", 8));
-            if matches!(frame.get(34), Some(3 | 11 | 12)) {
-                cuts.extend([("quoted ipv4", 20), ("quoted l4", 8)]);
-            }
-        }
-        _ => {}
-    }
-    let mut at = 0;
-    let mut out = Vec::new();
-    for (name, len) in cuts {
-        let end = (at + len).min(frame.len());
-        out.push((name, &frame[at..end]));
-        at = end;
-    }
-    out.extend(frame[at..].chunks(16).map(|c| ("payload", c)));
-    out
-}
-
-fn tcp(sport: u16, dport: u16, flags: u8) -> L4 {
-    L4::Tcp {
-        sport,
-        dport,
-        flags,
-        payload: b"GET / HTTP/1.1\r\n\r\n".to_vec(),
-    }
-}
+use rig::*;
 
 #[test]
 fn tcp_connection_is_translated_both_ways() {
@@ -397,19 +186,6 @@ fn two_hosts_on_the_same_port_get_distinct_nat_ports() {
     }
 }
 
-/// An ICMP echo message (`kind` 8 request, 0 reply).
-fn echo(kind: u8, id: u16, seq: u16, payload: Vec<u8>) -> L4 {
-    let mut rest = [0u8; 4];
-    rest[..2].copy_from_slice(&id.to_be_bytes());
-    rest[2..].copy_from_slice(&seq.to_be_bytes());
-    L4::Icmp {
-        kind,
-        code: 0,
-        rest,
-        payload,
-    }
-}
-
 #[test]
 fn icmp_echo_translates_the_identifier() {
     let mut rig = Rig::new(1024);
@@ -433,30 +209,6 @@ fn icmp_echo_translates_the_identifier() {
     );
 }
 
-/// An ICMP error from a router on the path, quoting what we sent (after NAT).
-fn icmp_error(wan: usize, kind: u8, code: u8, quoted: Vec<u8>) -> Frame {
-    let rest = if kind == 3 && code == 4 {
-        [0, 0, 0x05, 0x78]
-    } else {
-        [0; 4]
-    }; // next-hop MTU 1400
-    Frame {
-        dst_mac: WAN_MACS[wan],
-        src_mac: GW_MACS[wan],
-        src: Ipv4Addr::new(198, 18, 1, 1),
-        dst: WAN_ADDRS[wan],
-        tos: 0xc0, // network control, as routers send their errors
-        ttl: 60,
-        id: 3,
-        l4: L4::Icmp {
-            kind,
-            code,
-            rest,
-            payload: quoted,
-        },
-    }
-}
-
 #[test]
 fn icmp_errors_about_our_connections_are_translated_inside_too() {
     let mut rig = Rig::new(1024);
@@ -478,7 +230,7 @@ fn icmp_errors_about_our_connections_are_translated_inside_too() {
         (
             "TCP: fragmentation needed with the next-hop MTU, quoting the IP header and 8 bytes \
              (path-MTU discovery): no TCP checksum quoted",
-            tcp(40002, 443, TCP_ACK),
+            tcp(40002, 443, TCP_SYN),
             (3, 4),
             28,
         ),
@@ -846,21 +598,33 @@ fn a_connection_on_a_dead_wan_moves_to_a_live_one() {
     );
 }
 
+/// Only a SYN opens a TCP connection (nf_conntrack's rule): a server's SYN-ACK, a
+/// mid-stream ACK after failover, a FIN or a lone reset matching nothing get no mapping.
 #[test]
-fn a_reset_for_an_unknown_connection_opens_nothing() {
+fn only_a_syn_opens_a_tcp_connection() {
+    use pcc_common::packet::{TCP_FIN, TCP_RST};
     let mut rig = Rig::new(1024);
+    let cases = [
+        ("reset", TCP_RST),
+        ("reset-ack", TCP_RST | TCP_ACK),
+        ("mid-stream ACK", TCP_ACK),
+        ("server's SYN-ACK", TCP_SYN | TCP_ACK),
+        ("FIN", TCP_FIN | TCP_ACK),
+        ("SYN+RST", TCP_SYN | TCP_RST),
+    ]
+    .into_iter()
+    .map(|(what, flags)| {
+        let frame = from_client(CLIENT, CLIENT_MAC, tcp(40000, 80, flags)).bytes();
+        (what, frame, XDP_PASS, Counter::PassTcpNotSyn)
+    })
+    .collect();
+    rig.check_lan_cases(LO, cases);
+    assert_eq!(rig.maps.ct_out.keys().count(), 0, "no conntrack entry");
     let (action, _) = rig.run(
         Role::Lan,
-        &from_client(
-            CLIENT,
-            CLIENT_MAC,
-            tcp(40000, 80, pcc_common::packet::TCP_RST),
-        )
-        .bytes(),
+        &from_client(CLIENT, CLIENT_MAC, tcp(40000, 80, TCP_SYN)).bytes(),
     );
-    assert_eq!(action, XDP_PASS);
-    assert_eq!(rig.counter(Counter::PassUntracked), 1);
-    assert_eq!(rig.maps.ct_out.keys().count(), 0, "no conntrack entry");
+    assert_eq!((action, rig.maps.ct_out.keys().count()), (XDP_REDIRECT, 1));
 }
 
 /// The garbage collector removes closed and idle connections (returning their NAT ports)
@@ -922,17 +686,17 @@ fn garbage_collection_expires_closed_and_idle_connections() {
         (2, 1),
         "the closed connection goes after 10 s: {report:?}"
     );
-    let report = collect(&mut rig.maps, &t, now + 31_000_000_000, true).unwrap();
-    assert_eq!(
-        (report.active, report.expired),
-        (1, 1),
-        "unanswered UDP after 30 s: {report:?}"
-    );
     let report = collect(&mut rig.maps, &t, now + 121_000_000_000, true).unwrap();
     assert_eq!(
         (report.active, report.expired),
+        (1, 1),
+        "unanswered UDP after 120 s (RFC 4787 REQ-5): {report:?}"
+    );
+    let report = collect(&mut rig.maps, &t, now + 241_000_000_000, true).unwrap();
+    assert_eq!(
+        (report.active, report.expired),
         (0, 1),
-        "unanswered SYN after 120 s: {report:?}"
+        "unanswered SYN after 240 s (RFC 5382 REQ-5): {report:?}"
     );
     assert_eq!(rig.maps.ct_in.keys().count(), 0, "every NAT port returned");
     // A reply half without its twin is an orphan.

@@ -5,7 +5,7 @@ use aya_ebpf::{
 };
 use pcc_common::{
     CT_TCP_ACK, CT_TCP_FIN, CT_TCP_RST, CT_TCP_SYN, Config, Counter, CtIn, CtOut, FlowKey, WanInfo,
-    natport::NAT_PORT_TRIES,
+    natport::NAT_PORT_TRIES, tcp,
 };
 
 use crate::{CT_IN, CT_OUT, WAN_STATS, parse};
@@ -39,12 +39,38 @@ pub fn tcp_bits(flags: u8) -> u8 {
     bits
 }
 
-/// Whether a LAN packet starts a new connection on a tuple whose old one has closed (a
-/// client reusing its source port): the old translation must not carry over.
+/// Whether a LAN packet starts a new connection on a tuple whose old one was closed by
+/// either side (a client reusing its source port): the old translation must not carry over.
+/// Only a SYN reads the reply side.
 #[inline(always)]
-pub fn reopens(entry: &CtOut, bits: u8) -> bool {
-    bits & (CT_TCP_SYN | CT_TCP_ACK) == CT_TCP_SYN
-        && entry.tcp_flags & (CT_TCP_FIN | CT_TCP_RST) != 0
+pub fn reopens(key: &FlowKey, entry: &CtOut, bits: u8) -> bool {
+    const CLOSED: u8 = CT_TCP_FIN | CT_TCP_RST;
+    if bits & (CT_TCP_SYN | CT_TCP_ACK) != CT_TCP_SYN {
+        return false;
+    }
+    if entry.tcp_flags & CLOSED != 0 {
+        return true;
+    }
+    // SAFETY: copied out at once.
+    let reply = unsafe { CT_IN.get(&key.reply_key(entry.nat_addr, entry.nat_port)) };
+    reply.is_some_and(|r| r.tcp_flags & CLOSED != 0)
+}
+
+/// Whether a reset from outside, with sequence number `seq`, may end the connection whose
+/// reply entry (`key`) is `reply`: inside the window the LAN host last advertised (RFC 5961),
+/// or any reset while the host has acknowledged nothing yet (it answers a SYN: RFC 793 checks
+/// its acknowledgment, which the host itself does).
+#[inline(always)]
+pub fn reset_in_window(key: &FlowKey, reply: *mut CtIn, seq: u32) -> bool {
+    // SAFETY: a live entry of our map, read once.
+    let CtIn {
+        lan_addr, lan_port, ..
+    } = unsafe { *reply };
+    // SAFETY: copied out at once.
+    let Some(out) = (unsafe { CT_OUT.get(&key.original_key(lan_addr, lan_port)) }) else {
+        return true;
+    };
+    out.tcp_flags & CT_TCP_ACK == 0 || tcp::rst_in_window(seq, out.lan_ack, out.lan_window)
 }
 
 /// Forgets a connection (both halves).
@@ -81,6 +107,8 @@ pub struct Opening {
     pub lan_mac: [u8; 6],
     /// `CT_TCP_*` of the opening packet.
     pub tcp_bits: u8,
+    /// The window scale of the host's SYN (0 for anything else).
+    pub lan_wscale: u8,
     /// Its frame length, counted in the connection's bytes.
     pub len: u64,
     pub now: u64,
@@ -104,6 +132,7 @@ pub fn open(
         lan_id,
         lan_mac,
         tcp_bits,
+        lan_wscale,
         len,
         now,
     } = *first;
@@ -142,6 +171,9 @@ pub fn open(
         tcp_flags: tcp_bits,
         lan_mac,
         _pad: 0,
+        lan_wscale,
+        lan_ack: 0,
+        lan_window: 0,
         created_ns: now,
         last_seen_ns: now,
         packets: 1,

@@ -6,9 +6,11 @@ mod bench;
 mod conntrack;
 mod fib;
 mod frag;
+mod icmp;
 mod nat;
 mod parse;
 mod select;
+mod tcp;
 
 use aya_ebpf::{
     bindings::xdp_action,

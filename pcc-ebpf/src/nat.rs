@@ -1,53 +1,110 @@
 //! Source NAT out of the WANs, and its reversal for replies and ICMP errors.
 use aya_ebpf::programs::XdpContext;
-use pcc_common::{CT_TCP_RST, Counter, CtIn, FlowKey, LAN_DEVMAP_BASE, csum};
+use pcc_common::{
+    CT_TCP_ACK, CT_TCP_FIN, CT_TCP_RST, CT_TCP_SYN, Counter, CtIn, FlowKey, LAN_DEVMAP_BASE,
+    LanInfo, WanInfo, csum, tcp::scaled_window,
+};
 
 use crate::{
-    CONFIG, CT_IN, CT_OUT, LANS, WAN_STATS, WANS, conntrack, fib, frag,
+    CONFIG, CT_IN, CT_OUT, LANS, WAN_STATS, WANS, conntrack, fib, frag, icmp,
     parse::{
         self, EthHdr, Fragment, ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST,
-        ICMP_PARAM_PROBLEM, ICMP_TIME_EXCEEDED, IP_LEN, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
-        IcmpHdr, Ipv4, Ipv4Hdr, L4_OFF, TcpHdr, UdpHdr, frame_len, is_multicast_or_broadcast,
-        ptr_at,
+        ICMP_PARAM_PROBLEM, ICMP_TIME_EXCEEDED, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IcmpHdr,
+        Ipv4, Ipv4Hdr, L4_OFF, TcpHdr, UdpHdr, frame_len, is_multicast_or_broadcast, ptr_at,
     },
-    select,
+    select, tcp,
 };
 
 /// `Ok((XDP action, what happened))`, or `Err(reason)` to pass or drop.
 pub type Verdict = Result<(u32, Counter), Counter>;
 
-/// The transport ports of a LAN packet (ICMP echo: identifier, 0) and its TCP flags; for a
-/// later fragment, the ports its first fragment carried.
+/// What a packet's transport header says about its connection: ports (ICMP echo:
+/// identifier as the LAN host's port), TCP flags, sequence and acknowledgment numbers and
+/// window. A later fragment carries the ports its first fragment did.
+#[derive(Clone, Copy)]
+struct Segment {
+    sport: u16,
+    dport: u16,
+    flags: u8,
+    /// TCP: the header, for the SYN options; null otherwise.
+    tcp: *mut TcpHdr,
+    seq: u32,
+    ack: u32,
+    window: u16,
+}
+
+impl Segment {
+    #[inline(always)]
+    fn ports(sport: u16, dport: u16) -> Segment {
+        Segment {
+            sport,
+            dport,
+            flags: 0,
+            tcp: core::ptr::null_mut(),
+            seq: 0,
+            ack: 0,
+            window: 0,
+        }
+    }
+}
+
+/// The segment of a TCP or UDP packet, whole or first fragment.
 #[inline(always)]
-fn lan_ports(ctx: &XdpContext, p: &Ipv4) -> Result<(u16, u16, u8), Counter> {
+fn transport(ctx: &XdpContext, p: &Ipv4) -> Result<Segment, Counter> {
+    if p.proto == IPPROTO_TCP {
+        let th = parse::tcp(ctx, p)?;
+        // SAFETY: bounds-checked by parse::tcp.
+        let t = unsafe { &*th };
+        return Ok(Segment {
+            sport: t.sport,
+            dport: t.dport,
+            flags: t.flags,
+            tcp: th,
+            seq: u32::from_be(t.seq),
+            ack: u32::from_be(t.ack),
+            window: u16::from_be(t.window),
+        });
+    }
+    let uh = parse::udp(ctx, p)?;
+    // SAFETY: bounds-checked by parse::udp.
+    unsafe { Ok(Segment::ports((*uh).sport, (*uh).dport)) }
+}
+
+/// The segment of a LAN packet; ICMP errors about our connections are translated here.
+#[inline(always)]
+fn lan_segment(ctx: &XdpContext, p: &Ipv4) -> Result<Segment, Verdict> {
     if p.fragment == Fragment::Later {
-        let ports = frag::ports(p).ok_or(Counter::DropFragmentUntracked)?;
-        return Ok((ports.src_port, ports.dst_port, 0));
+        let ports = frag::ports(p).ok_or(Err(Counter::DropFragmentUntracked))?;
+        return Ok(Segment::ports(ports.src_port, ports.dst_port));
     }
     match p.proto {
-        IPPROTO_TCP => {
-            let th = parse::tcp(ctx, p)?;
-            // SAFETY: bounds-checked by parse::tcp.
-            let th = unsafe { &*th };
-            Ok((th.sport, th.dport, th.flags))
-        }
-        IPPROTO_UDP => {
-            let uh = parse::udp(ctx, p)?;
-            // SAFETY: bounds-checked by parse::udp.
-            let uh = unsafe { &*uh };
-            Ok((uh.sport, uh.dport, 0))
-        }
+        IPPROTO_TCP | IPPROTO_UDP => transport(ctx, p).map_err(Err),
         IPPROTO_ICMP => {
-            let ih = parse::icmp(ctx, p)?;
+            let ih = parse::icmp(ctx, p).map_err(Err)?;
             // SAFETY: bounds-checked by parse::icmp.
-            let ih = unsafe { &*ih };
-            if ih.kind != ICMP_ECHO_REQUEST {
-                return Err(Counter::PassUnsupported);
+            let (kind, id) = unsafe { ((*ih).kind, (*ih).id) };
+            match kind {
+                ICMP_ECHO_REQUEST => Ok(Segment::ports(id, 0)),
+                // An error is small; a fragmented one is not worth translating.
+                ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAM_PROBLEM
+                    if p.fragment == Fragment::Whole =>
+                {
+                    Err(lan_icmp_error(ctx, p))
+                }
+                _ => Err(Err(Counter::PassUnsupported)),
             }
-            Ok((ih.id, 0, 0))
         }
-        _ => Err(Counter::PassUnsupported),
+        _ => Err(Err(Counter::PassUnsupported)),
     }
+}
+
+/// An ICMP error from a LAN host about one of its connections goes out like the connection;
+/// the LAN port must own its source (BCP 38).
+#[inline(always)]
+fn lan_icmp_error(ctx: &XdpContext, p: &Ipv4) -> Verdict {
+    let cfg = CONFIG.get(0).ok_or(Counter::DropNoWan)?;
+    select::lan_for(ctx.ingress_ifindex() as u32, p.src, p.dst, cfg)?;
+    icmp::error_to_wan(ctx, p)
 }
 
 /// LAN ingress.
@@ -58,13 +115,19 @@ pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
     if is_multicast_or_broadcast(dst) {
         return Err(Counter::PassLocal);
     }
-    let (sport, dport, flags) = lan_ports(ctx, &p)?;
+    let seg = match lan_segment(ctx, &p) {
+        Ok(seg) => seg,
+        Err(verdict) => return verdict,
+    };
+    let (sport, dport) = (seg.sport, seg.dport);
     let key = FlowKey::new(src, dst, sport, dport, proto);
     let bits = if proto == IPPROTO_TCP {
-        conntrack::tcp_bits(flags)
+        conntrack::tcp_bits(seg.flags)
     } else {
         0
     };
+    // Only a whole SYN carries options worth reading (a fragmented SYN is not worth it).
+    let syn = bits & CT_TCP_SYN != 0 && p.fragment == Fragment::Whole;
     let now = conntrack::now_ns();
     let len = frame_len(ctx);
     let cfg = CONFIG.get(0).ok_or(Counter::DropNoWan)?;
@@ -77,13 +140,17 @@ pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
         // SAFETY: a live entry of our map; concurrent writers only touch counters.
         let e = unsafe { &mut *e };
         match WANS.get(e.wan_id as u32) {
-            Some(wan) if wan.is_up() && !conntrack::reopens(e, bits) => {
+            Some(wan) if wan.is_up() && !conntrack::reopens(&key, e, bits) => {
                 // SAFETY: bounds-checked in parse::ipv4().
                 conntrack::follow_host_mac(&key, e, unsafe { &(*eth).src });
                 e.last_seen_ns = now;
                 e.tcp_flags |= bits;
                 e.packets += 1;
                 e.bytes += len;
+                if bits & CT_TCP_ACK != 0 {
+                    e.lan_ack = seg.ack;
+                    e.lan_window = scaled_window(seg.window, e.lan_wscale);
+                }
                 found = Some((e.nat_addr, e.nat_port, e.wan_id, wan));
             }
             // The WAN died (its upstream already broke the connection) or the tuple is being
@@ -98,25 +165,33 @@ pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
             if p.fragment == Fragment::Later {
                 return Err(Counter::DropFragmentUntracked);
             }
-            // A reset opens nothing (as in nf_conntrack): it answers a connection we do not
-            // have, so the kernel may deal with it.
-            if bits & CT_TCP_RST != 0 {
-                return Err(Counter::PassUntracked);
+            // Only a SYN opens a TCP connection, as in nf_conntrack: a server's SYN-ACK, a
+            // mid-stream ACK after failover or a lone reset gets no mapping of its own.
+            if proto == IPPROTO_TCP
+                && bits & (CT_TCP_SYN | CT_TCP_ACK | CT_TCP_RST | CT_TCP_FIN) != CT_TCP_SYN
+            {
+                return Err(Counter::PassTcpNotSyn);
             }
             let lan_id = select::lan_for(ifindex, src, dst, cfg)?;
             let (wan_id, wan) = select::wan_for(&key, cfg)?;
             if wan.gateway_mac == [0; 6] {
                 return Err(Counter::PassNoNeighbour);
             }
-            if tot_len > wan.mtu {
-                return Err(Counter::PassMtu);
+            if let Err(verdict) = fits_wan(ctx, &p, wan, lan_id) {
+                return verdict;
             }
+            let lan_wscale = if syn {
+                tcp::syn_options(ctx, seg.tcp, wan.mtu)
+            } else {
+                0
+            };
             // SAFETY: bounds-checked in parse::ipv4().
             let lan_mac = unsafe { (*eth).src };
             let first = conntrack::Opening {
                 lan_id,
                 lan_mac,
                 tcp_bits: bits,
+                lan_wscale,
                 len,
                 now,
             };
@@ -132,12 +207,19 @@ pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
     };
 
     if tot_len > wan.mtu {
-        return Err(Counter::PassMtu);
+        let lan_id = select::lan_of_port(ifindex, cfg).ok_or(Counter::DropSpoofed)?;
+        if let Err(verdict) = fits_wan(ctx, &p, wan, lan_id) {
+            return verdict;
+        }
+    }
+    if syn && found.is_some() {
+        // A retransmitted SYN: clamped like the first.
+        tcp::syn_options(ctx, seg.tcp, wan.mtu);
     }
     if p.fragment == Fragment::First {
         frag::remember(&p, sport, dport);
     }
-    // SAFETY: every pointer below was bounds-checked by parse::ipv4() and lan_ports().
+    // SAFETY: every pointer below was bounds-checked by parse::ipv4() and lan_segment().
     unsafe {
         (*ip).check = csum::replace4((*ip).check, src, nat_addr);
         (*ip).src = nat_addr;
@@ -147,16 +229,20 @@ pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
             rewrite_l4(ctx, proto, src, nat_addr, true, nat_port)?;
         }
     }
-    if let Some(stats) = WAN_STATS.get_ptr_mut(wan_id as u32) {
-        // SAFETY: per-CPU slot.
-        unsafe {
-            (*stats).tx_packets += 1;
-            (*stats).tx_bytes += len;
-        }
-    }
+    count_tx(wan_id, len);
     // SAFETY: bounds-checked in parse::ipv4().
     let action = unsafe { fib::forward(eth, ip, &wan.gateway_mac, &wan.mac, wan_id as u32)? };
     Ok((action, Counter::FwdOut))
+}
+
+/// Whether a LAN packet fits the WAN it leaves by ([`icmp::fits`]); an error says so from
+/// the router's address on the LAN port `lan_id`.
+#[inline(always)]
+fn fits_wan(ctx: &XdpContext, p: &Ipv4, wan: &WanInfo, lan_id: u8) -> Result<(), Verdict> {
+    let lan = LANS
+        .get(u32::from(lan_id))
+        .ok_or(Err(Counter::DropSpoofed))?;
+    icmp::fits(ctx, p, wan.mtu, lan.mtu, lan.addr)
 }
 
 /// Rewrites one address and one port of the transport header at `L4_OFF`, keeping its
@@ -205,36 +291,27 @@ unsafe fn rewrite_l4(
     Ok(())
 }
 
-/// The transport ports of a WAN packet as (remote port, NAT port) and its TCP flags; for a
-/// later fragment, those its first fragment carried. ICMP errors are handed on.
+/// The segment of a WAN packet (ICMP echo reply: the identifier as NAT port); ICMP errors
+/// about our connections are translated here.
 #[inline(always)]
-fn wan_ports(ctx: &XdpContext, p: &Ipv4) -> Result<(u16, u16, u8), Verdict> {
+fn wan_segment(ctx: &XdpContext, p: &Ipv4) -> Result<Segment, Verdict> {
     if p.fragment == Fragment::Later {
         let ports = frag::ports(p).ok_or(Err(Counter::PassFragment))?;
-        return Ok((ports.src_port, ports.dst_port, 0));
+        return Ok(Segment::ports(ports.src_port, ports.dst_port));
     }
     match p.proto {
-        IPPROTO_TCP => {
-            let th = parse::tcp(ctx, p).map_err(Err)?;
-            // SAFETY: bounds-checked by parse::tcp.
-            unsafe { Ok(((*th).sport, (*th).dport, (*th).flags)) }
-        }
-        IPPROTO_UDP => {
-            let uh = parse::udp(ctx, p).map_err(Err)?;
-            // SAFETY: bounds-checked by parse::udp.
-            unsafe { Ok(((*uh).sport, (*uh).dport, 0)) }
-        }
+        IPPROTO_TCP | IPPROTO_UDP => transport(ctx, p).map_err(Err),
         IPPROTO_ICMP => {
             let ih = parse::icmp(ctx, p).map_err(Err)?;
             // SAFETY: bounds-checked by parse::icmp.
             let (kind, id) = unsafe { ((*ih).kind, (*ih).id) };
             match kind {
-                ICMP_ECHO_REPLY => Ok((0, id, 0)),
+                ICMP_ECHO_REPLY => Ok(Segment::ports(0, id)),
                 // An error is small; a fragmented one is not worth translating.
                 ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAM_PROBLEM
                     if p.fragment == Fragment::Whole =>
                 {
-                    Err(icmp_error_to_lan(ctx, p.eth, p.ip))
+                    Err(icmp::error_to_lan(ctx, p.eth, p.ip))
                 }
                 _ => Err(Err(Counter::PassUntracked)),
             }
@@ -247,26 +324,32 @@ fn wan_ports(ctx: &XdpContext, p: &Ipv4) -> Result<(u16, u16, u8), Verdict> {
 #[inline(always)]
 pub fn wan_to_lan(ctx: &XdpContext) -> Verdict {
     let p = parse::ipv4(ctx)?;
-    let (eth, ip, src, dst, proto, tot_len) = (p.eth, p.ip, p.src, p.dst, p.proto, p.tot_len);
-    let (sport, dport, flags) = match wan_ports(ctx, &p) {
-        Ok(ports) => ports,
+    let (eth, ip, src, dst, proto) = (p.eth, p.ip, p.src, p.dst, p.proto);
+    let seg = match wan_segment(ctx, &p) {
+        Ok(seg) => seg,
         Err(verdict) => return verdict,
     };
-    let key = FlowKey::new(src, dst, sport, dport, proto);
+    let key = FlowKey::new(src, dst, seg.sport, seg.dport, proto);
     let untracked = if p.fragment == Fragment::Whole {
         Counter::PassUntracked
     } else {
         Counter::PassFragment
     };
     let entry = CT_IN.get_ptr_mut(&key).ok_or(untracked)?;
+    let bits = if proto == IPPROTO_TCP {
+        conntrack::tcp_bits(seg.flags)
+    } else {
+        0
+    };
+    if bits & CT_TCP_RST != 0 && !conntrack::reset_in_window(&key, entry, seg.seq) {
+        return Err(Counter::DropRstOutOfWindow);
+    }
     let len = frame_len(ctx);
     // SAFETY: a live entry of our map; concurrent writers only touch counters.
     let entry: CtIn = unsafe {
         let e = &mut *entry;
         e.last_seen_ns = conntrack::now_ns();
-        if proto == IPPROTO_TCP {
-            e.tcp_flags |= conntrack::tcp_bits(flags);
-        }
+        e.tcp_flags |= bits;
         e.packets += 1;
         e.bytes += len;
         *e
@@ -274,13 +357,20 @@ pub fn wan_to_lan(ctx: &XdpContext) -> Verdict {
     let lan = LANS
         .get(entry.lan_id as u32)
         .ok_or(Counter::PassUntracked)?;
-    if tot_len > lan.mtu {
-        return Err(Counter::PassMtu);
+    let wan = WANS
+        .get(entry.wan_id as u32)
+        .ok_or(Counter::PassUntracked)?;
+    if let Err(verdict) = icmp::fits(ctx, &p, lan.mtu, wan.mtu, wan.addr) {
+        return verdict;
+    }
+    if bits & CT_TCP_SYN != 0 && p.fragment == Fragment::Whole {
+        // The server's SYN-ACK: the LAN host must not send segments the WAN cannot carry.
+        tcp::syn_options(ctx, seg.tcp, wan.mtu);
     }
     if p.fragment == Fragment::First {
-        frag::remember(&p, sport, dport);
+        frag::remember(&p, seg.sport, seg.dport);
     }
-    // SAFETY: bounds-checked in parse::ipv4() and wan_ports().
+    // SAFETY: bounds-checked in parse::ipv4() and wan_segment().
     unsafe {
         (*ip).check = csum::replace4((*ip).check, dst, entry.lan_addr);
         (*ip).dst = entry.lan_addr;
@@ -290,20 +380,28 @@ pub fn wan_to_lan(ctx: &XdpContext) -> Verdict {
     }
     count_rx(entry.wan_id, len);
     // SAFETY: bounds-checked in parse::ipv4().
-    let action = unsafe {
-        fib::forward(
-            eth,
-            ip,
-            &entry.lan_mac,
-            &lan.mac,
-            LAN_DEVMAP_BASE + entry.lan_id as u32,
-        )?
-    };
+    let action = unsafe { to_host(eth, ip, &entry, lan)? };
     Ok((action, Counter::FwdIn))
 }
 
+/// Forwards a translated frame to the connection's LAN host.
+///
+/// # Safety
+/// `eth` and `ip` point into the frame, bounds-checked by the caller.
 #[inline(always)]
-fn count_rx(wan_id: u8, len: u64) {
+pub unsafe fn to_host(
+    eth: *mut EthHdr,
+    ip: *mut Ipv4Hdr,
+    entry: &CtIn,
+    lan: &LanInfo,
+) -> Result<u32, Counter> {
+    let port = LAN_DEVMAP_BASE + u32::from(entry.lan_id);
+    // SAFETY: the caller's guarantee.
+    unsafe { fib::forward(eth, ip, &entry.lan_mac, &lan.mac, port) }
+}
+
+#[inline(always)]
+pub fn count_rx(wan_id: u8, len: u64) {
     if let Some(stats) = WAN_STATS.get_ptr_mut(wan_id as u32) {
         // SAFETY: per-CPU slot.
         unsafe {
@@ -313,133 +411,13 @@ fn count_rx(wan_id: u8, len: u64) {
     }
 }
 
-const ICMP_LEN: usize = 8;
-const INNER_IP_OFF: usize = L4_OFF + ICMP_LEN;
-const INNER_L4_OFF: usize = INNER_IP_OFF + IP_LEN;
-
-/// An ICMP error (RFC 792) quoting one of our translated packets: the quoted header carries
-/// the WAN address and NAT port as source. Both the outer destination and the quoted source
-/// go back to the LAN host, so path-MTU discovery and traceroute work through the NAT
-/// (Cilium's `snat_v4_rewrite_*_embedded`, Linux's `nf_nat_icmp_reply_translation`).
 #[inline(always)]
-fn icmp_error_to_lan(ctx: &XdpContext, eth: *mut EthHdr, ip: *mut Ipv4Hdr) -> Verdict {
-    let icmp = ptr_at::<IcmpHdr>(ctx, L4_OFF).ok_or(Counter::DropBadTransportHeader)?;
-    let inner = ptr_at::<Ipv4Hdr>(ctx, INNER_IP_OFF).ok_or(Counter::PassUntracked)?;
-    // RFC 792 guarantees the quoted header plus 8 bytes: ports, or an echo's identifier.
-    let inner_l4 = ptr_at::<UdpHdr>(ctx, INNER_L4_OFF).ok_or(Counter::PassUntracked)?;
-    // SAFETY: bounds-checked by ptr_at.
-    let (outer_dst, tot_len) = unsafe { ((*ip).dst, u16::from_be((*ip).tot_len)) };
-    // SAFETY: bounds-checked by ptr_at.
-    let (in_vihl, in_src, in_dst, in_proto, in_check) = unsafe {
-        (
-            (*inner).version_ihl,
-            (*inner).src,
-            (*inner).dst,
-            (*inner).proto,
-            (*inner).check,
-        )
-    };
-    if in_vihl != 0x45 || in_src != outer_dst {
-        return Err(Counter::PassUntracked);
-    }
-    // SAFETY: bounds-checked by ptr_at.
-    let (in_sport, in_dport) = unsafe { ((*inner_l4).sport, (*inner_l4).dport) };
-    let key = match in_proto {
-        IPPROTO_TCP | IPPROTO_UDP => FlowKey::new(in_dst, in_src, in_dport, in_sport, in_proto),
-        IPPROTO_ICMP => {
-            let echo = ptr_at::<IcmpHdr>(ctx, INNER_L4_OFF).ok_or(Counter::PassUntracked)?;
-            // SAFETY: bounds-checked by ptr_at.
-            let (kind, id) = unsafe { ((*echo).kind, (*echo).id) };
-            if kind != ICMP_ECHO_REQUEST {
-                return Err(Counter::PassUntracked);
-            }
-            FlowKey::new(in_dst, in_src, 0, id, in_proto)
+pub fn count_tx(wan_id: u8, len: u64) {
+    if let Some(stats) = WAN_STATS.get_ptr_mut(wan_id as u32) {
+        // SAFETY: per-CPU slot.
+        unsafe {
+            (*stats).tx_packets += 1;
+            (*stats).tx_bytes += len;
         }
-        _ => return Err(Counter::PassUntracked),
-    };
-    let entry = CT_IN.get_ptr(&key).ok_or(Counter::PassUntracked)?;
-    // SAFETY: a live entry of our map, copied once.
-    let entry: CtIn = unsafe { *entry };
-    let lan = LANS
-        .get(entry.lan_id as u32)
-        .ok_or(Counter::PassUntracked)?;
-    if tot_len > lan.mtu {
-        return Err(Counter::PassMtu);
     }
-    let (lan_addr, lan_port) = (entry.lan_addr, entry.lan_port);
-    // SAFETY: every pointer was bounds-checked by ptr_at above.
-    unsafe {
-        let mut icmp_check = (*icmp).check;
-        // Quoted transport header first: its checksum (when quoted) covers the quoted
-        // addresses, and every word we change inside the ICMP payload changes the ICMP
-        // checksum by the same amount.
-        match in_proto {
-            IPPROTO_UDP => {
-                let old = (*inner_l4).check;
-                let new = csum::udp_replace2(
-                    csum::udp_replace4(old, in_src, lan_addr),
-                    in_sport,
-                    lan_port,
-                );
-                (*inner_l4).check = new;
-                icmp_check = csum::replace2(icmp_check, old, new);
-                (*inner_l4).sport = lan_port;
-            }
-            IPPROTO_TCP => {
-                // The TCP checksum sits past the 8 quoted bytes RFC 792 guarantees; when it is
-                // missing Linux leaves it alone too (tcp_manip_pkt), as the host cannot
-                // verify a truncated segment anyway.
-                if let Some(th) = ptr_at::<TcpHdr>(ctx, INNER_L4_OFF) {
-                    let old = (*th).check;
-                    let new =
-                        csum::replace2(csum::replace4(old, in_src, lan_addr), in_sport, lan_port);
-                    (*th).check = new;
-                    icmp_check = csum::replace2(icmp_check, old, new);
-                }
-                (*inner_l4).sport = lan_port;
-            }
-            _ => {
-                let echo = INNER_L4_OFF as usize;
-                if let Some(e) = ptr_at::<IcmpHdr>(ctx, echo) {
-                    let old = (*e).check;
-                    let new = csum::replace2(old, (*e).id, lan_port);
-                    (*e).check = new;
-                    icmp_check = csum::replace2(icmp_check, old, new);
-                    (*e).id = lan_port;
-                }
-            }
-        }
-        icmp_check = csum::replace2(
-            icmp_check,
-            in_sport_or_id(in_proto, in_sport, key.dst_port),
-            lan_port,
-        );
-        let new_inner_check = csum::replace4(in_check, in_src, lan_addr);
-        (*inner).check = new_inner_check;
-        (*inner).src = lan_addr;
-        icmp_check = csum::replace2(icmp_check, in_check, new_inner_check);
-        icmp_check = csum::replace4(icmp_check, in_src, lan_addr);
-        (*icmp).check = icmp_check;
-
-        (*ip).check = csum::replace4((*ip).check, outer_dst, lan_addr);
-        (*ip).dst = lan_addr;
-    }
-    count_rx(entry.wan_id, frame_len(ctx));
-    // SAFETY: bounds-checked in ipv4().
-    let action = unsafe {
-        fib::forward(
-            eth,
-            ip,
-            &entry.lan_mac,
-            &lan.mac,
-            LAN_DEVMAP_BASE + entry.lan_id as u32,
-        )?
-    };
-    Ok((action, Counter::FwdIcmpError))
-}
-
-/// The quoted port (or echo identifier) the NAT chose.
-#[inline(always)]
-fn in_sport_or_id(proto: u8, sport: u16, id: u16) -> u16 {
-    if proto == IPPROTO_ICMP { id } else { sport }
 }

@@ -55,6 +55,22 @@ pub fn lan_for(ifindex: u32, src: u32, dst: u32, cfg: &Config) -> Result<u8, Cou
     found.ok_or(Counter::DropSpoofed)
 }
 
+/// The LAN served by port `ifindex`.
+#[inline(always)]
+pub fn lan_of_port(ifindex: u32, cfg: &Config) -> Option<u8> {
+    for i in 0..MAX_LANS as u32 {
+        if i >= u32::from(cfg.lan_count) {
+            break;
+        }
+        if let Some(lan) = LANS.get(i)
+            && lan.ifindex == ifindex
+        {
+            return Some(i as u8);
+        }
+    }
+    None
+}
+
 /// A packet of a known connection: with several LANs, the port it arrived on must still own
 /// its source, as when the connection opened (BCP 38), or a host on one LAN could send into
 /// another LAN's connections by spoofing. With one LAN, only its hosts have connections.

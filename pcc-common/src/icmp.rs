@@ -1,0 +1,79 @@
+//! ICMP errors the dataplane builds itself: the fixed layout and its checksum.
+//!
+//! An error quotes the offending packet's IPv4 header and the first 8 bytes of its payload
+//! (RFC 792): enough for the sender to find its socket (ports, or an echo identifier) and, for
+//! "fragmentation needed", to lower its path MTU (RFC 1191).
+
+/// Bytes quoted: an IPv4 header without options and 8 bytes of transport header.
+pub const QUOTE_LEN: usize = 28;
+/// ICMP header (type, code, checksum, 4 bytes of "rest") plus the quote.
+pub const ICMP_ERROR_LEN: usize = 8 + QUOTE_LEN;
+/// Ethernet, IPv4 and the ICMP error: the whole frame the dataplane sends.
+pub const ICMP_ERROR_FRAME_LEN: usize = 14 + 20 + ICMP_ERROR_LEN;
+
+pub const ICMP_DEST_UNREACH: u8 = 3;
+/// Destination unreachable: fragmentation needed and DF set (RFC 792, RFC 1191).
+pub const ICMP_FRAG_NEEDED: u8 = 4;
+
+/// The checksum of an ICMP error with `kind`, `code`, the 4 "rest" bytes (for fragmentation
+/// needed: 2 unused, then the next-hop MTU) and `quote`, as written into the header (bytes in
+/// memory order: the sum does not depend on byte order when read and written alike).
+#[inline(always)]
+pub fn error_checksum(kind: u8, code: u8, rest: [u8; 4], quote: &[u8; QUOTE_LEN]) -> u16 {
+    let mut sum = u32::from(u16::from_ne_bytes([kind, code]))
+        + u32::from(u16::from_ne_bytes([rest[0], rest[1]]))
+        + u32::from(u16::from_ne_bytes([rest[2], rest[3]]));
+    let mut i = 0;
+    while i < QUOTE_LEN {
+        sum += u32::from(u16::from_ne_bytes([quote[i], quote[i + 1]]));
+        i += 2;
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+/// The checksum of a 20-byte IPv4 header given as its ten 16-bit words in memory order, with
+/// the checksum word 0.
+#[inline(always)]
+pub fn ipv4_header_checksum(words: &[u16; 10]) -> u16 {
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i < 10 {
+        sum += u32::from(words[i]);
+        i += 1;
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+#[cfg(all(test, feature = "std"))]
+mod tests {
+    use super::*;
+    use crate::csum;
+
+    #[test]
+    fn error_checksum_matches_a_full_computation() {
+        let quote: [u8; QUOTE_LEN] = core::array::from_fn(|i| (i * 37 + 5) as u8);
+        let rest = [0, 0, 0x05, 0xd4];
+        let check = error_checksum(ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, rest, &quote);
+        let mut msg = vec![ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED];
+        msg.extend_from_slice(&check.to_ne_bytes());
+        msg.extend_from_slice(&rest);
+        msg.extend_from_slice(&quote);
+        assert_eq!(csum::checksum(&msg), 0);
+    }
+
+    #[test]
+    fn header_checksum_matches_a_full_computation() {
+        let mut hdr = [
+            0x45u8, 0xc0, 0, 56, 0, 0, 0, 0, 64, 1, 0, 0, 198, 19, 10, 1, 198, 19, 10, 11,
+        ];
+        let words: [u16; 10] =
+            core::array::from_fn(|i| u16::from_ne_bytes([hdr[2 * i], hdr[2 * i + 1]]));
+        let check = ipv4_header_checksum(&words);
+        hdr[10..12].copy_from_slice(&check.to_ne_bytes());
+        assert_eq!(csum::checksum(&hdr), 0);
+    }
+}

@@ -1,0 +1,338 @@
+//! ICMP errors: those about our connections, translated in both directions (RFC 5508 REQ-4),
+//! and "fragmentation needed", which the dataplane answers itself (RFC 1191).
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_tail, programs::XdpContext};
+use pcc_common::{
+    Counter, CtIn, CtOut, FlowKey, csum,
+    icmp::{self, ICMP_ERROR_FRAME_LEN, ICMP_ERROR_LEN, QUOTE_LEN},
+};
+
+use crate::{
+    CT_IN, CT_OUT, LANS, WANS, fib,
+    nat::{Verdict, count_rx, count_tx, to_host},
+    parse::{
+        ETH_LEN, EthHdr, ICMP_ECHO_REQUEST, IP_LEN, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+        IcmpHdr, Ipv4, Ipv4Hdr, L4_OFF, TcpHdr, UdpHdr, frame_len, ptr_at,
+    },
+};
+
+const ICMP_LEN: usize = 8;
+const INNER_IP_OFF: usize = L4_OFF + ICMP_LEN;
+const INNER_L4_OFF: usize = INNER_IP_OFF + IP_LEN;
+
+/// Don't fragment (RFC 791), in network byte order.
+const IP_DF: u16 = 0x4000_u16.to_be();
+/// Precedence "internetwork control", the TOS the kernel's `icmp_send` gives its errors.
+const TOS_INTERNETWORK_CONTROL: u8 = 0xc0;
+
+/// The quoted packet of an ICMP error and the headers around it, bounds-checked.
+struct Quoted {
+    icmp: *mut IcmpHdr,
+    inner: *mut Ipv4Hdr,
+    /// The first 8 bytes after the quoted header: ports (TCP/UDP) or echo type and id.
+    inner_l4: *mut UdpHdr,
+    src: u32,
+    dst: u32,
+    proto: u8,
+    sport: u16,
+    dport: u16,
+}
+
+/// The quoted datagram of the error at `L4_OFF`; RFC 792 guarantees its header plus 8 bytes.
+#[inline(always)]
+fn quoted(ctx: &XdpContext) -> Result<Quoted, Counter> {
+    let icmp = ptr_at::<IcmpHdr>(ctx, L4_OFF).ok_or(Counter::DropBadTransportHeader)?;
+    let inner = ptr_at::<Ipv4Hdr>(ctx, INNER_IP_OFF).ok_or(Counter::PassUntracked)?;
+    let inner_l4 = ptr_at::<UdpHdr>(ctx, INNER_L4_OFF).ok_or(Counter::PassUntracked)?;
+    // SAFETY: bounds-checked by ptr_at.
+    let (vihl, src, dst, proto, sport, dport) = unsafe {
+        (
+            (*inner).version_ihl,
+            (*inner).src,
+            (*inner).dst,
+            (*inner).proto,
+            (*inner_l4).sport,
+            (*inner_l4).dport,
+        )
+    };
+    if vihl != 0x45 {
+        return Err(Counter::PassUntracked);
+    }
+    Ok(Quoted {
+        icmp,
+        inner,
+        inner_l4,
+        src,
+        dst,
+        proto,
+        sport,
+        dport,
+    })
+}
+
+/// Which address and port of the quoted packet the NAT changes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// The quoted packet left through us: its source was translated.
+    Source,
+    /// The quoted packet came in through us: its destination was translated.
+    Destination,
+}
+
+/// Rewrites one address and port (or echo identifier) of the quoted packet from `old_*` to
+/// `new_*`, keeping the quoted IP header checksum, the quoted TCP/UDP checksum (when quoted)
+/// and the ICMP checksum valid: every word changed inside the ICMP payload changes the ICMP
+/// checksum by the same amount (Cilium's `snat_v4_rewrite_*_embedded`, Linux's
+/// `nf_nat_icmp_reply_translation`).
+///
+/// # Safety
+/// `q`'s pointers were bounds-checked by [`quoted`].
+#[inline(always)]
+unsafe fn rewrite_quoted(
+    ctx: &XdpContext,
+    q: &Quoted,
+    side: Side,
+    old_addr: u32,
+    new_addr: u32,
+    old_port: u16,
+    new_port: u16,
+) {
+    unsafe {
+        let mut icmp_check = (*q.icmp).check;
+        match q.proto {
+            IPPROTO_UDP => {
+                let old = (*q.inner_l4).check;
+                let new = csum::udp_replace2(
+                    csum::udp_replace4(old, old_addr, new_addr),
+                    old_port,
+                    new_port,
+                );
+                (*q.inner_l4).check = new;
+                icmp_check = csum::replace2(icmp_check, old, new);
+            }
+            IPPROTO_TCP => {
+                // The TCP checksum sits past the 8 quoted bytes RFC 792 guarantees; when it is
+                // missing Linux leaves it alone too (tcp_manip_pkt), as the host cannot
+                // verify a truncated segment anyway.
+                if let Some(th) = ptr_at::<TcpHdr>(ctx, INNER_L4_OFF) {
+                    let old = (*th).check;
+                    let new =
+                        csum::replace2(csum::replace4(old, old_addr, new_addr), old_port, new_port);
+                    (*th).check = new;
+                    icmp_check = csum::replace2(icmp_check, old, new);
+                }
+            }
+            _ => {
+                if let Some(e) = ptr_at::<IcmpHdr>(ctx, INNER_L4_OFF) {
+                    let old = (*e).check;
+                    let new = csum::replace2(old, old_port, new_port);
+                    (*e).check = new;
+                    icmp_check = csum::replace2(icmp_check, old, new);
+                }
+            }
+        }
+        icmp_check = csum::replace2(icmp_check, old_port, new_port);
+        let inner_check = (*q.inner).check;
+        let new_inner_check = csum::replace4(inner_check, old_addr, new_addr);
+        (*q.inner).check = new_inner_check;
+        icmp_check = csum::replace2(icmp_check, inner_check, new_inner_check);
+        icmp_check = csum::replace4(icmp_check, old_addr, new_addr);
+        (*q.icmp).check = icmp_check;
+        match (side, q.proto) {
+            // An echo's identifier is the first word after type, code and checksum.
+            (_, IPPROTO_ICMP) => {
+                if let Some(e) = ptr_at::<IcmpHdr>(ctx, INNER_L4_OFF) {
+                    (*e).id = new_port;
+                }
+            }
+            (Side::Source, _) => (*q.inner_l4).sport = new_port,
+            (Side::Destination, _) => (*q.inner_l4).dport = new_port,
+        }
+        match side {
+            Side::Source => (*q.inner).src = new_addr,
+            Side::Destination => (*q.inner).dst = new_addr,
+        }
+    }
+}
+
+/// An ICMP error from a WAN quoting one of our translated packets: the quoted header carries
+/// the WAN address and NAT port as source. Both the outer destination and the quoted source
+/// go back to the LAN host, so path-MTU discovery and traceroute work through the NAT.
+#[inline(always)]
+pub fn error_to_lan(ctx: &XdpContext, eth: *mut EthHdr, ip: *mut Ipv4Hdr) -> Verdict {
+    let q = quoted(ctx)?;
+    // SAFETY: bounds-checked in parse::ipv4().
+    let outer_dst = unsafe { (*ip).dst };
+    if q.src != outer_dst {
+        return Err(Counter::PassUntracked);
+    }
+    let key = match q.proto {
+        IPPROTO_TCP | IPPROTO_UDP => FlowKey::new(q.dst, q.src, q.dport, q.sport, q.proto),
+        IPPROTO_ICMP => {
+            let echo = ptr_at::<IcmpHdr>(ctx, INNER_L4_OFF).ok_or(Counter::PassUntracked)?;
+            // SAFETY: bounds-checked by ptr_at.
+            let (kind, id) = unsafe { ((*echo).kind, (*echo).id) };
+            if kind != ICMP_ECHO_REQUEST {
+                return Err(Counter::PassUntracked);
+            }
+            FlowKey::new(q.dst, q.src, 0, id, q.proto)
+        }
+        _ => return Err(Counter::PassUntracked),
+    };
+    let entry = CT_IN.get_ptr(&key).ok_or(Counter::PassUntracked)?;
+    // SAFETY: a live entry of our map, copied once.
+    let entry: CtIn = unsafe { *entry };
+    let lan = LANS
+        .get(entry.lan_id as u32)
+        .ok_or(Counter::PassUntracked)?;
+    // SAFETY: every pointer was bounds-checked by quoted() and parse::ipv4().
+    unsafe {
+        rewrite_quoted(
+            ctx,
+            &q,
+            Side::Source,
+            q.src,
+            entry.lan_addr,
+            key.dst_port,
+            entry.lan_port,
+        );
+        (*ip).check = csum::replace4((*ip).check, outer_dst, entry.lan_addr);
+        (*ip).dst = entry.lan_addr;
+    }
+    count_rx(entry.wan_id, frame_len(ctx));
+    // SAFETY: bounds-checked in parse::ipv4().
+    let action = unsafe { to_host(eth, ip, &entry, lan)? };
+    Ok((action, Counter::FwdIcmpError))
+}
+
+/// An ICMP error from the LAN about one of our connections (a host's "port unreachable" for a
+/// UDP port it closed, "time exceeded" or "fragmentation needed" from a LAN router): the
+/// quoted packet came in through the NAT, so its destination is the LAN host. The outer
+/// source and the quoted destination become the connection's WAN address and NAT port, and
+/// it leaves through the connection's WAN, never with a LAN address (RFC 5508 REQ-4).
+#[inline(always)]
+pub fn error_to_wan(ctx: &XdpContext, p: &Ipv4) -> Verdict {
+    let q = quoted(ctx)?;
+    // The error goes back to whoever sent the quoted packet; and only a quote of TCP or UDP
+    // can be ours (an echo request from outside never reaches the LAN through pcc).
+    if q.src != p.dst || (q.proto != IPPROTO_TCP && q.proto != IPPROTO_UDP) {
+        return Err(Counter::PassUntracked);
+    }
+    let key = FlowKey::new(q.dst, q.src, q.dport, q.sport, q.proto);
+    let entry = CT_OUT.get_ptr(&key).ok_or(Counter::PassUntracked)?;
+    // SAFETY: a live entry of our map, copied once.
+    let entry: CtOut = unsafe { *entry };
+    let wan = WANS.get(entry.wan_id as u32).ok_or(Counter::DropNoWan)?;
+    if !wan.is_up() {
+        return Err(Counter::DropNoWan);
+    }
+    // SAFETY: every pointer was bounds-checked by quoted() and parse::ipv4().
+    unsafe {
+        rewrite_quoted(
+            ctx,
+            &q,
+            Side::Destination,
+            q.dst,
+            entry.nat_addr,
+            q.dport,
+            entry.nat_port,
+        );
+        (*p.ip).check = csum::replace4((*p.ip).check, p.src, entry.nat_addr);
+        (*p.ip).src = entry.nat_addr;
+    }
+    count_tx(entry.wan_id, frame_len(ctx));
+    // SAFETY: bounds-checked in parse::ipv4().
+    let action =
+        unsafe { fib::forward(p.eth, p.ip, &wan.gateway_mac, &wan.mac, entry.wan_id as u32)? };
+    Ok((action, Counter::FwdIcmpErrorOut))
+}
+
+/// Checks that `p` fits the port it would leave by (`mtu`); the port it arrived on allows
+/// `ingress_mtu`. A packet with DF set that does not fit is answered with "fragmentation
+/// needed" from `router_addr`, the router's address on the port it arrived on (RFC 1191);
+/// one without DF is dropped: pcc does not fragment, and the kernel would send it through
+/// its own default route, another WAN, or not at all.
+#[inline(always)]
+pub fn fits(
+    ctx: &XdpContext,
+    p: &Ipv4,
+    mtu: u16,
+    ingress_mtu: u16,
+    router_addr: u32,
+) -> Result<(), Verdict> {
+    if p.tot_len <= mtu {
+        return Ok(());
+    }
+    // Bigger than its own port allows: a GRO super-frame (generic XDP runs after GRO). The
+    // kernel segments it on the way out.
+    if p.tot_len > ingress_mtu {
+        return Err(Err(Counter::PassOversize));
+    }
+    // SAFETY: bounds-checked in parse::ipv4().
+    if unsafe { (*p.ip).frag_off } & IP_DF == 0 {
+        return Err(Err(Counter::DropOverMtu));
+    }
+    Err(frag_needed(ctx, mtu, router_addr))
+}
+
+/// Turns the frame into an ICMP "fragmentation needed" for its sender carrying `mtu`, from
+/// `router_addr`, and sends it back out of the port it came in on (Katran's
+/// `send_icmp4_too_big`, but shrinking the frame in place: the error is shorter than any
+/// packet that needs it).
+#[inline(always)]
+fn frag_needed(ctx: &XdpContext, mtu: u16, router_addr: u32) -> Verdict {
+    let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(Counter::DropRunt)?;
+    let quote = ptr_at::<[u8; QUOTE_LEN]>(ctx, ETH_LEN).ok_or(Counter::DropRunt)?;
+    // SAFETY: bounds-checked by ptr_at; copied before the frame is cut and overwritten.
+    let (quote, peer_mac, port_mac) = unsafe { (*quote, (*eth).src, (*eth).dst) };
+    let sender = u32::from_ne_bytes([quote[12], quote[13], quote[14], quote[15]]);
+    let delta = ICMP_ERROR_FRAME_LEN as i64 - frame_len(ctx) as i64;
+    // SAFETY: the helper only moves data_end; every pointer is derived afresh below.
+    if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta as i32) } != 0 {
+        return Err(Counter::DropOverMtu);
+    }
+    let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(Counter::DropRunt)?;
+    let ip = ptr_at::<Ipv4Hdr>(ctx, ETH_LEN).ok_or(Counter::DropRunt)?;
+    let icmp = ptr_at::<IcmpHdr>(ctx, L4_OFF).ok_or(Counter::DropRunt)?;
+    let body = ptr_at::<[u8; QUOTE_LEN]>(ctx, INNER_IP_OFF).ok_or(Counter::DropRunt)?;
+    let rest = [0, 0, (mtu >> 8) as u8, mtu as u8];
+    let tot_len = ((IP_LEN + ICMP_ERROR_LEN) as u16).to_be();
+    let [s0, s1] = [router_addr as u16, (router_addr >> 16) as u16];
+    let [d0, d1] = [sender as u16, (sender >> 16) as u16];
+    let ttl_proto = u16::from_ne_bytes([64, IPPROTO_ICMP]);
+    let first = u16::from_ne_bytes([0x45, TOS_INTERNETWORK_CONTROL]);
+    let words = [first, tot_len, 0, IP_DF, ttl_proto, 0, s0, s1, d0, d1];
+    let ip_check = icmp::ipv4_header_checksum(&words);
+    let icmp_check = icmp::error_checksum(
+        icmp::ICMP_DEST_UNREACH,
+        icmp::ICMP_FRAG_NEEDED,
+        rest,
+        &quote,
+    );
+    // SAFETY: all four bounds-checked by ptr_at after the resize.
+    unsafe {
+        (*eth).dst = peer_mac;
+        (*eth).src = port_mac;
+        *ip = Ipv4Hdr {
+            version_ihl: 0x45,
+            tos: TOS_INTERNETWORK_CONTROL,
+            tot_len,
+            id: 0,
+            // Never fragmented (56 bytes), and marked so, as the fixtures of hosts are.
+            frag_off: IP_DF,
+            ttl: 64,
+            proto: IPPROTO_ICMP,
+            check: ip_check,
+            src: router_addr,
+            dst: sender,
+        };
+        *icmp = IcmpHdr {
+            kind: icmp::ICMP_DEST_UNREACH,
+            code: icmp::ICMP_FRAG_NEEDED,
+            check: icmp_check,
+            id: u16::from_ne_bytes([rest[0], rest[1]]),
+            seq: u16::from_ne_bytes([rest[2], rest[3]]),
+        };
+        *body = quote;
+    }
+    Ok((xdp_action::XDP_TX, Counter::AnsweredFragNeeded))
+}

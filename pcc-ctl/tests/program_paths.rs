@@ -13,8 +13,6 @@ use pcc_common::{
 use pcc_ctl::{dataplane::Role, testbed::*};
 use rig::*;
 
-const XDP_TX: u32 = 3;
-
 impl Rig {
     /// Every WAN's MTU becomes `mtu` (a PPPoE line: 1492).
     fn set_wan_mtu(&mut self, mtu: u16) {
@@ -79,7 +77,7 @@ fn df_packets_over_the_wan_mtu_get_fragmentation_needed_from_the_dataplane() {
     rig.set_wan_mtu(1492);
     let big = from_client(CLIENT, CLIENT_MAC, udp_of(1500));
     let (action, out) = rig.run(Role::Lan, &big.bytes());
-    assert_eq!(action, XDP_TX, "answered back out of the LAN port");
+    assert_eq!(action, XDP_REDIRECT, "answered back out of the LAN port");
     assert_frame(
         "the first packet of a connection",
         &out,
@@ -95,7 +93,7 @@ fn df_packets_over_the_wan_mtu_get_fragmentation_needed_from_the_dataplane() {
         "1492 fits"
     );
     let (action, out) = rig.run(Role::Lan, &big.bytes());
-    assert_eq!(action, XDP_TX);
+    assert_eq!(action, XDP_REDIRECT);
     assert_frame(
         "a packet of an open connection",
         &out,
@@ -131,7 +129,7 @@ fn replies_over_the_lan_mtu_get_fragmentation_needed_towards_the_server() {
         },
     );
     let (action, out) = rig.run(Role::Wan, &reply.bytes());
-    assert_eq!(action, XDP_TX, "answered back out of the WAN port");
+    assert_eq!(action, XDP_REDIRECT, "answered back out of the WAN port");
     assert_frame(
         "from the WAN's address, quoting the reply as the server sent it",
         &out,

@@ -112,7 +112,7 @@ fn lan_icmp_error(ctx: &XdpContext, p: &Ipv4) -> Verdict {
 #[inline(always)]
 pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
     let p = parse::ipv4(ctx)?;
-    let (eth, ip, src, dst, proto, tot_len) = (p.eth, p.ip, p.src, p.dst, p.proto, p.tot_len);
+    let (eth, ip, src, dst, proto) = (p.eth, p.ip, p.src, p.dst, p.proto);
     if is_multicast_or_broadcast(dst) {
         return Err(Counter::PassLocal);
     }
@@ -139,6 +139,11 @@ pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
     if !same_mac(unsafe { &(*eth).dst }, &lan.mac) {
         return Err(Counter::PassOtherHost);
     }
+    let ingress = icmp::Ingress {
+        mtu: lan.mtu,
+        router_addr: lan.addr,
+        port: LAN_DEVMAP_BASE + u32::from(lan_id),
+    };
 
     // (NAT address, NAT port, wan_id, WAN) of the connection, looked up once.
     let mut found = None;
@@ -188,7 +193,7 @@ pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
             if wan.gateway_mac == [0; 6] {
                 return Err(Counter::PassNoNeighbour);
             }
-            if let Err(verdict) = icmp::fits(ctx, &p, wan.mtu, lan.mtu, lan.addr) {
+            if let Err(verdict) = icmp::fits(ctx, &p, wan.mtu, &ingress) {
                 return verdict;
             }
             let lan_wscale = if syn {
@@ -217,7 +222,7 @@ pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
         }
     };
 
-    if let Err(verdict) = icmp::fits(ctx, &p, wan.mtu, lan.mtu, lan.addr) {
+    if let Err(verdict) = icmp::fits(ctx, &p, wan.mtu, &ingress) {
         return verdict;
     }
     if syn && found.is_some() {
@@ -363,7 +368,12 @@ pub fn wan_to_lan(ctx: &XdpContext) -> Verdict {
     let lan = LANS
         .get(entry.lan_id as u32)
         .ok_or(Counter::PassUntracked)?;
-    if let Err(verdict) = icmp::fits(ctx, &p, lan.mtu, wan.mtu, wan.addr) {
+    let ingress = icmp::Ingress {
+        mtu: wan.mtu,
+        router_addr: wan.addr,
+        port: u32::from(entry.wan_id),
+    };
+    if let Err(verdict) = icmp::fits(ctx, &p, lan.mtu, &ingress) {
         return verdict;
     }
     if bits & CT_TCP_SYN != 0 && p.fragment == Fragment::Whole {

@@ -11,6 +11,9 @@ pub enum Counter {
     FwdIn,
     /// WAN -> LAN ICMP error about a tracked connection, translated back (inner header too).
     FwdIcmpError,
+    /// LAN -> WAN, of a connection pinned to its WAN by a route more specific than a default
+    /// route (the WAN's connected subnet, a static route): translated, sent to its next hop.
+    FwdRouted,
     /// Not IPv4 (ARP, IPv6, ...): the kernel's business.
     PassNotIpv4,
     /// Addressed to the router itself, or broadcast/multicast.
@@ -29,8 +32,12 @@ pub enum Counter {
     /// Arrived on a WAN and matches no connection: the kernel decides (it never reaches the LAN
     /// through the dataplane).
     PassUntracked,
-    /// The WAN's gateway MAC is not known yet.
+    /// The next hop's MAC is not known yet (the WAN's gateway, or a route's next hop, which
+    /// the controller is then asked to resolve).
     PassNoNeighbour,
+    /// The kernel's route for the destination goes through no WAN (a VPN, a tunnel, another
+    /// LAN, a branch router), or drops it: the kernel's business, untouched.
+    PassKernelRoute,
     /// Shorter than its Ethernet header, or than an IPv4 header after it.
     DropRunt,
     /// IPv4 header invalid: version, IHL < 5 or past the total length, total length shorter
@@ -63,6 +70,7 @@ impl Counter {
         Counter::FwdOut,
         Counter::FwdIn,
         Counter::FwdIcmpError,
+        Counter::FwdRouted,
         Counter::PassNotIpv4,
         Counter::PassLocal,
         Counter::PassTtl,
@@ -72,6 +80,7 @@ impl Counter {
         Counter::PassMtu,
         Counter::PassUntracked,
         Counter::PassNoNeighbour,
+        Counter::PassKernelRoute,
         Counter::DropRunt,
         Counter::DropBadIpHeader,
         Counter::DropBadTransportHeader,
@@ -92,7 +101,9 @@ impl Counter {
     /// What the packet's fate was: "forwarded", "passed" (to the kernel) or "dropped".
     pub const fn action(self) -> &'static str {
         match self {
-            Counter::FwdOut | Counter::FwdIn | Counter::FwdIcmpError => "forwarded",
+            Counter::FwdOut | Counter::FwdIn | Counter::FwdIcmpError | Counter::FwdRouted => {
+                "forwarded"
+            }
             Counter::PassNotIpv4
             | Counter::PassLocal
             | Counter::PassTtl
@@ -101,7 +112,8 @@ impl Counter {
             | Counter::PassFragment
             | Counter::PassMtu
             | Counter::PassUntracked
-            | Counter::PassNoNeighbour => "passed",
+            | Counter::PassNoNeighbour
+            | Counter::PassKernelRoute => "passed",
             _ => "dropped",
         }
     }
@@ -112,6 +124,7 @@ impl Counter {
             Counter::FwdOut => "lan_to_wan",
             Counter::FwdIn => "wan_to_lan",
             Counter::FwdIcmpError => "icmp_error",
+            Counter::FwdRouted => "lan_to_wan_routed",
             Counter::PassNotIpv4 => "not_ipv4",
             Counter::PassLocal => "local",
             Counter::PassTtl => "ttl_expired",
@@ -121,6 +134,7 @@ impl Counter {
             Counter::PassMtu => "over_mtu",
             Counter::PassUntracked => "untracked",
             Counter::PassNoNeighbour => "no_neighbour",
+            Counter::PassKernelRoute => "kernel_route",
             Counter::DropRunt => "runt",
             Counter::DropBadIpHeader => "bad_ip_header",
             Counter::DropBadTransportHeader => "bad_transport_header",

@@ -13,6 +13,7 @@ pub mod generator;
 pub mod maps;
 pub mod method;
 pub mod natport;
+pub mod route;
 
 #[cfg(feature = "std")]
 pub mod conntrack;

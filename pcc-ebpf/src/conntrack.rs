@@ -84,6 +84,8 @@ pub struct Opening {
     /// Its frame length, counted in the connection's bytes.
     pub len: u64,
     pub now: u64,
+    /// `CT_FLAG_*` of the new connection.
+    pub flags: u16,
 }
 
 /// Records a new connection leaving through `wan`, choosing its NAT port.
@@ -106,6 +108,7 @@ pub fn open(
         tcp_bits,
         len,
         now,
+        flags,
     } = *first;
     let reply = CtIn {
         lan_addr: key.src_addr,
@@ -141,7 +144,7 @@ pub fn open(
         wan_id,
         tcp_flags: tcp_bits,
         lan_mac,
-        _pad: 0,
+        flags,
         created_ns: now,
         last_seen_ns: now,
         packets: 1,

@@ -1,6 +1,6 @@
 //! Source NAT out of the WANs, and its reversal for replies and ICMP errors.
 use aya_ebpf::programs::XdpContext;
-use pcc_common::{CT_TCP_RST, Counter, CtIn, FlowKey, LAN_DEVMAP_BASE, csum};
+use pcc_common::{CT_FLAG_ROUTED, CT_TCP_RST, Counter, CtIn, FlowKey, LAN_DEVMAP_BASE, csum};
 
 use crate::{
     CONFIG, CT_IN, CT_OUT, LANS, WAN_STATS, WANS, conntrack, fib, frag,
@@ -10,7 +10,7 @@ use crate::{
         IcmpHdr, Ipv4, Ipv4Hdr, L4_OFF, TcpHdr, UdpHdr, frame_len, is_multicast_or_broadcast,
         ptr_at,
     },
-    select,
+    route, select,
 };
 
 /// `Ok((XDP action, what happened))`, or `Err(reason)` to pass or drop.
@@ -70,28 +70,29 @@ pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
     let cfg = CONFIG.get(0).ok_or(Counter::DropNoWan)?;
     let ifindex = ctx.ingress_ifindex() as u32;
 
-    // (NAT address, NAT port, wan_id, WAN) of the connection, looked up once.
+    // (NAT address, NAT port, wan_id, (WAN, next hop MAC), counter) of the connection,
+    // looked up once.
     let mut found = None;
     if let Some(e) = CT_OUT.get_ptr_mut(&key) {
         select::same_lan(ifindex, src, cfg)?;
         // SAFETY: a live entry of our map; concurrent writers only touch counters.
         let e = unsafe { &mut *e };
-        match WANS.get(e.wan_id as u32) {
-            Some(wan) if wan.is_up() && !conntrack::reopens(e, bits) => {
+        match route::established(e, dst)? {
+            Some(exit) if !conntrack::reopens(e, bits) => {
                 // SAFETY: bounds-checked in parse::ipv4().
                 conntrack::follow_host_mac(&key, e, unsafe { &(*eth).src });
                 e.last_seen_ns = now;
                 e.tcp_flags |= bits;
                 e.packets += 1;
                 e.bytes += len;
-                found = Some((e.nat_addr, e.nat_port, e.wan_id, wan));
+                found = Some((e.nat_addr, e.nat_port, e.wan_id, exit, fwd_counter(e.flags)));
             }
-            // The WAN died (its upstream already broke the connection) or the tuple is being
-            // reused: start afresh on a live WAN.
+            // The WAN died (its upstream already broke the connection), the route that pinned
+            // it changed, or the tuple is being reused: start afresh.
             _ => conntrack::close(&key, e),
         }
     }
-    let (nat_addr, nat_port, wan_id, wan) = match found {
+    let (nat_addr, nat_port, wan_id, (wan, next_hop), fwd) = match found {
         Some(f) => f,
         None => {
             // Only a packet with a transport header can open a connection.
@@ -104,8 +105,8 @@ pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
                 return Err(Counter::PassUntracked);
             }
             let lan_id = select::lan_for(ifindex, src, dst, cfg)?;
-            let (wan_id, wan) = select::wan_for(&key, cfg)?;
-            if wan.gateway_mac == [0; 6] {
+            let (wan_id, (wan, next_hop), flags) = route::choose(&key, cfg)?;
+            if *next_hop == [0; 6] {
                 return Err(Counter::PassNoNeighbour);
             }
             if tot_len > wan.mtu {
@@ -119,15 +120,18 @@ pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
                 tcp_bits: bits,
                 len,
                 now,
+                flags,
             };
             let e = conntrack::open(&key, cfg, wan_id, wan, &first)?;
-            // Another CPU may have opened the same connection first, on another WAN.
-            let wan = if e.wan_id == wan_id {
-                wan
+            // Another CPU may have opened the same connection first, on another WAN (only a
+            // balanced one can: a route gives every CPU the same WAN).
+            let exit = if e.wan_id == wan_id {
+                (wan, next_hop)
             } else {
-                WANS.get(e.wan_id as u32).ok_or(Counter::DropNoWan)?
+                let wan = WANS.get(e.wan_id as u32).ok_or(Counter::DropNoWan)?;
+                (wan, &wan.gateway_mac)
             };
-            (e.nat_addr, e.nat_port, e.wan_id, wan)
+            (e.nat_addr, e.nat_port, e.wan_id, exit, fwd_counter(e.flags))
         }
     };
 
@@ -155,8 +159,18 @@ pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
         }
     }
     // SAFETY: bounds-checked in parse::ipv4().
-    let action = unsafe { fib::forward(eth, ip, &wan.gateway_mac, &wan.mac, wan_id as u32)? };
-    Ok((action, Counter::FwdOut))
+    let action = unsafe { fib::forward(eth, ip, next_hop, &wan.mac, wan_id as u32)? };
+    Ok((action, fwd))
+}
+
+/// What a forwarded LAN packet is counted as: balanced, or pinned by a route.
+#[inline(always)]
+fn fwd_counter(flags: u16) -> Counter {
+    if flags & CT_FLAG_ROUTED == 0 {
+        Counter::FwdOut
+    } else {
+        Counter::FwdRouted
+    }
 }
 
 /// Rewrites one address and one port of the transport header at `L4_OFF`, keeping its

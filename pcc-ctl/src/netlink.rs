@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use futures::TryStreamExt as _;
+use pcc_common::route::{KernelRoute, Via};
 use rtnetlink::{
     Handle, RouteMessageBuilder,
     constants::{RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_LINK, RTMGRP_NEIGH},
@@ -13,7 +14,7 @@ use rtnetlink::{
         address::AddressAttribute,
         link::{LinkAttribute, State},
         neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourState},
-        route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage},
+        route::{RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteType},
     },
     sys::{AsyncSocket as _, SocketAddr},
 };
@@ -134,6 +135,19 @@ impl Netlink {
         Ok(found)
     }
 
+    /// Every IPv4 route of the main table, for the dataplane's mirror of it.
+    pub async fn main_routes(&self) -> Result<Vec<KernelRoute>> {
+        let filter = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let mut routes = self.handle.route().get(filter).execute();
+        let mut found = Vec::new();
+        while let Some(msg) = routes.try_next().await.context("cannot list routes")? {
+            if let Some(route) = kernel_route(&msg) {
+                found.push(route);
+            }
+        }
+        Ok(found)
+    }
+
     pub async fn del_route(&self, route: RouteMessage) -> Result<()> {
         self.handle
             .route()
@@ -196,40 +210,45 @@ impl Netlink {
         Ok(best.map(|(_, g)| g))
     }
 
-    /// The MAC of a resolved neighbour, if the kernel has one.
-    pub async fn neighbour_mac(&self, ifindex: u32, ip: Ipv4Addr) -> Result<Option<[u8; 6]>> {
+    /// Every IPv4 neighbour entry as (ifindex, address, MAC if resolved): one dump for all the
+    /// next hops the dataplane needs.
+    pub async fn ipv4_neighbours(&self) -> Result<Vec<(u32, Ipv4Addr, Option<[u8; 6]>)>> {
         let mut neighbours = self.handle.neighbours().get().execute();
+        let mut found = Vec::new();
         while let Some(msg) = neighbours
             .try_next()
             .await
             .context("cannot list neighbours")?
         {
-            if msg.header.ifindex != ifindex {
-                continue;
-            }
-            let state = msg.header.state;
-            if matches!(
-                state,
+            let resolved = !matches!(
+                msg.header.state,
                 NeighbourState::Incomplete | NeighbourState::Failed | NeighbourState::None
-            ) {
-                continue;
-            }
-            let mut dst = None;
-            let mut mac = None;
+            );
+            let (mut dst, mut mac) = (None, None);
             for attr in &msg.attributes {
                 match attr {
                     NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => dst = Some(*a),
-                    NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
+                    NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 && resolved => {
                         mac = Some([l[0], l[1], l[2], l[3], l[4], l[5]])
                     }
                     _ => {}
                 }
             }
-            if dst == Some(ip) && mac.is_some() {
-                return Ok(mac);
+            if let Some(dst) = dst {
+                found.push((msg.header.ifindex, dst, mac));
             }
         }
-        Ok(None)
+        Ok(found)
+    }
+
+    /// The MAC of a resolved neighbour, if the kernel has one.
+    pub async fn neighbour_mac(&self, ifindex: u32, ip: Ipv4Addr) -> Result<Option<[u8; 6]>> {
+        Ok(self
+            .ipv4_neighbours()
+            .await?
+            .into_iter()
+            .find(|(i, a, _)| *i == ifindex && *a == ip)
+            .and_then(|(_, _, mac)| mac))
     }
 
     /// Asks the kernel to resolve `ip` and keep it resolved (a "managed" neighbour, Linux
@@ -277,6 +296,53 @@ impl Netlink {
         }
         Ok(())
     }
+}
+
+/// A main-table IPv4 route as the mirror needs it; `None` for other tables and for what is
+/// no route to a destination (local, broadcast, multicast entries).
+fn kernel_route(msg: &RouteMessage) -> Option<KernelRoute> {
+    let table = msg
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(msg.header.table));
+    if table != u32::from(RouteHeader::RT_TABLE_MAIN) {
+        return None;
+    }
+    let (mut dst, mut oif, mut gateway, mut metric, mut hops) =
+        (Ipv4Addr::UNSPECIFIED, None, None, 0, None);
+    for attr in &msg.attributes {
+        match attr {
+            RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = *d,
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(*g),
+            RouteAttribute::Priority(p) => metric = *p,
+            RouteAttribute::MultiPath(nh) => {
+                hops = Some(nh.iter().map(|h| h.interface_index).collect())
+            }
+            _ => {}
+        }
+    }
+    let via = match msg.header.kind {
+        RouteType::Unicast => match (hops, oif) {
+            (Some(hops), _) => Via::Multipath(hops),
+            (None, Some(oif)) => Via::Dev { oif, gateway },
+            (None, None) => Via::Nowhere,
+        },
+        RouteType::BlackHole | RouteType::Unreachable | RouteType::Prohibit | RouteType::Throw => {
+            Via::Nowhere
+        }
+        _ => return None,
+    };
+    Some(KernelRoute {
+        dst,
+        prefix: msg.header.destination_prefix_length,
+        metric,
+        via,
+    })
 }
 
 #[cfg(test)]

@@ -76,12 +76,12 @@ fn pinned(route: &Route, dst: u32) -> Result<Exit, Counter> {
     }
     let key = NeighbourKey::new(route.wan_id, route.next_hop(dst));
     // SAFETY: the value is only read; the controller replaces entries whole.
-    match unsafe { NEIGHBOURS.get(&key) } {
+    match unsafe { NEIGHBOURS.get(key) } {
         Some(n) => Ok((wan, &n.mac)),
         None => {
             // The kernel gets this packet (and with forwarding off drops it); the host's
             // retransmission finds the MAC once the controller has resolved it.
-            let _ = NEIGHBOURS_WANTED.insert(&key, &conntrack::now_ns(), 0);
+            let _ = NEIGHBOURS_WANTED.insert(key, conntrack::now_ns(), 0);
             Err(Counter::PassNoNeighbour)
         }
     }

@@ -347,7 +347,99 @@ fn kernel_route(msg: &RouteMessage) -> Option<KernelRoute> {
 
 #[cfg(test)]
 mod tests {
+    use rtnetlink::packet_route::route::RouteNextHop;
+
     use super::*;
+
+    fn message(
+        table: u8,
+        kind: RouteType,
+        prefix: u8,
+        attributes: Vec<RouteAttribute>,
+    ) -> RouteMessage {
+        let mut msg = RouteMessage::default();
+        msg.header.table = table;
+        msg.header.kind = kind;
+        msg.header.destination_prefix_length = prefix;
+        msg.attributes = attributes;
+        msg
+    }
+
+    #[test]
+    fn main_table_routes_are_read_as_the_mirror_needs_them() {
+        let dst = |a: [u8; 4]| RouteAttribute::Destination(RouteAddress::Inet(a.into()));
+        let static_route = message(
+            254,
+            RouteType::Unicast,
+            32,
+            vec![
+                dst([203, 0, 113, 7]),
+                RouteAttribute::Oif(4),
+                RouteAttribute::Gateway(RouteAddress::Inet(Ipv4Addr::new(198, 18, 2, 1))),
+                RouteAttribute::Priority(10),
+            ],
+        );
+        assert_eq!(
+            kernel_route(&static_route),
+            Some(KernelRoute {
+                dst: Ipv4Addr::new(203, 0, 113, 7),
+                prefix: 32,
+                metric: 10,
+                via: Via::Dev {
+                    oif: 4,
+                    gateway: Some(Ipv4Addr::new(198, 18, 2, 1))
+                },
+            })
+        );
+        let default = message(254, RouteType::Unicast, 0, vec![RouteAttribute::Oif(3)]);
+        assert_eq!(
+            kernel_route(&default).map(|r| (r.dst, r.prefix, r.via)),
+            Some((
+                Ipv4Addr::UNSPECIFIED,
+                0,
+                Via::Dev {
+                    oif: 3,
+                    gateway: None
+                }
+            ))
+        );
+        let hops = (3..5)
+            .map(|i| {
+                let mut hop = RouteNextHop::default();
+                hop.interface_index = i;
+                hop
+            })
+            .collect();
+        let ecmp = message(
+            254,
+            RouteType::Unicast,
+            8,
+            vec![RouteAttribute::MultiPath(hops)],
+        );
+        assert_eq!(
+            kernel_route(&ecmp).map(|r| r.via),
+            Some(Via::Multipath(vec![3, 4]))
+        );
+        let blackhole = message(254, RouteType::BlackHole, 8, vec![dst([10, 0, 0, 0])]);
+        assert_eq!(kernel_route(&blackhole).map(|r| r.via), Some(Via::Nowhere));
+        // Another table (a VRF's, given as an attribute past 255), and the local table's
+        // entries, are not the main table's routes.
+        let vrf = message(
+            252,
+            RouteType::Unicast,
+            24,
+            vec![RouteAttribute::Table(1000), RouteAttribute::Oif(3)],
+        );
+        assert_eq!(kernel_route(&vrf), None);
+        assert_eq!(
+            kernel_route(&message(255, RouteType::Local, 32, vec![])),
+            None
+        );
+        assert_eq!(
+            kernel_route(&message(254, RouteType::Broadcast, 32, vec![])),
+            None
+        );
+    }
 
     #[test]
     fn netmask_from_prefix() {

@@ -494,6 +494,31 @@ impl Lab {
         })
     }
 
+    /// A download of `size` bytes to each of `clients` (from server addresses 0, 1, …) and an
+    /// upload of the same file from the first (to the next server address), each checked by
+    /// size and sha256; the first failure is the error.
+    pub fn transfers_intact(&self, clients: &[&str], size: u64) -> Result<()> {
+        self.start_http()?;
+        let file = self.http_file(size)?;
+        for (i, client) in clients.iter().enumerate() {
+            let d = self.download(client, self.server_addr(i), &file, &[])?;
+            ensure!(
+                d.bytes == file.size && d.sha256 == file.sha256,
+                "{client}: a download of {} bytes arrived as {} bytes with another sha256",
+                file.size,
+                d.bytes
+            );
+        }
+        let first = clients.first().context("no client")?;
+        let up = self.upload(first, self.server_addr(clients.len()), &file, &[])?;
+        ensure!(
+            up.sha256 == file.sha256,
+            "{first}: an upload of {} bytes arrived with another sha256",
+            file.size
+        );
+        Ok(())
+    }
+
     /// One curl transfer in `client` (40 s at most, `--fail`); returns its stdout.
     fn curl_one(&self, client: &str, args: &[&str], extra: &[&str], url: &str) -> Result<String> {
         let mut all = vec![

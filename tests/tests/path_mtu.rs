@@ -162,6 +162,13 @@ fn check(ip_forward: bool) {
             Err(e) => checks.fail(format!("{client}: 2 MB upload: {e:#}")),
         }
     }
+    // Whatever was too big left through its own WAN translated, or not at all.
+    for i in 0..2 {
+        let (lan, _) = lab.lan_source_packets(i).unwrap();
+        checks.check(lan == 0, || {
+            format!("isp{i} saw {lan} packets with a LAN source")
+        });
+    }
     let m = pcc.metrics().expect("metrics");
     eprintln!(
         "pcc_packets_total: {:?}",

@@ -14,6 +14,9 @@ pub enum Counter {
     /// LAN -> WAN ICMP error (port unreachable, time exceeded, fragmentation needed from a LAN
     /// router) about a tracked connection, translated out like the connection (RFC 5508 REQ-4).
     FwdIcmpErrorOut,
+    /// LAN -> WAN, of a connection pinned to its WAN by a route more specific than a default
+    /// route (the WAN's connected subnet, a static route): translated, sent to its next hop.
+    FwdRouted,
     /// Over the MTU of the port it would leave by, with DF set: dropped, and the sender gets
     /// an ICMP "fragmentation needed" with that MTU, built by the dataplane (RFC 1191).
     AnsweredFragNeeded,
@@ -33,7 +36,8 @@ pub enum Counter {
     /// Arrived on a WAN and matches no connection: the kernel decides (it never reaches the LAN
     /// through the dataplane).
     PassUntracked,
-    /// The WAN's gateway MAC is not known yet.
+    /// The next hop's MAC is not known yet (the WAN's gateway, or a route's next hop, which
+    /// the controller is then asked to resolve).
     PassNoNeighbour,
     /// A TCP segment from the LAN that is not a SYN and matches no connection (a SYN-ACK of a
     /// server, a mid-stream ACK after failover): only a SYN opens a mapping, as in
@@ -46,6 +50,9 @@ pub enum Counter {
     /// port (tcpdump, a bridge member) sees for another host. The kernel discards it too
     /// (`PACKET_OTHERHOST`).
     PassOtherHost,
+    /// The kernel's route for the destination goes through no WAN (a VPN, a tunnel, another
+    /// LAN, a branch router), or drops it: the kernel's business, untouched.
+    PassKernelRoute,
     /// Shorter than its Ethernet header, or than an IPv4 header after it.
     DropRunt,
     /// IPv4 header invalid: version, IHL < 5 or past the total length, total length shorter
@@ -87,6 +94,7 @@ impl Counter {
         Counter::FwdIn,
         Counter::FwdIcmpError,
         Counter::FwdIcmpErrorOut,
+        Counter::FwdRouted,
         Counter::AnsweredFragNeeded,
         Counter::PassNotIpv4,
         Counter::PassLocal,
@@ -99,6 +107,7 @@ impl Counter {
         Counter::PassTcpNotSyn,
         Counter::PassOversize,
         Counter::PassOtherHost,
+        Counter::PassKernelRoute,
         Counter::DropRunt,
         Counter::DropBadIpHeader,
         Counter::DropBadIpChecksum,
@@ -123,9 +132,11 @@ impl Counter {
     /// back), "passed" (to the kernel) or "dropped".
     pub const fn action(self) -> &'static str {
         match self {
-            Counter::FwdOut | Counter::FwdIn | Counter::FwdIcmpError | Counter::FwdIcmpErrorOut => {
-                "forwarded"
-            }
+            Counter::FwdOut
+            | Counter::FwdIn
+            | Counter::FwdIcmpError
+            | Counter::FwdIcmpErrorOut
+            | Counter::FwdRouted => "forwarded",
             Counter::AnsweredFragNeeded => "answered",
             Counter::PassNotIpv4
             | Counter::PassLocal
@@ -137,7 +148,8 @@ impl Counter {
             | Counter::PassNoNeighbour
             | Counter::PassTcpNotSyn
             | Counter::PassOversize
-            | Counter::PassOtherHost => "passed",
+            | Counter::PassOtherHost
+            | Counter::PassKernelRoute => "passed",
             _ => "dropped",
         }
     }
@@ -150,6 +162,7 @@ impl Counter {
             Counter::FwdIcmpError => "icmp_error",
             Counter::FwdIcmpErrorOut => "icmp_error_out",
             Counter::AnsweredFragNeeded => "frag_needed",
+            Counter::FwdRouted => "lan_to_wan_routed",
             Counter::PassNotIpv4 => "not_ipv4",
             Counter::PassLocal => "local",
             Counter::PassTtl => "ttl_expired",
@@ -161,6 +174,7 @@ impl Counter {
             Counter::PassTcpNotSyn => "tcp_not_syn",
             Counter::PassOversize => "over_ingress_mtu",
             Counter::PassOtherHost => "other_host",
+            Counter::PassKernelRoute => "kernel_route",
             Counter::DropRunt => "runt",
             Counter::DropBadIpHeader => "bad_ip_header",
             Counter::DropBadIpChecksum => "bad_ip_checksum",

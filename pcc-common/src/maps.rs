@@ -169,6 +169,11 @@ pub const CT_TCP_FIN: u8 = 2;
 pub const CT_TCP_RST: u8 = 4;
 pub const CT_TCP_ACK: u8 = 8;
 
+/// `CtOut::flags`: the connection was pinned to its WAN by a route more specific than a
+/// default route (a WAN's connected subnet, a static route), not balanced. Its packets check
+/// that route and look its next hop up, instead of taking the WAN's gateway MAC.
+pub const CT_FLAG_ROUTED: u8 = 1;
+
 /// `CT_OUT` value: how a LAN-side connection is translated.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -182,7 +187,8 @@ pub struct CtOut {
     /// The source MAC of the host's latest packet: when it differs (a host that changed its
     /// NIC but kept its address), the reply entry's `lan_mac` is updated, so replies follow.
     pub lan_mac: [u8; 6],
-    pub _pad: u8,
+    /// `CT_FLAG_*`.
+    pub flags: u8,
     /// The LAN host's TCP window scale (RFC 7323), from its SYN; 0 without the option. Used
     /// even when the server did not agree to scaling: that only widens the window the RST
     /// check accepts, never rejects a valid reset.

@@ -17,6 +17,7 @@ pub mod pin;
 pub mod policy;
 pub mod quota;
 pub mod relink;
+pub mod routes;
 pub mod show;
 pub mod testbed;
 pub mod up;

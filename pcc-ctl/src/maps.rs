@@ -4,7 +4,10 @@ use aya::{
     Ebpf,
     maps::{Array, DevMap, HashMap, MapData, PerCpuArray, lpm_trie::LpmTrie},
 };
-use pcc_common::{Config, Counter, CtIn, CtOut, FlowKey, LanInfo, SlotTable, WanCounters, WanInfo};
+use pcc_common::{
+    Config, Counter, CtIn, CtOut, FlowKey, LanInfo, SlotTable, WanCounters, WanInfo,
+    route::{Neighbour, NeighbourKey, Route},
+};
 
 pub struct Maps {
     pub config: Array<MapData, Config>,
@@ -18,6 +21,12 @@ pub struct Maps {
     pub ct_in: HashMap<MapData, FlowKey, CtIn>,
     pub stats: PerCpuArray<MapData, u64>,
     pub wan_stats: PerCpuArray<MapData, WanCounters>,
+    /// The kernel's main table without WAN default routes (destination prefix -> route).
+    pub routes: LpmTrie<MapData, u32, Route>,
+    /// Route next hops' MACs, from the kernel's neighbour table.
+    pub neighbours: HashMap<MapData, NeighbourKey, Neighbour>,
+    /// Next hops the dataplane missed in `neighbours` (LRU), for the controller to resolve.
+    pub neighbours_wanted: HashMap<MapData, NeighbourKey, u64>,
 }
 
 fn take<T: TryFrom<aya::maps::Map>>(ebpf: &mut Ebpf, name: &str) -> Result<T>
@@ -43,6 +52,9 @@ impl Maps {
             ct_in: take(ebpf, "CT_IN")?,
             stats: take(ebpf, "STATS")?,
             wan_stats: take(ebpf, "WAN_STATS")?,
+            routes: take(ebpf, "ROUTES")?,
+            neighbours: take(ebpf, "NEIGHBOURS")?,
+            neighbours_wanted: take(ebpf, "NEIGHBOURS_WANTED")?,
         })
     }
 

@@ -3,7 +3,10 @@
 //!
 //! Served with axum (tokio's HTTP stack): a maintained server, so HTTP parsing is not ours
 //! to get wrong.
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering},
+};
 
 use anyhow::{Context as _, Result};
 use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
@@ -44,6 +47,8 @@ pub struct Metrics {
     quota_limit: IntGaugeVec,
     quota_cycle_start: IntGaugeVec,
     quota_threshold: IntGaugeVec,
+    routes_mirrored: IntGauge,
+    route_neighbours: IntGauge,
 }
 
 fn counter_vec(
@@ -64,6 +69,12 @@ fn float_gauge_vec(
     labels: &[&str],
 ) -> Result<GaugeVec> {
     let g = GaugeVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> Result<IntGauge> {
+    let g = IntGauge::new(name, help)?;
     registry.register(Box::new(g.clone()))?;
     Ok(g)
 }
@@ -202,11 +213,21 @@ impl Metrics {
                 "Connections pinned to the WAN",
                 &["wan"],
             )?,
-            flows_active: {
-                let g = IntGauge::new("pcc_flows_active", "Connections in the conntrack table")?;
-                registry.register(Box::new(g.clone()))?;
-                g
-            },
+            flows_active: gauge(
+                &registry,
+                "pcc_flows_active",
+                "Connections in the conntrack table",
+            )?,
+            routes_mirrored: gauge(
+                &registry,
+                "pcc_routes_mirrored",
+                "Routes of the main table the dataplane follows (default routes through WANs, which are balanced, not counted)",
+            )?,
+            route_neighbours: gauge(
+                &registry,
+                "pcc_route_neighbours",
+                "Next-hop MACs of routes through WANs known to the dataplane",
+            )?,
             nat_ports: gauge_vec(
                 &registry,
                 "pcc_nat_ports_in_use",
@@ -276,6 +297,10 @@ impl Metrics {
             }
             let gc = *shared.gc.lock().expect("gc lock poisoned");
             self.flows_active.set(gc.active as i64);
+            self.routes_mirrored
+                .set(shared.routes_mirrored.load(Ordering::Relaxed) as i64);
+            self.route_neighbours
+                .set(shared.neighbours_mirrored.load(Ordering::Relaxed) as i64);
             let health = shared.health.lock().expect("health lock poisoned");
             let now_ms = shared.clock.now_ms();
             // A WAN's targets change with its gateway: series of former targets must go.

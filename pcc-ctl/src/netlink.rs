@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use futures::TryStreamExt as _;
+use pcc_common::route::{KernelRoute, Via};
 use rtnetlink::{
     Handle, RouteMessageBuilder,
     constants::{RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_LINK, RTMGRP_NEIGH},
@@ -13,7 +14,7 @@ use rtnetlink::{
         address::AddressAttribute,
         link::{LinkAttribute, State},
         neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourState},
-        route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage},
+        route::{RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteType},
     },
     sys::{AsyncSocket as _, SocketAddr},
 };
@@ -134,6 +135,19 @@ impl Netlink {
         Ok(found)
     }
 
+    /// Every IPv4 route of the main table, for the dataplane's mirror of it.
+    pub async fn main_routes(&self) -> Result<Vec<KernelRoute>> {
+        let filter = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let mut routes = self.handle.route().get(filter).execute();
+        let mut found = Vec::new();
+        while let Some(msg) = routes.try_next().await.context("cannot list routes")? {
+            if let Some(route) = kernel_route(&msg) {
+                found.push(route);
+            }
+        }
+        Ok(found)
+    }
+
     pub async fn del_route(&self, route: RouteMessage) -> Result<()> {
         self.handle
             .route()
@@ -196,40 +210,45 @@ impl Netlink {
         Ok(best.map(|(_, g)| g))
     }
 
-    /// The MAC of a resolved neighbour, if the kernel has one.
-    pub async fn neighbour_mac(&self, ifindex: u32, ip: Ipv4Addr) -> Result<Option<[u8; 6]>> {
+    /// Every IPv4 neighbour entry as (ifindex, address, MAC if resolved): one dump for all the
+    /// next hops the dataplane needs.
+    pub async fn ipv4_neighbours(&self) -> Result<Vec<(u32, Ipv4Addr, Option<[u8; 6]>)>> {
         let mut neighbours = self.handle.neighbours().get().execute();
+        let mut found = Vec::new();
         while let Some(msg) = neighbours
             .try_next()
             .await
             .context("cannot list neighbours")?
         {
-            if msg.header.ifindex != ifindex {
-                continue;
-            }
-            let state = msg.header.state;
-            if matches!(
-                state,
+            let resolved = !matches!(
+                msg.header.state,
                 NeighbourState::Incomplete | NeighbourState::Failed | NeighbourState::None
-            ) {
-                continue;
-            }
-            let mut dst = None;
-            let mut mac = None;
+            );
+            let (mut dst, mut mac) = (None, None);
             for attr in &msg.attributes {
                 match attr {
                     NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => dst = Some(*a),
-                    NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
+                    NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 && resolved => {
                         mac = Some([l[0], l[1], l[2], l[3], l[4], l[5]])
                     }
                     _ => {}
                 }
             }
-            if dst == Some(ip) && mac.is_some() {
-                return Ok(mac);
+            if let Some(dst) = dst {
+                found.push((msg.header.ifindex, dst, mac));
             }
         }
-        Ok(None)
+        Ok(found)
+    }
+
+    /// The MAC of a resolved neighbour, if the kernel has one.
+    pub async fn neighbour_mac(&self, ifindex: u32, ip: Ipv4Addr) -> Result<Option<[u8; 6]>> {
+        Ok(self
+            .ipv4_neighbours()
+            .await?
+            .into_iter()
+            .find(|(i, a, _)| *i == ifindex && *a == ip)
+            .and_then(|(_, _, mac)| mac))
     }
 
     /// Asks the kernel to resolve `ip` and keep it resolved (a "managed" neighbour, Linux
@@ -279,9 +298,148 @@ impl Netlink {
     }
 }
 
+/// A main-table IPv4 route as the mirror needs it; `None` for other tables and for what is
+/// no route to a destination (local, broadcast, multicast entries).
+fn kernel_route(msg: &RouteMessage) -> Option<KernelRoute> {
+    let table = msg
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(msg.header.table));
+    if table != u32::from(RouteHeader::RT_TABLE_MAIN) {
+        return None;
+    }
+    let (mut dst, mut oif, mut gateway, mut metric, mut hops) =
+        (Ipv4Addr::UNSPECIFIED, None, None, 0, None);
+    for attr in &msg.attributes {
+        match attr {
+            RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = *d,
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(*g),
+            RouteAttribute::Priority(p) => metric = *p,
+            RouteAttribute::MultiPath(nh) => {
+                hops = Some(nh.iter().map(|h| h.interface_index).collect())
+            }
+            _ => {}
+        }
+    }
+    let via = match msg.header.kind {
+        RouteType::Unicast => match (hops, oif) {
+            (Some(hops), _) => Via::Multipath(hops),
+            (None, Some(oif)) => Via::Dev { oif, gateway },
+            (None, None) => Via::Nowhere,
+        },
+        RouteType::BlackHole | RouteType::Unreachable | RouteType::Prohibit | RouteType::Throw => {
+            Via::Nowhere
+        }
+        _ => return None,
+    };
+    Some(KernelRoute {
+        dst,
+        prefix: msg.header.destination_prefix_length,
+        metric,
+        via,
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    use rtnetlink::packet_route::route::RouteNextHop;
+
     use super::*;
+
+    fn message(
+        table: u8,
+        kind: RouteType,
+        prefix: u8,
+        attributes: Vec<RouteAttribute>,
+    ) -> RouteMessage {
+        let mut msg = RouteMessage::default();
+        msg.header.table = table;
+        msg.header.kind = kind;
+        msg.header.destination_prefix_length = prefix;
+        msg.attributes = attributes;
+        msg
+    }
+
+    #[test]
+    fn main_table_routes_are_read_as_the_mirror_needs_them() {
+        let dst = |a: [u8; 4]| RouteAttribute::Destination(RouteAddress::Inet(a.into()));
+        let static_route = message(
+            254,
+            RouteType::Unicast,
+            32,
+            vec![
+                dst([203, 0, 113, 7]),
+                RouteAttribute::Oif(4),
+                RouteAttribute::Gateway(RouteAddress::Inet(Ipv4Addr::new(198, 18, 2, 1))),
+                RouteAttribute::Priority(10),
+            ],
+        );
+        assert_eq!(
+            kernel_route(&static_route),
+            Some(KernelRoute {
+                dst: Ipv4Addr::new(203, 0, 113, 7),
+                prefix: 32,
+                metric: 10,
+                via: Via::Dev {
+                    oif: 4,
+                    gateway: Some(Ipv4Addr::new(198, 18, 2, 1))
+                },
+            })
+        );
+        let default = message(254, RouteType::Unicast, 0, vec![RouteAttribute::Oif(3)]);
+        assert_eq!(
+            kernel_route(&default).map(|r| (r.dst, r.prefix, r.via)),
+            Some((
+                Ipv4Addr::UNSPECIFIED,
+                0,
+                Via::Dev {
+                    oif: 3,
+                    gateway: None
+                }
+            ))
+        );
+        let hops = (3..5)
+            .map(|i| {
+                let mut hop = RouteNextHop::default();
+                hop.interface_index = i;
+                hop
+            })
+            .collect();
+        let ecmp = message(
+            254,
+            RouteType::Unicast,
+            8,
+            vec![RouteAttribute::MultiPath(hops)],
+        );
+        assert_eq!(
+            kernel_route(&ecmp).map(|r| r.via),
+            Some(Via::Multipath(vec![3, 4]))
+        );
+        let blackhole = message(254, RouteType::BlackHole, 8, vec![dst([10, 0, 0, 0])]);
+        assert_eq!(kernel_route(&blackhole).map(|r| r.via), Some(Via::Nowhere));
+        // Another table (a VRF's, given as an attribute past 255), and the local table's
+        // entries, are not the main table's routes.
+        let vrf = message(
+            252,
+            RouteType::Unicast,
+            24,
+            vec![RouteAttribute::Table(1000), RouteAttribute::Oif(3)],
+        );
+        assert_eq!(kernel_route(&vrf), None);
+        assert_eq!(
+            kernel_route(&message(255, RouteType::Local, 32, vec![])),
+            None
+        );
+        assert_eq!(
+            kernel_route(&message(254, RouteType::Broadcast, 32, vec![])),
+            None
+        );
+    }
 
     #[test]
     fn netmask_from_prefix() {

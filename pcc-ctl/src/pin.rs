@@ -18,6 +18,7 @@ use anyhow::{Context as _, Result, bail};
 use pcc_common::{
     Config, Counter, CtIn, CtOut, FlowKey, FragKey, FragPorts, LanInfo, SlotTable, WanCounters,
     WanInfo,
+    route::{Neighbour, NeighbourKey, Route},
 };
 use serde::{Deserialize, Serialize};
 
@@ -26,7 +27,7 @@ pub const PIN_ROOT: &str = "/sys/fs/bpf/pcc";
 const STATE_DIR: &str = "/run/pcc";
 
 /// The maps that are pinned (all of the dataplane's own; the benchmark programs' are not).
-pub const PINNED_MAPS: [&str; 12] = [
+pub const PINNED_MAPS: [&str; 15] = [
     "CONFIG",
     "WANS",
     "LANS",
@@ -39,6 +40,9 @@ pub const PINNED_MAPS: [&str; 12] = [
     "WAN_STATS",
     "NTH_TURN",
     "POLICIES",
+    "ROUTES",
+    "NEIGHBOURS",
+    "NEIGHBOURS_WANTED",
 ];
 
 /// What a set of pins was made for. Adoption needs all of it equal.
@@ -56,7 +60,7 @@ pub struct PinnedState {
 /// The map layout of this build.
 pub fn layout() -> String {
     format!(
-        "flow {} ct_out {} ct_in {} frag {}/{} config {} wan {} lan {} slots {} wan_counters {} counters {}",
+        "flow {} ct_out {} ct_in {} frag {}/{} config {} wan {} lan {} slots {} wan_counters {} counters {} route {} neighbour {}/{}",
         size_of::<FlowKey>(),
         size_of::<CtOut>(),
         size_of::<CtIn>(),
@@ -67,7 +71,10 @@ pub fn layout() -> String {
         size_of::<LanInfo>(),
         size_of::<SlotTable>(),
         size_of::<WanCounters>(),
-        Counter::COUNT
+        Counter::COUNT,
+        size_of::<Route>(),
+        size_of::<NeighbourKey>(),
+        size_of::<Neighbour>(),
     )
 }
 

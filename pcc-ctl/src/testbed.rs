@@ -9,6 +9,7 @@ use pcc_common::{
     Classifier, Config, LAN_DEVMAP_BASE, LanInfo, MAX_WANS, NatPortRange, SLOT_TABLE_SIZE,
     WAN_FLAG_UP, WanInfo,
     packet::{Frame, L4},
+    route::{Neighbour, NeighbourKey, Route},
     slots,
 };
 
@@ -114,6 +115,26 @@ impl TestBed {
         config.lan_count = config.lan_count.max(lan_id + 1);
         self.maps.config.set(0, config, 0)?;
         Ok(())
+    }
+
+    /// Mirrors a kernel route into `ROUTES`, as the controller does.
+    pub fn set_route(&mut self, dst: Ipv4Addr, prefix: u8, route: Route) -> Result<()> {
+        let key = aya::maps::lpm_trie::Key::new(u32::from(prefix), be(dst));
+        Ok(self.maps.routes.insert(&key, route, 0)?)
+    }
+
+    pub fn remove_route(&mut self, dst: Ipv4Addr, prefix: u8) -> Result<()> {
+        let key = aya::maps::lpm_trie::Key::new(u32::from(prefix), be(dst));
+        Ok(self.maps.routes.remove(&key)?)
+    }
+
+    /// Mirrors a resolved next hop on WAN `wan_id` into `NEIGHBOURS`, as the controller does.
+    pub fn set_neighbour(&mut self, wan_id: u8, addr: Ipv4Addr, mac: [u8; 6]) -> Result<()> {
+        let key = NeighbourKey::new(wan_id, be(addr));
+        Ok(self
+            .maps
+            .neighbours
+            .insert(key, Neighbour { mac, _pad: 0 }, 0)?)
     }
 
     /// Runs `role`'s program once on `frame`: (XDP action, frame out, the kernel's time for the

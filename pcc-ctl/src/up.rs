@@ -3,7 +3,10 @@ use std::{
     collections::HashSet,
     io::Write as _,
     net::Ipv4Addr,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -28,6 +31,7 @@ use crate::{
     policy::{self, ConfigFile, Policy},
     quota::{self, Meter},
     relink,
+    routes::{self, Routing},
     wan::{self, DefaultRoutes, WanView},
 };
 
@@ -55,6 +59,9 @@ pub struct Shared {
     pub policies: Vec<Policy>,
     /// Quota usage (`[[quota]]` in `--config`).
     pub quota: Mutex<Option<Meter>>,
+    /// Routes of the main table mirrored into the dataplane, and next-hop MACs with them.
+    pub routes_mirrored: AtomicUsize,
+    pub neighbours_mirrored: AtomicUsize,
 }
 
 fn ip_be(addr: Ipv4Addr) -> u32 {
@@ -364,6 +371,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
     // From here on the kernel holds state of ours: clean it up on every exit path.
     let mut managed = Vec::new();
     let mut routes = DefaultRoutes::default();
+    let mut routing = Routing::adopt(&maps, &wans);
     let mut guard = None;
     let result = async {
         pins.write_state(&want)?;
@@ -400,6 +408,11 @@ pub async fn run(args: UpArgs) -> Result<()> {
         wan::write_maps(&mut maps, &wans, args.method)?;
         policy::write_subnets(&mut maps, &policies)?;
         policy::write_tables(&mut maps, &policies, &wans, args.method)?;
+        // Before any program runs: from its first packet, what the routing table sends
+        // elsewhere is never balanced.
+        let maps = Mutex::new(maps);
+        routing.refresh(&nl, &maps, &wans).await?;
+        let maps = maps.into_inner().expect("maps lock poisoned");
         if args.xdp_mode == XdpModeArg::Generic {
             log::warn!("generic XDP mode: every packet pays for an skb first; use native mode where the driver has it");
         }
@@ -450,6 +463,8 @@ pub async fn run(args: UpArgs) -> Result<()> {
             classifier: args.classifier.name().to_string(),
             policies: policies.clone(),
             quota: Mutex::new(meter),
+            routes_mirrored: AtomicUsize::new(routing.routes_mirrored()),
+            neighbours_mirrored: AtomicUsize::new(routing.neighbours_mirrored()),
         });
         let server = metrics::bind(args.metrics, shared.clone()).await?;
         let (health_tx, health_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -481,6 +496,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
             routes: &mut routes,
             probers: &mut probers,
             managed: &mut managed,
+            routing: &mut routing,
             stop: &mut stop,
         };
         serve(&nl, &shared, wans, owned, events, health_rx, &args).await
@@ -495,6 +511,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         g.remove();
     }
     routes.restore_all(&nl).await;
+    routing.release_all(&nl).await;
     for (ifindex, gateway) in managed {
         if let Err(e) = nl.del_neighbour(ifindex, gateway).await {
             log::warn!("{e:#}");
@@ -527,6 +544,8 @@ struct Owned<'a> {
     /// Gateway neighbour entries we asked the kernel to keep resolved, also those of WANs
     /// re-created or re-addressed while running: all are removed on exit.
     managed: &'a mut Vec<(u32, Ipv4Addr)>,
+    /// The main routing table's mirror and the route next hops kept resolved.
+    routing: &'a mut Routing,
     /// What ends it.
     stop: &'a mut Stop,
 }
@@ -543,6 +562,7 @@ async fn serve(
     args: &UpArgs,
 ) -> Result<()> {
     let mut refresh = tokio::time::interval(REFRESH_INTERVAL);
+    let mut routes_poll = tokio::time::interval(routes::POLL_INTERVAL);
     let mut gc = tokio::time::interval(GC_INTERVAL);
     let timeouts = args.timeouts.timeouts();
     let mut last_counters: Vec<(u64, u64)> = vec![(0, 0); wans.len()];
@@ -571,6 +591,12 @@ async fn serve(
                 let changed = refresh_links(nl, &mut wans).await;
                 ticks += 1;
                 (true, changed | follow_spare_capacity(shared, &mut wans, args) | follow_quotas(shared, &mut wans, args, ticks))
+            }
+            _ = routes_poll.tick() => {
+                owned.routing.poll(nl, &shared.maps, &wans).await;
+                shared.routes_mirrored.store(owned.routing.routes_mirrored(), Ordering::Relaxed);
+                shared.neighbours_mirrored.store(owned.routing.neighbours_mirrored(), Ordering::Relaxed);
+                continue;
             }
             _ = gc.tick() => {
                 gc_passes += 1;
@@ -604,6 +630,11 @@ async fn serve(
             }
         }
         let links_changed = links_changed || !restart.is_empty();
+        if refreshed {
+            // A route, address, link or neighbour event, or WANs re-created or with new
+            // gateways: the mirror is refreshed at its next poll.
+            owned.routing.mark_dirty();
+        }
         if links_changed {
             for wan in &wans {
                 if let Err(e) = owned.probers.ensure(

@@ -107,6 +107,8 @@ pub struct Opening {
     /// Its frame length, counted in the connection's bytes.
     pub len: u64,
     pub now: u64,
+    /// `CT_FLAG_*` of the new connection.
+    pub flags: u8,
 }
 
 /// Records a new connection leaving through `wan`, choosing its NAT port.
@@ -130,6 +132,7 @@ pub fn open(
         lan_wscale,
         len,
         now,
+        flags,
     } = *first;
     let reply = CtIn {
         lan_addr: key.src_addr,
@@ -165,7 +168,7 @@ pub fn open(
         wan_id,
         tcp_flags: tcp_bits,
         lan_mac,
-        _pad: 0,
+        flags,
         lan_wscale,
         lan_ack: 0,
         lan_window: 0,

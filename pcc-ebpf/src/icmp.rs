@@ -7,16 +7,17 @@ use aya_ebpf::{
 };
 use pcc_common::{
     Counter, CtIn, CtOut, FlowKey, csum,
-    icmp::{self, ICMP_ERROR_FRAME_LEN, ICMP_ERROR_LEN, QUOTE_LEN},
+    icmp::{self, ICMP_ERROR_LEN, QUOTE_LEN},
 };
 
 use crate::{
-    CT_IN, CT_OUT, DEVMAP, LANS, WANS, fib,
+    CT_IN, CT_OUT, DEVMAP, LANS, fib,
     nat::{Verdict, count_rx, count_tx, to_host},
     parse::{
         ETH_LEN, ETH_P_IP, EthHdr, ICMP_ECHO_REQUEST, IP_LEN, IPPROTO_ICMP, IPPROTO_TCP,
         IPPROTO_UDP, IcmpHdr, Ipv4, Ipv4Hdr, L4_OFF, TcpHdr, UdpHdr, frame_len, ptr_at,
     },
+    route,
 };
 
 const ICMP_LEN: usize = 8;
@@ -225,10 +226,11 @@ pub fn error_to_wan(ctx: &XdpContext, p: &Ipv4) -> Verdict {
     let entry = CT_OUT.get_ptr(&key).ok_or(Counter::PassUntracked)?;
     // SAFETY: a live entry of our map, copied once.
     let entry: CtOut = unsafe { *entry };
-    let wan = WANS.get(entry.wan_id as u32).ok_or(Counter::DropNoWan)?;
-    if !wan.is_up() {
-        return Err(Counter::DropNoWan);
-    }
+    // Out the way the connection's own packets go: its WAN (up, and still holding the
+    // connection's address) and next hop, the route's for a connection a route pinned.
+    let (wan, next_hop) = route::established(&entry, q.src)?
+        .filter(|(wan, _)| wan.addr == entry.nat_addr)
+        .ok_or(Counter::DropNoWan)?;
     // SAFETY: every pointer was bounds-checked by quoted() and parse::ipv4().
     unsafe {
         rewrite_quoted(
@@ -245,8 +247,7 @@ pub fn error_to_wan(ctx: &XdpContext, p: &Ipv4) -> Verdict {
     }
     count_tx(entry.wan_id, frame_len(ctx));
     // SAFETY: bounds-checked in parse::ipv4().
-    let action =
-        unsafe { fib::forward(p.eth, p.ip, &wan.gateway_mac, &wan.mac, entry.wan_id as u32)? };
+    let action = unsafe { fib::forward(p.eth, p.ip, next_hop, &wan.mac, entry.wan_id as u32)? };
     Ok((action, Counter::FwdIcmpErrorOut))
 }
 

@@ -9,6 +9,7 @@ mod frag;
 mod icmp;
 mod nat;
 mod parse;
+mod route;
 mod select;
 mod tcp;
 
@@ -22,6 +23,7 @@ use pcc_common::{
     Config, Counter, CtIn, CtOut, DEFAULT_MAX_CONNECTIONS, DEVMAP_SIZE, FRAG_TRACK_SIZE, FlowKey,
     FragKey, FragPorts, LanInfo, MAX_LANS, MAX_POLICIES, MAX_POLICY_SUBNETS, MAX_WANS, SlotTable,
     WanCounters, WanInfo,
+    route::{MAX_NEIGHBOURS, MAX_NEIGHBOURS_WANTED, MAX_ROUTES, Neighbour, NeighbourKey, Route},
 };
 
 #[map]
@@ -36,6 +38,18 @@ static SLOTS: Array<SlotTable> = Array::with_max_entries(1 + MAX_POLICIES as u32
 /// Source subnet (network byte order, longest prefix wins) -> policy number.
 #[map]
 static POLICIES: LpmTrie<u32, u8> = LpmTrie::with_max_entries(MAX_POLICY_SUBNETS, 0);
+/// The kernel's main IPv4 table as the controller mirrors it (destination prefix, network
+/// byte order, longest wins): a new connection matching no entry is balanced.
+#[map]
+static ROUTES: LpmTrie<u32, Route> = LpmTrie::with_max_entries(MAX_ROUTES, 0);
+/// MACs of route next hops other than a WAN's gateway, from the kernel's neighbour table.
+#[map]
+static NEIGHBOURS: HashMap<NeighbourKey, Neighbour> = HashMap::with_max_entries(MAX_NEIGHBOURS, 0);
+/// Next hops the dataplane needed and did not find in `NEIGHBOURS` (value: when, ns): the
+/// controller resolves them. LRU, so a flood of misses only forgets the oldest.
+#[map]
+static NEIGHBOURS_WANTED: LruHashMap<NeighbourKey, u64> =
+    LruHashMap::with_max_entries(MAX_NEIGHBOURS_WANTED, 0);
 /// Redirect targets: WAN `wan_id` at `wan_id`, LAN `lan_id` at `LAN_DEVMAP_BASE + lan_id`.
 #[map]
 static DEVMAP: DevMap = DevMap::with_max_entries(DEVMAP_SIZE, 0);

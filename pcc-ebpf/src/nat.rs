@@ -1,8 +1,8 @@
 //! Source NAT out of the WANs, and its reversal for replies and ICMP errors.
 use aya_ebpf::programs::XdpContext;
 use pcc_common::{
-    CT_TCP_ACK, CT_TCP_FIN, CT_TCP_RST, CT_TCP_SYN, Counter, CtIn, FlowKey, LAN_DEVMAP_BASE,
-    LanInfo, csum, tcp::scaled_window,
+    CT_FLAG_ROUTED, CT_TCP_ACK, CT_TCP_FIN, CT_TCP_RST, CT_TCP_SYN, Counter, CtIn, FlowKey,
+    LAN_DEVMAP_BASE, LanInfo, csum, tcp::scaled_window,
 };
 
 use crate::{
@@ -13,7 +13,7 @@ use crate::{
         Ipv4, Ipv4Hdr, L4_OFF, TcpHdr, UdpHdr, frame_len, is_multicast_or_broadcast, ptr_at,
         same_mac,
     },
-    select, tcp,
+    route, select, tcp,
 };
 
 /// `Ok((XDP action, what happened))`, or `Err(reason)` to pass or drop.
@@ -145,18 +145,17 @@ pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
         port: LAN_DEVMAP_BASE + u32::from(lan_id),
     };
 
-    // (NAT address, NAT port, wan_id, WAN) of the connection, looked up once.
+    // (NAT address, NAT port, wan_id, (WAN, next hop MAC), counter) of the connection,
+    // looked up once.
     let mut found = None;
     if let Some(e) = CT_OUT.get_ptr_mut(&key) {
         select::same_lan(ifindex, src, cfg)?;
         // SAFETY: a live entry of our map; concurrent writers only touch counters.
         let e = unsafe { &mut *e };
-        match WANS.get(e.wan_id as u32) {
+        match route::established(e, dst)? {
             // A WAN that lost the connection's address (DHCP renewal, a restart that adopted
             // pinned state) must never send from it again: start afresh like a dead WAN.
-            Some(wan)
-                if wan.is_up() && wan.addr == e.nat_addr && !conntrack::reopens(&key, e, bits) =>
-            {
+            Some(exit) if exit.0.addr == e.nat_addr && !conntrack::reopens(&key, e, bits) => {
                 // SAFETY: bounds-checked in parse::ipv4().
                 conntrack::follow_host_mac(&key, e, unsafe { &(*eth).src });
                 e.last_seen_ns = now;
@@ -167,14 +166,14 @@ pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
                     e.lan_ack = seg.ack;
                     e.lan_window = scaled_window(seg.window, e.lan_wscale);
                 }
-                found = Some((e.nat_addr, e.nat_port, e.wan_id, wan));
+                found = Some((e.nat_addr, e.nat_port, e.wan_id, exit, fwd_counter(e.flags)));
             }
-            // The WAN died (its upstream already broke the connection) or the tuple is being
-            // reused: start afresh on a live WAN.
+            // The WAN died (its upstream already broke the connection), the route that pinned
+            // it changed, or the tuple is being reused: start afresh.
             _ => conntrack::close(&key, e),
         }
     }
-    let (nat_addr, nat_port, wan_id, wan) = match found {
+    let (nat_addr, nat_port, wan_id, (wan, next_hop), fwd) = match found {
         Some(f) => f,
         None => {
             // Only a packet with a transport header can open a connection.
@@ -189,8 +188,8 @@ pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
                 return Err(Counter::PassTcpNotSyn);
             }
             let lan_id = select::lan_for(ifindex, src, dst, cfg)?;
-            let (wan_id, wan) = select::wan_for(&key, cfg)?;
-            if wan.gateway_mac == [0; 6] {
+            let (wan_id, (wan, next_hop), flags) = route::choose(&key, cfg)?;
+            if *next_hop == [0; 6] {
                 return Err(Counter::PassNoNeighbour);
             }
             if let Err(verdict) = icmp::fits(ctx, &p, wan.mtu, &ingress) {
@@ -210,15 +209,18 @@ pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
                 lan_wscale,
                 len,
                 now,
+                flags,
             };
             let e = conntrack::open(&key, cfg, wan_id, wan, &first)?;
-            // Another CPU may have opened the same connection first, on another WAN.
-            let wan = if e.wan_id == wan_id {
-                wan
+            // Another CPU may have opened the same connection first, on another WAN (only a
+            // balanced one can: a route gives every CPU the same WAN).
+            let exit = if e.wan_id == wan_id {
+                (wan, next_hop)
             } else {
-                WANS.get(e.wan_id as u32).ok_or(Counter::DropNoWan)?
+                let wan = WANS.get(e.wan_id as u32).ok_or(Counter::DropNoWan)?;
+                (wan, &wan.gateway_mac)
             };
-            (e.nat_addr, e.nat_port, e.wan_id, wan)
+            (e.nat_addr, e.nat_port, e.wan_id, exit, fwd_counter(e.flags))
         }
     };
 
@@ -244,8 +246,18 @@ pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
     }
     count_tx(wan_id, len);
     // SAFETY: bounds-checked in parse::ipv4().
-    let action = unsafe { fib::forward(eth, ip, &wan.gateway_mac, &wan.mac, wan_id as u32)? };
-    Ok((action, Counter::FwdOut))
+    let action = unsafe { fib::forward(eth, ip, next_hop, &wan.mac, wan_id as u32)? };
+    Ok((action, fwd))
+}
+
+/// What a forwarded LAN packet is counted as: balanced, or pinned by a route.
+#[inline(always)]
+fn fwd_counter(flags: u8) -> Counter {
+    if flags & CT_FLAG_ROUTED == 0 {
+        Counter::FwdOut
+    } else {
+        Counter::FwdRouted
+    }
 }
 
 /// Rewrites one address and one port of the transport header at `L4_OFF`, keeping its

@@ -14,7 +14,8 @@ export DEBIAN_FRONTEND=noninteractive
 
 # Debian packages the build, the lab and the tests use.
 PKGS=(
-    llvm-22-dev libpolly-22-dev clang iproute2 ethtool curl iperf3 iputils-ping nftables
+    llvm-22-dev libpolly-22-dev clang iproute2 ethtool curl iperf3 iputils-ping iputils-tracepath
+    traceroute nftables
     bpftool netsniff-ng tcpdump python3-scapy prometheus socat procps psmisc kmod
     zlib1g-dev libzstd-dev
     g++ # libFuzzer (cargo-fuzz targets) is C++

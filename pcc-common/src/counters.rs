@@ -42,11 +42,17 @@ pub enum Counter {
     /// Larger than the port it arrived on allows: a GRO super-frame, which only generic XDP
     /// sees (it runs after GRO); the kernel segments it.
     PassOversize,
+    /// Not addressed to the router's MAC on the port it arrived on: a frame a promiscuous
+    /// port (tcpdump, a bridge member) sees for another host. The kernel discards it too
+    /// (`PACKET_OTHERHOST`).
+    PassOtherHost,
     /// Shorter than its Ethernet header, or than an IPv4 header after it.
     DropRunt,
     /// IPv4 header invalid: version, IHL < 5 or past the total length, total length shorter
     /// than the header or past the frame.
     DropBadIpHeader,
+    /// IPv4 header checksum wrong (the kernel's `ip_rcv_core` drops these too).
+    DropBadIpChecksum,
     /// Transport header cut short by the total length or the frame, TCP data offset < 5 or
     /// past the packet, UDP length below 8 or past the packet.
     DropBadTransportHeader,
@@ -92,8 +98,10 @@ impl Counter {
         Counter::PassNoNeighbour,
         Counter::PassTcpNotSyn,
         Counter::PassOversize,
+        Counter::PassOtherHost,
         Counter::DropRunt,
         Counter::DropBadIpHeader,
+        Counter::DropBadIpChecksum,
         Counter::DropBadTransportHeader,
         Counter::DropFragmentUntracked,
         Counter::DropSpoofed,
@@ -128,7 +136,8 @@ impl Counter {
             | Counter::PassUntracked
             | Counter::PassNoNeighbour
             | Counter::PassTcpNotSyn
-            | Counter::PassOversize => "passed",
+            | Counter::PassOversize
+            | Counter::PassOtherHost => "passed",
             _ => "dropped",
         }
     }
@@ -151,8 +160,10 @@ impl Counter {
             Counter::PassNoNeighbour => "no_neighbour",
             Counter::PassTcpNotSyn => "tcp_not_syn",
             Counter::PassOversize => "over_ingress_mtu",
+            Counter::PassOtherHost => "other_host",
             Counter::DropRunt => "runt",
             Counter::DropBadIpHeader => "bad_ip_header",
+            Counter::DropBadIpChecksum => "bad_ip_checksum",
             Counter::DropBadTransportHeader => "bad_transport_header",
             Counter::DropFragmentUntracked => "fragment_untracked",
             Counter::DropSpoofed => "spoofed_source",

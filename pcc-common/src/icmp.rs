@@ -16,17 +16,18 @@ pub const ICMP_DEST_UNREACH: u8 = 3;
 pub const ICMP_FRAG_NEEDED: u8 = 4;
 
 /// The checksum of an ICMP error with `kind`, `code`, the 4 "rest" bytes (for fragmentation
-/// needed: 2 unused, then the next-hop MTU) and `quote`, as written into the header (bytes in
-/// memory order: the sum does not depend on byte order when read and written alike).
+/// needed: 2 unused, then the next-hop MTU) and the quote as its 16-bit words in memory order
+/// (read straight from the packet: the sum does not depend on byte order when read and
+/// written alike).
 #[inline(always)]
-pub fn error_checksum(kind: u8, code: u8, rest: [u8; 4], quote: &[u8; QUOTE_LEN]) -> u16 {
+pub fn error_checksum(kind: u8, code: u8, rest: [u8; 4], quote: &[u16; QUOTE_LEN / 2]) -> u16 {
     let mut sum = u32::from(u16::from_ne_bytes([kind, code]))
         + u32::from(u16::from_ne_bytes([rest[0], rest[1]]))
         + u32::from(u16::from_ne_bytes([rest[2], rest[3]]));
     let mut i = 0;
-    while i < QUOTE_LEN {
-        sum += u32::from(u16::from_ne_bytes([quote[i], quote[i + 1]]));
-        i += 2;
+    while i < QUOTE_LEN / 2 {
+        sum += u32::from(quote[i]);
+        i += 1;
     }
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
@@ -56,8 +57,10 @@ mod tests {
     #[test]
     fn error_checksum_matches_a_full_computation() {
         let quote: [u8; QUOTE_LEN] = core::array::from_fn(|i| (i * 37 + 5) as u8);
+        let words: [u16; QUOTE_LEN / 2] =
+            core::array::from_fn(|i| u16::from_ne_bytes([quote[2 * i], quote[2 * i + 1]]));
         let rest = [0, 0, 0x05, 0xd4];
-        let check = error_checksum(ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, rest, &quote);
+        let check = error_checksum(ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, rest, &words);
         let mut msg = vec![ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED];
         msg.extend_from_slice(&check.to_ne_bytes());
         msg.extend_from_slice(&rest);

@@ -148,6 +148,13 @@ fn measure_amortized(
 /// counters, checksum updates, MAC rewrite and redirect.
 fn amortized_costs(tb: &mut TestBed, calls: usize) -> Result<Vec<Cost>> {
     let wan = tb.expected_wan(CLIENT, SERVER) as u8;
+    // Identity down to the Ethernet header: the WAN's address is the host's own (a
+    // connection whose NAT address is not its WAN's is re-pinned), and each frame out is
+    // addressed to the MAC of the port it is fed to next (frames for other MACs are not ours).
+    let mut info = tb.maps.wans.get(&u32::from(wan), 0)?;
+    info.addr = be(CLIENT);
+    info.gateway_mac = LAN_MAC;
+    tb.maps.wans.set(u32::from(wan), info, 0)?;
     for (proto, sport, dport) in [(6u8, 41_000u16, 80u16), (17, 41_001, 53)] {
         let key = FlowKey::new(be(CLIENT), be(SERVER), sport.to_be(), dport.to_be(), proto);
         let out = CtOut {
@@ -172,7 +179,7 @@ fn amortized_costs(tb: &mut TestBed, calls: usize) -> Result<Vec<Cost>> {
         lan_addr: reply_key.dst_addr,
         lan_port: reply_key.dst_port,
         lan_id: 0,
-        lan_mac: CLIENT_MAC,
+        lan_mac: WAN_MACS[wan as usize],
         wan_id: wan,
         ..Default::default()
     };

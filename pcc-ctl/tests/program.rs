@@ -383,7 +383,7 @@ fn lan_traffic_the_fast_path_does_not_own_is_passed_or_dropped_and_counted() {
             {
                 let mut f = from_client(CLIENT, CLIENT_MAC, udp()).bytes();
                 f[23] = 47;
-                f
+                with_valid_ip_checksum(f)
             },
             XDP_PASS,
             Counter::PassUnsupported,

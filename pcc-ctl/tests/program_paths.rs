@@ -7,13 +7,11 @@ mod rig;
 use std::net::Ipv4Addr;
 
 use pcc_common::{
-    CT_TCP_RST, CT_TCP_SYN, Counter, FlowKey, csum,
+    CT_TCP_RST, CT_TCP_SYN, Counter, FlowKey,
     packet::{Frame, L4, TCP_ACK, TCP_RST, TCP_SYN, TcpSegment, mss_option, parse},
 };
 use pcc_ctl::{dataplane::Role, testbed::*};
 use rig::*;
-
-const XDP_TX: u32 = 3;
 
 impl Rig {
     /// Every WAN's MTU becomes `mtu` (a PPPoE line: 1492).
@@ -46,10 +44,7 @@ fn udp_of(tot_len: usize) -> L4 {
 /// path-MTU discovery do) and the header checksum made valid again.
 fn without_df(mut frame: Vec<u8>) -> Vec<u8> {
     frame[20] &= !0x40;
-    frame[24..26].fill(0);
-    let c = csum::checksum(&frame[14..34]);
-    frame[24..26].copy_from_slice(&c.to_be_bytes());
-    frame
+    with_valid_ip_checksum(frame)
 }
 
 /// The "fragmentation needed" `sender_frame` must bring back: from `router` (its address on
@@ -82,7 +77,7 @@ fn df_packets_over_the_wan_mtu_get_fragmentation_needed_from_the_dataplane() {
     rig.set_wan_mtu(1492);
     let big = from_client(CLIENT, CLIENT_MAC, udp_of(1500));
     let (action, out) = rig.run(Role::Lan, &big.bytes());
-    assert_eq!(action, XDP_TX, "answered back out of the LAN port");
+    assert_eq!(action, XDP_REDIRECT, "answered back out of the LAN port");
     assert_frame(
         "the first packet of a connection",
         &out,
@@ -98,7 +93,7 @@ fn df_packets_over_the_wan_mtu_get_fragmentation_needed_from_the_dataplane() {
         "1492 fits"
     );
     let (action, out) = rig.run(Role::Lan, &big.bytes());
-    assert_eq!(action, XDP_TX);
+    assert_eq!(action, XDP_REDIRECT);
     assert_frame(
         "a packet of an open connection",
         &out,
@@ -134,7 +129,7 @@ fn replies_over_the_lan_mtu_get_fragmentation_needed_towards_the_server() {
         },
     );
     let (action, out) = rig.run(Role::Wan, &reply.bytes());
-    assert_eq!(action, XDP_TX, "answered back out of the WAN port");
+    assert_eq!(action, XDP_REDIRECT, "answered back out of the WAN port");
     assert_frame(
         "from the WAN's address, quoting the reply as the server sent it",
         &out,
@@ -441,4 +436,87 @@ fn icmp_errors_from_the_lan_leave_translated_like_their_connection() {
         ),
     ];
     rig.check_lan_cases(LO, cases);
+}
+
+#[test]
+fn frames_for_other_macs_and_damaged_headers_are_not_ours() {
+    let mut rig = Rig::new(1024);
+    let wan = rig.expected_wan(CLIENT, SERVER);
+    let udp = from_client(CLIENT, CLIENT_MAC, udp_of(100));
+    let mut damaged = udp.bytes();
+    damaged[22] ^= 0x10; // the TTL, under an unchanged checksum
+    let cases = vec![
+        (
+            "to another host's MAC, seen by a promiscuous LAN port (tcpdump, a bridge member)",
+            Frame {
+                dst_mac: CLIENT2_MAC,
+                ..udp.clone()
+            }
+            .bytes(),
+            XDP_PASS,
+            Counter::PassOtherHost,
+        ),
+        (
+            "IPv4 header checksum wrong: ip_rcv_core drops it too",
+            damaged,
+            XDP_DROP,
+            Counter::DropBadIpChecksum,
+        ),
+    ];
+    rig.check_lan_cases(LO, cases);
+    assert_eq!(rig.maps.ct_out.keys().count(), 0, "nothing opened");
+
+    let (_, out) = rig.run(Role::Lan, &udp.bytes());
+    let nat_port = parse(&out).unwrap().sport;
+    let reply = from_server(
+        wan,
+        with_port(&with_port(&udp.l4, false, nat_port), true, 53),
+    );
+    let stray = Frame {
+        dst_mac: GW_MACS[1 - wan],
+        ..reply.clone()
+    };
+    let before = rig.counter(Counter::PassOtherHost);
+    assert_eq!(
+        rig.run(Role::Wan, &stray.bytes()).0,
+        XDP_PASS,
+        "a WAN frame for another MAC"
+    );
+    assert_eq!(rig.counter(Counter::PassOtherHost), before + 1);
+    assert_eq!(
+        rig.run(Role::Wan, &reply.bytes()).0,
+        XDP_REDIRECT,
+        "the reply itself"
+    );
+}
+
+#[test]
+fn a_connection_whose_wan_changed_address_is_never_sent_from_the_old_one() {
+    let mut rig = Rig::new(1024);
+    let wan = rig.expected_wan(CLIENT, SERVER);
+    let udp = from_client(CLIENT, CLIENT_MAC, udp_of(100));
+    let (_, out) = rig.run(Role::Lan, &udp.bytes());
+    assert_eq!(parse(&out).unwrap().src, WAN_ADDRS[wan]);
+    // DHCP hands the WAN a new address while the flow keeps sending.
+    let renumbered = Ipv4Addr::new(198, 18, 1, 77);
+    let mut info = rig.maps.wans.get(&(wan as u32), 0).unwrap();
+    info.addr = be(renumbered);
+    rig.maps.wans.set(wan as u32, info, 0).unwrap();
+    let (action, out) = rig.run(Role::Lan, &udp.bytes());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(
+        parse(&out).unwrap().src,
+        renumbered,
+        "re-pinned at its next packet, from the WAN's new address"
+    );
+    let key = FlowKey::new(be(CLIENT), be(SERVER), 5000u16.to_be(), 53u16.to_be(), 17);
+    assert_eq!(
+        rig.maps.ct_out.get(&key, 0).unwrap().nat_addr,
+        be(renumbered)
+    );
+    assert_eq!(
+        rig.maps.ct_in.keys().count(),
+        1,
+        "the old reply entry is gone"
+    );
 }

@@ -84,12 +84,7 @@ pub fn close(key: &FlowKey, entry: &CtOut) {
 /// address) gets the replies there from now on, as the kernel's ARP would send them.
 #[inline(always)]
 pub fn follow_host_mac(key: &FlowKey, entry: &mut CtOut, mac: &[u8; 6]) {
-    // Byte by byte: an array comparison may compile to a `memcmp` call, which BPF lacks.
-    let mut differ = 0u8;
-    for i in 0..6 {
-        differ |= entry.lan_mac[i] ^ mac[i];
-    }
-    if differ == 0 {
+    if parse::same_mac(&entry.lan_mac, mac) {
         return;
     }
     entry.lan_mac = *mac;

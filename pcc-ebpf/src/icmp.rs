@@ -1,17 +1,21 @@
 //! ICMP errors: those about our connections, translated in both directions (RFC 5508 REQ-4),
 //! and "fragmentation needed", which the dataplane answers itself (RFC 1191).
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_tail, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    programs::XdpContext,
+};
 use pcc_common::{
     Counter, CtIn, CtOut, FlowKey, csum,
     icmp::{self, ICMP_ERROR_FRAME_LEN, ICMP_ERROR_LEN, QUOTE_LEN},
 };
 
 use crate::{
-    CT_IN, CT_OUT, LANS, WANS, fib,
+    CT_IN, CT_OUT, DEVMAP, LANS, WANS, fib,
     nat::{Verdict, count_rx, count_tx, to_host},
     parse::{
-        ETH_LEN, EthHdr, ICMP_ECHO_REQUEST, IP_LEN, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
-        IcmpHdr, Ipv4, Ipv4Hdr, L4_OFF, TcpHdr, UdpHdr, frame_len, ptr_at,
+        ETH_LEN, ETH_P_IP, EthHdr, ICMP_ECHO_REQUEST, IP_LEN, IPPROTO_ICMP, IPPROTO_TCP,
+        IPPROTO_UDP, IcmpHdr, Ipv4, Ipv4Hdr, L4_OFF, TcpHdr, UdpHdr, frame_len, ptr_at,
     },
 };
 
@@ -246,54 +250,85 @@ pub fn error_to_wan(ctx: &XdpContext, p: &Ipv4) -> Verdict {
     Ok((action, Counter::FwdIcmpErrorOut))
 }
 
-/// Checks that `p` fits the port it would leave by (`mtu`); the port it arrived on allows
-/// `ingress_mtu`. A packet with DF set that does not fit is answered with "fragmentation
-/// needed" from `router_addr`, the router's address on the port it arrived on (RFC 1191);
-/// one without DF is dropped: pcc does not fragment, and the kernel would send it through
-/// its own default route, another WAN, or not at all.
+/// The port a packet arrived on, as the dataplane knows it.
+#[derive(Clone, Copy)]
+pub struct Ingress {
+    /// Largest IPv4 packet the port carries.
+    pub mtu: u16,
+    /// The router's address on it: the source of the errors pcc sends back.
+    pub router_addr: u32,
+    /// Its `DEVMAP` slot.
+    pub port: u32,
+}
+
+/// Checks that `p` fits the port it would leave by (`mtu`). A packet with DF set that does
+/// not fit is answered with "fragmentation needed" from the router's address on the port it
+/// arrived on (RFC 1191); one without DF is dropped: pcc does not fragment, and the kernel
+/// would send it through its own default route, another WAN, or not at all.
 #[inline(always)]
-pub fn fits(
-    ctx: &XdpContext,
-    p: &Ipv4,
-    mtu: u16,
-    ingress_mtu: u16,
-    router_addr: u32,
-) -> Result<(), Verdict> {
+pub fn fits(ctx: &XdpContext, p: &Ipv4, mtu: u16, ingress: &Ingress) -> Result<(), Verdict> {
     if p.tot_len <= mtu {
         return Ok(());
     }
     // Bigger than its own port allows: a GRO super-frame (generic XDP runs after GRO). The
     // kernel segments it on the way out.
-    if p.tot_len > ingress_mtu {
+    if p.tot_len > ingress.mtu {
         return Err(Err(Counter::PassOversize));
     }
     // SAFETY: bounds-checked in parse::ipv4().
     if unsafe { (*p.ip).frag_off } & IP_DF == 0 {
         return Err(Err(Counter::DropOverMtu));
     }
-    Err(frag_needed(ctx, mtu, router_addr))
+    // SAFETY: `p`'s pointers are not used again: the frame is rewritten into the error.
+    let action = frag_needed(ctx, mtu, ingress.router_addr, ingress.port);
+    Err(if action == xdp_action::XDP_REDIRECT {
+        Ok((action, Counter::AnsweredFragNeeded))
+    } else {
+        Err(Counter::DropRedirect)
+    })
 }
 
 /// Turns the frame into an ICMP "fragmentation needed" for its sender carrying `mtu`, from
-/// `router_addr`, and sends it back out of the port it came in on (Katran's
-/// `send_icmp4_too_big`, but shrinking the frame in place: the error is shorter than any
-/// packet that needs it).
-#[inline(always)]
-fn frag_needed(ctx: &XdpContext, mtu: u16, router_addr: u32) -> Verdict {
-    let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(Counter::DropRunt)?;
-    let quote = ptr_at::<[u8; QUOTE_LEN]>(ctx, ETH_LEN).ok_or(Counter::DropRunt)?;
-    // SAFETY: bounds-checked by ptr_at; copied before the frame is cut and overwritten.
-    let (quote, peer_mac, port_mac) = unsafe { (*quote, (*eth).src, (*eth).dst) };
-    let sender = u32::from_ne_bytes([quote[12], quote[13], quote[14], quote[15]]);
-    let delta = ICMP_ERROR_FRAME_LEN as i64 - frame_len(ctx) as i64;
-    // SAFETY: the helper only moves data_end; every pointer is derived afresh below.
-    if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta as i32) } != 0 {
-        return Err(Counter::DropOverMtu);
+/// the router's address on the port it came in on, and sends it back out of that port
+/// (Katran's `send_icmp4_too_big`, but shrinking the frame in place: the error is shorter than
+/// any packet that needs it). Through the devmap rather than `XDP_TX`: veth drops `XDP_TX`
+/// frames of packets that arrived as socket buffers, and the devmap is the path every other
+/// frame of ours takes. A subprogram of its own: inlined, its buffers would push the
+/// programs past the 512-byte BPF stack. Returns the XDP action (`XDP_DROP` if the frame
+/// could not be turned into the error).
+#[inline(never)]
+fn frag_needed(ctx: &XdpContext, mtu: u16, router_addr: u32, port: u32) -> u32 {
+    match build_frag_needed(ctx, mtu, router_addr) {
+        Some(()) => match DEVMAP.redirect(port, 0) {
+            Ok(action) => action,
+            Err(_) => xdp_action::XDP_DROP,
+        },
+        None => xdp_action::XDP_DROP,
     }
-    let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(Counter::DropRunt)?;
-    let ip = ptr_at::<Ipv4Hdr>(ctx, ETH_LEN).ok_or(Counter::DropRunt)?;
-    let icmp = ptr_at::<IcmpHdr>(ctx, L4_OFF).ok_or(Counter::DropRunt)?;
-    let body = ptr_at::<[u8; QUOTE_LEN]>(ctx, INNER_IP_OFF).ok_or(Counter::DropRunt)?;
+}
+
+/// Rewrites the frame in place: the tail is cut after the offending IPv4 header and 8 bytes,
+/// and room for the new IPv4 and ICMP headers is made in front, so the quote is already where
+/// the error carries it and nothing is copied through the stack.
+#[inline(always)]
+fn build_frag_needed(ctx: &XdpContext, mtu: u16, router_addr: u32) -> Option<()> {
+    let eth = ptr_at::<EthHdr>(ctx, 0)?;
+    let ip = ptr_at::<Ipv4Hdr>(ctx, ETH_LEN)?;
+    // SAFETY: bounds-checked by ptr_at; read before the frame changes.
+    let (peer_mac, port_mac, sender) = unsafe { ((*eth).src, (*eth).dst, (*ip).src) };
+    let keep = (ETH_LEN + QUOTE_LEN) as i64;
+    // SAFETY: the helpers only move data and data_end; every pointer is derived afresh below.
+    unsafe {
+        if bpf_xdp_adjust_tail(ctx.ctx, (keep - frame_len(ctx) as i64) as i32) != 0
+            || bpf_xdp_adjust_head(ctx.ctx, -((IP_LEN + ICMP_LEN) as i32)) != 0
+        {
+            return None;
+        }
+    }
+    let eth = ptr_at::<EthHdr>(ctx, 0)?;
+    let ip = ptr_at::<Ipv4Hdr>(ctx, ETH_LEN)?;
+    let icmp = ptr_at::<IcmpHdr>(ctx, L4_OFF)?;
+    let quote = ptr_at::<[u16; QUOTE_LEN / 2]>(ctx, INNER_IP_OFF)?;
     let rest = [0, 0, (mtu >> 8) as u8, mtu as u8];
     let tot_len = ((IP_LEN + ICMP_ERROR_LEN) as u16).to_be();
     let [s0, s1] = [router_addr as u16, (router_addr >> 16) as u16];
@@ -301,38 +336,33 @@ fn frag_needed(ctx: &XdpContext, mtu: u16, router_addr: u32) -> Verdict {
     let ttl_proto = u16::from_ne_bytes([64, IPPROTO_ICMP]);
     let first = u16::from_ne_bytes([0x45, TOS_INTERNETWORK_CONTROL]);
     let words = [first, tot_len, 0, IP_DF, ttl_proto, 0, s0, s1, d0, d1];
-    let ip_check = icmp::ipv4_header_checksum(&words);
-    let icmp_check = icmp::error_checksum(
-        icmp::ICMP_DEST_UNREACH,
-        icmp::ICMP_FRAG_NEEDED,
-        rest,
-        &quote,
-    );
     // SAFETY: all four bounds-checked by ptr_at after the resize.
     unsafe {
+        let icmp_check = icmp::error_checksum(
+            icmp::ICMP_DEST_UNREACH,
+            icmp::ICMP_FRAG_NEEDED,
+            rest,
+            &*quote,
+        );
         (*eth).dst = peer_mac;
         (*eth).src = port_mac;
-        *ip = Ipv4Hdr {
-            version_ihl: 0x45,
-            tos: TOS_INTERNETWORK_CONTROL,
-            tot_len,
-            id: 0,
-            // Never fragmented (56 bytes), and marked so, as the fixtures of hosts are.
-            frag_off: IP_DF,
-            ttl: 64,
-            proto: IPPROTO_ICMP,
-            check: ip_check,
-            src: router_addr,
-            dst: sender,
-        };
-        *icmp = IcmpHdr {
-            kind: icmp::ICMP_DEST_UNREACH,
-            code: icmp::ICMP_FRAG_NEEDED,
-            check: icmp_check,
-            id: u16::from_ne_bytes([rest[0], rest[1]]),
-            seq: u16::from_ne_bytes([rest[2], rest[3]]),
-        };
-        *body = quote;
+        (*eth).ether_type = ETH_P_IP;
+        (*ip).version_ihl = 0x45;
+        (*ip).tos = TOS_INTERNETWORK_CONTROL;
+        (*ip).tot_len = tot_len;
+        (*ip).id = 0;
+        // Never fragmented (56 bytes), and marked so, as hosts' own packets are.
+        (*ip).frag_off = IP_DF;
+        (*ip).ttl = 64;
+        (*ip).proto = IPPROTO_ICMP;
+        (*ip).check = icmp::ipv4_header_checksum(&words);
+        (*ip).src = router_addr;
+        (*ip).dst = sender;
+        (*icmp).kind = icmp::ICMP_DEST_UNREACH;
+        (*icmp).code = icmp::ICMP_FRAG_NEEDED;
+        (*icmp).check = icmp_check;
+        (*icmp).id = 0;
+        (*icmp).seq = mtu.to_be();
     }
-    Ok((xdp_action::XDP_TX, Counter::AnsweredFragNeeded))
+    Some(())
 }

@@ -2,7 +2,7 @@
 use aya_ebpf::programs::XdpContext;
 use pcc_common::{
     CT_TCP_ACK, CT_TCP_FIN, CT_TCP_RST, CT_TCP_SYN, Counter, CtIn, FlowKey, LAN_DEVMAP_BASE,
-    LanInfo, WanInfo, csum, tcp::scaled_window,
+    LanInfo, csum, tcp::scaled_window,
 };
 
 use crate::{
@@ -11,6 +11,7 @@ use crate::{
         self, EthHdr, Fragment, ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST,
         ICMP_PARAM_PROBLEM, ICMP_TIME_EXCEEDED, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IcmpHdr,
         Ipv4, Ipv4Hdr, L4_OFF, TcpHdr, UdpHdr, frame_len, is_multicast_or_broadcast, ptr_at,
+        same_mac,
     },
     select, tcp,
 };
@@ -111,7 +112,7 @@ fn lan_icmp_error(ctx: &XdpContext, p: &Ipv4) -> Verdict {
 #[inline(always)]
 pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
     let p = parse::ipv4(ctx)?;
-    let (eth, ip, src, dst, proto, tot_len) = (p.eth, p.ip, p.src, p.dst, p.proto, p.tot_len);
+    let (eth, ip, src, dst, proto) = (p.eth, p.ip, p.src, p.dst, p.proto);
     if is_multicast_or_broadcast(dst) {
         return Err(Counter::PassLocal);
     }
@@ -132,6 +133,17 @@ pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
     let len = frame_len(ctx);
     let cfg = CONFIG.get(0).ok_or(Counter::DropNoWan)?;
     let ifindex = ctx.ingress_ifindex() as u32;
+    let lan_id = select::lan_of_port(ifindex, cfg).ok_or(Counter::DropSpoofed)?;
+    let lan = LANS.get(u32::from(lan_id)).ok_or(Counter::DropSpoofed)?;
+    // SAFETY: bounds-checked in parse::ipv4().
+    if !same_mac(unsafe { &(*eth).dst }, &lan.mac) {
+        return Err(Counter::PassOtherHost);
+    }
+    let ingress = icmp::Ingress {
+        mtu: lan.mtu,
+        router_addr: lan.addr,
+        port: LAN_DEVMAP_BASE + u32::from(lan_id),
+    };
 
     // (NAT address, NAT port, wan_id, WAN) of the connection, looked up once.
     let mut found = None;
@@ -140,7 +152,11 @@ pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
         // SAFETY: a live entry of our map; concurrent writers only touch counters.
         let e = unsafe { &mut *e };
         match WANS.get(e.wan_id as u32) {
-            Some(wan) if wan.is_up() && !conntrack::reopens(&key, e, bits) => {
+            // A WAN that lost the connection's address (DHCP renewal, a restart that adopted
+            // pinned state) must never send from it again: start afresh like a dead WAN.
+            Some(wan)
+                if wan.is_up() && wan.addr == e.nat_addr && !conntrack::reopens(&key, e, bits) =>
+            {
                 // SAFETY: bounds-checked in parse::ipv4().
                 conntrack::follow_host_mac(&key, e, unsafe { &(*eth).src });
                 e.last_seen_ns = now;
@@ -177,7 +193,7 @@ pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
             if wan.gateway_mac == [0; 6] {
                 return Err(Counter::PassNoNeighbour);
             }
-            if let Err(verdict) = fits_wan(ctx, &p, wan, lan_id) {
+            if let Err(verdict) = icmp::fits(ctx, &p, wan.mtu, &ingress) {
                 return verdict;
             }
             let lan_wscale = if syn {
@@ -206,11 +222,8 @@ pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
         }
     };
 
-    if tot_len > wan.mtu {
-        let lan_id = select::lan_of_port(ifindex, cfg).ok_or(Counter::DropSpoofed)?;
-        if let Err(verdict) = fits_wan(ctx, &p, wan, lan_id) {
-            return verdict;
-        }
+    if let Err(verdict) = icmp::fits(ctx, &p, wan.mtu, &ingress) {
+        return verdict;
     }
     if syn && found.is_some() {
         // A retransmitted SYN: clamped like the first.
@@ -233,16 +246,6 @@ pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
     // SAFETY: bounds-checked in parse::ipv4().
     let action = unsafe { fib::forward(eth, ip, &wan.gateway_mac, &wan.mac, wan_id as u32)? };
     Ok((action, Counter::FwdOut))
-}
-
-/// Whether a LAN packet fits the WAN it leaves by ([`icmp::fits`]); an error says so from
-/// the router's address on the LAN port `lan_id`.
-#[inline(always)]
-fn fits_wan(ctx: &XdpContext, p: &Ipv4, wan: &WanInfo, lan_id: u8) -> Result<(), Verdict> {
-    let lan = LANS
-        .get(u32::from(lan_id))
-        .ok_or(Err(Counter::DropSpoofed))?;
-    icmp::fits(ctx, p, wan.mtu, lan.mtu, lan.addr)
 }
 
 /// Rewrites one address and one port of the transport header at `L4_OFF`, keeping its
@@ -336,6 +339,14 @@ pub fn wan_to_lan(ctx: &XdpContext) -> Verdict {
         Counter::PassFragment
     };
     let entry = CT_IN.get_ptr_mut(&key).ok_or(untracked)?;
+    // SAFETY: a live entry of our map; wan_id never changes.
+    let wan = WANS
+        .get(u32::from(unsafe { (*entry).wan_id }))
+        .ok_or(Counter::PassUntracked)?;
+    // SAFETY: bounds-checked in parse::ipv4().
+    if !same_mac(unsafe { &(*eth).dst }, &wan.mac) {
+        return Err(Counter::PassOtherHost);
+    }
     let bits = if proto == IPPROTO_TCP {
         conntrack::tcp_bits(seg.flags)
     } else {
@@ -357,10 +368,12 @@ pub fn wan_to_lan(ctx: &XdpContext) -> Verdict {
     let lan = LANS
         .get(entry.lan_id as u32)
         .ok_or(Counter::PassUntracked)?;
-    let wan = WANS
-        .get(entry.wan_id as u32)
-        .ok_or(Counter::PassUntracked)?;
-    if let Err(verdict) = icmp::fits(ctx, &p, lan.mtu, wan.mtu, wan.addr) {
+    let ingress = icmp::Ingress {
+        mtu: wan.mtu,
+        router_addr: wan.addr,
+        port: u32::from(entry.wan_id),
+    };
+    if let Err(verdict) = icmp::fits(ctx, &p, lan.mtu, &ingress) {
         return verdict;
     }
     if bits & CT_TCP_SYN != 0 && p.fragment == Fragment::Whole {

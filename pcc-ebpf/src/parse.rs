@@ -94,6 +94,29 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
     Some((start + offset) as *mut T)
 }
 
+/// Whether a 20-byte IPv4 header sums to 0xffff, checksum included (RFC 1071).
+#[inline(always)]
+fn header_checksum_ok(words: &[u16; 10]) -> bool {
+    let mut sum = 0u32;
+    for w in words {
+        sum += u32::from(*w);
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum == 0xffff
+}
+
+/// Whether two MACs are equal, byte by byte: an array comparison may compile to a `memcmp`
+/// call, which BPF lacks.
+#[inline(always)]
+pub fn same_mac(a: &[u8; 6], b: &[u8; 6]) -> bool {
+    let mut differ = 0u8;
+    for i in 0..6 {
+        differ |= a[i] ^ b[i];
+    }
+    differ == 0
+}
+
 /// Frame length in bytes.
 #[inline(always)]
 pub fn frame_len(ctx: &XdpContext) -> u64 {
@@ -153,6 +176,13 @@ pub fn ipv4(ctx: &XdpContext) -> Result<Ipv4, Counter> {
     }
     if ihl_bytes != IP_LEN as u16 {
         return Err(Counter::PassIpOptions);
+    }
+    // A header whose checksum is wrong was damaged on the way: `ip_rcv_core` drops it, and
+    // an incremental update would carry the damage on with a valid-looking checksum.
+    let words = ptr_at::<[u16; 10]>(ctx, ETH_LEN).ok_or(Counter::DropRunt)?;
+    // SAFETY: bounds-checked by ptr_at.
+    if !header_checksum_ok(unsafe { &*words }) {
+        return Err(Counter::DropBadIpChecksum);
     }
     if h.ttl <= 1 {
         return Err(Counter::PassTtl);

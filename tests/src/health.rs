@@ -10,7 +10,11 @@
 //! | [`Lab::cut_isp_inet`] | drop all IPv4 arriving from the internet on `core0`; the gateway itself still answers | `netdev pcccutinet` |
 //! | [`Lab::lossy_isp`] | drop `P` % of IPv4 at random on `up0` and on `core0` ingress (both directions of a path through the ISP) | `netdev pccloss` |
 //! | [`Lab::carrier_down`] | `ip link set up0 down` in the ISP: the router's WAN veth loses carrier | — |
-//! | [`Lab::watch_lan_sources`] | count IPv4 from the LAN subnet arriving on `up0` (un-NATed leaks), before any drop | `netdev pccwatch` |
+//!
+//! Always on, from the lab's start: BCP 38. Each ISP drops IPv4 from the router whose source
+//! is not the router's address on that line, counting all IPv4, LAN sources (un-NATed leaks)
+//! and refused sources, before any fault table ([`Lab::isp_lease`], [`Lab::watch_lan_sources`],
+//! [`Lab::lan_source_packets`], [`Lab::refused_sources`]; table `netdev pccbcp38`).
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -22,6 +26,9 @@ use crate::metrics::Metrics;
 use crate::pcc::PccHandle;
 use crate::proc::LabProcess;
 use crate::services::{UDP_ECHO_PORT, python};
+
+/// The ISPs' BCP 38 table (`netdev`, hook `up0` ingress, priority -500).
+const BCP38: &str = "pccbcp38";
 
 fn isp(i: usize) -> String {
     assert!(i < 2, "the lab has isp0 and isp1, not isp{i}");
@@ -111,33 +118,95 @@ impl Lab {
             .map(drop)
     }
 
-    /// Starts counting, in isp`i`, IPv4 packets from the LAN subnet that arrive on `up0` (the
-    /// router leaking un-NATed traffic). The counter hooks before the fault tables, so it also
-    /// sees what a cut drops. Read it with [`lan_source_packets`](Self::lan_source_packets).
-    pub fn watch_lan_sources(&self, i: usize) -> Result<()> {
+    /// BCP 38 in isp`i`, always on: IPv4 arriving from the router on `up0` whose source is
+    /// not one of `leases` (the router's address on that line) is dropped. Replaces the table
+    /// (counters start from zero). Counted: every IPv4 packet, those with a LAN source, those
+    /// refused; the chain hooks before the fault tables, so it also counts what a cut drops.
+    pub(crate) fn install_bcp38(&self, i: usize, leases: &[Ipv4Addr]) -> Result<()> {
+        ensure!(
+            !leases.is_empty(),
+            "isp{i} needs at least one leased address"
+        );
+        let list = leases
+            .iter()
+            .map(Ipv4Addr::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
         self.nft(
             &isp(i),
             &replace_table(
-                "pccwatch",
+                BCP38,
                 &format!(
                     "counter lan_src {{}}\n\
                      counter all_ip {{}}\n\
+                     counter refused {{}}\n\
                      chain in {{ type filter hook ingress device up0 priority -500;\n\
                        meta protocol ip counter name all_ip\n\
-                       meta protocol ip ip saddr {LAN_NET} counter name lan_src\n }}"
+                       meta protocol ip ip saddr {LAN_NET} counter name lan_src\n\
+                       meta protocol ip ip saddr != {{ {list} }} counter name refused drop\n }}"
                 ),
             ),
         )
-        .with_context(|| format!("LAN-source counter in isp{i}"))
+        .with_context(|| format!("BCP 38 filter in isp{i}"))?;
+        self.state.lock().unwrap().leases[i] = leases.to_vec();
+        Ok(())
     }
 
-    /// `(lan_source_packets, all_ipv4_packets)` that arrived on isp`i`'s `up0` since
-    /// [`watch_lan_sources`](Self::watch_lan_sources).
+    /// The addresses isp`i` accepts as sources from the router become `leases` (what a DHCP
+    /// server hands out: the ISP knows its customer's address), counters from zero. Also
+    /// re-attaches the filter to a re-created `up0`.
+    pub fn isp_lease(&self, i: usize, leases: &[Ipv4Addr]) -> Result<()> {
+        self.install_bcp38(i, leases)
+    }
+
+    /// Starts the counts of [`lan_source_packets`](Self::lan_source_packets) and
+    /// [`refused_sources`](Self::refused_sources) in isp`i` afresh (the BCP 38 filter counts
+    /// from the lab's start otherwise).
+    pub fn watch_lan_sources(&self, i: usize) -> Result<()> {
+        let leases = self.state.lock().unwrap().leases[i].clone();
+        self.install_bcp38(i, &leases)
+    }
+
+    /// `(lan_source_packets, all_ipv4_packets)` that arrived on isp`i`'s `up0` (un-NATed
+    /// leaks among all), since the lab started or the last
+    /// [`watch_lan_sources`](Self::watch_lan_sources) / [`isp_lease`](Self::isp_lease).
     pub fn lan_source_packets(&self, i: usize) -> Result<(u64, u64)> {
         let node = isp(i);
-        let lan = self.nft_counter(&node, "netdev", "pccwatch", "lan_src")?.0;
-        let all = self.nft_counter(&node, "netdev", "pccwatch", "all_ip")?.0;
+        let lan = self.nft_counter(&node, "netdev", BCP38, "lan_src")?.0;
+        let all = self.nft_counter(&node, "netdev", BCP38, "all_ip")?.0;
         Ok((lan, all))
+    }
+
+    /// IPv4 packets isp`i` refused because their source was not the router's address on the
+    /// line (LAN sources, an old address, anything spoofed), counted like
+    /// [`lan_source_packets`](Self::lan_source_packets).
+    pub fn refused_sources(&self, i: usize) -> Result<u64> {
+        Ok(self.nft_counter(&isp(i), "netdev", BCP38, "refused")?.0)
+    }
+
+    /// Counts, in isp`i`, IPv4 packets arriving from the router on `up0` that match the nft
+    /// expression `matches` (e.g. `ip daddr 198.19.251.0/24`), before any filter (BCP 38,
+    /// faults); table `netdev pccm_<name>`, read with [`isp_matched`](Self::isp_matched).
+    pub fn watch_isp(&self, i: usize, name: &str, matches: &str) -> Result<()> {
+        self.nft(
+            &isp(i),
+            &replace_table(
+                &format!("pccm_{name}"),
+                &format!(
+                    "counter c {{}}\n\
+                     chain in {{ type filter hook ingress device up0 priority -600;\n\
+                       meta protocol ip {matches} counter name c\n }}"
+                ),
+            ),
+        )
+        .with_context(|| format!("counter {name} in isp{i}"))
+    }
+
+    /// Packets counted by [`watch_isp`](Self::watch_isp)`(i, name, …)` so far.
+    pub fn isp_matched(&self, i: usize, name: &str) -> Result<u64> {
+        Ok(self
+            .nft_counter(&isp(i), "netdev", &format!("pccm_{name}"), "c")?
+            .0)
     }
 
     /// The interface the kernel of `node` routes `dst` through (`ip route get`), e.g. `"wan1"`.

@@ -5,9 +5,20 @@
 //!                                   wan0 198.18.1.2/24 ── isp0 up0 198.18.1.1  core0 198.18.101.1/30 ── inet i0 198.18.101.2
 //!                                   wan1 198.18.2.2/24 ── isp1 up0 198.18.2.1  core0 198.18.102.1/30 ── inet i1 198.18.102.2
 //! inet: servers 203.0.113.10 .. 203.0.113.(10+S-1) on lo (this kernel has no dummy driver)
+//!
+//! optional (see [`LabBuilder`]):
+//!   branch(true):   vpn0 198.19.250.1/30 [router] ── branch eth0 198.19.250.2/30, serves 198.19.251.0/24 on lo
+//!                   (router: 198.19.251.0/24 via 198.19.250.2 dev vpn0; branch: 198.19.10.0/24 via 198.19.250.1)
+//!   modem_ui(true): modem0 eth0 198.18.1.3/24, a macvlan on isp0's up0 (own MAC), in wan0's subnet
+//!   wan_mtu(m):     MTU m on wan0, wan1 and the ISPs' up0 (1492: PPPoE)
+//!   core_mtu(m):    MTU m on the ISP <-> inet links (core0, i0, i1): the ISPs answer "fragmentation needed"
 //! ```
 //!
-//! Node names: `"router"`, `"switch"`, `"isp0"`, `"isp1"`, `"inet"`, `"c1"` … `"cN"`.
+//! Every ISP drops (and counts) IPv4 arriving from the router whose source is not the router's
+//! address on that line (BCP 38, `table netdev pccbcp38`, see [`Lab::isp_lease`]).
+//!
+//! Node names: `"router"`, `"switch"`, `"isp0"`, `"isp1"`, `"inet"`, `"c1"` … `"cN"`, and with
+//! their options `"branch"` and `"modem0"`.
 //! Every namespace is called `<prefix>-<node>` with a per-lab prefix `pcc` + 5 hex digits.
 
 use std::collections::BTreeMap;
@@ -35,6 +46,16 @@ pub const WAN_ADDRS: [Ipv4Addr; 2] = [Ipv4Addr::new(198, 18, 1, 2), Ipv4Addr::ne
 /// ISP (gateway) addresses on the router's links.
 pub const ISP_ADDRS: [Ipv4Addr; 2] = [Ipv4Addr::new(198, 18, 1, 1), Ipv4Addr::new(198, 18, 2, 1)];
 pub const WAN_NAMES: [&str; 2] = ["wan0", "wan1"];
+/// Router address on `vpn0`, the link to the branch (with [`LabBuilder::branch`]).
+pub const VPN_ADDR: Ipv4Addr = Ipv4Addr::new(198, 19, 250, 1);
+/// The branch router's address on that link.
+pub const BRANCH_PEER: Ipv4Addr = Ipv4Addr::new(198, 19, 250, 2);
+/// The subnet behind the branch (every address in it answers, on the branch's lo).
+pub const BRANCH_NET: &str = "198.19.251.0/24";
+/// A host of the branch subnet.
+pub const BRANCH_HOST: Ipv4Addr = Ipv4Addr::new(198, 19, 251, 10);
+/// The modem's web UI inside wan0's subnet (with [`LabBuilder::modem_ui`]); not the gateway.
+pub const MODEM_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 3);
 /// Default command timeout of [`Lab::exec`].
 pub const EXEC_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -57,6 +78,16 @@ pub struct LabBuilder {
     shaped: Option<u32>,
     ip_forward: bool,
     pcc_ctl: Option<PathBuf>,
+    extras: Extras,
+}
+
+/// The optional parts of the topology.
+#[derive(Clone, Copy, Debug, Default)]
+struct Extras {
+    wan_mtu: Option<u16>,
+    core_mtu: Option<u16>,
+    branch: bool,
+    modem_ui: bool,
 }
 
 impl Default for LabBuilder {
@@ -67,6 +98,7 @@ impl Default for LabBuilder {
             shaped: None,
             ip_forward: false,
             pcc_ctl: None,
+            extras: Extras::default(),
         }
     }
 }
@@ -96,6 +128,42 @@ impl LabBuilder {
         self
     }
 
+    /// `Some(mtu)`: the router's wan0 and wan1 and the ISPs' `up0` get this MTU (1492 as on a
+    /// PPPoE line; default 1500 like the LAN).
+    pub fn wan_mtu(mut self, mtu: Option<u16>) -> Self {
+        self.extras.wan_mtu = mtu;
+        self
+    }
+
+    /// `Some(mtu)`: the links beyond the ISPs (each ISP's `core0` and inet's `i0`/`i1`) get
+    /// this MTU (e.g. 1400), so an ISP answers a bigger DF packet with "fragmentation needed"
+    /// (ISPs forward with the kernel). The servers still advertise the TCP MSS of a 1500 link
+    /// (`advmss 1460` on inet's routes), as a server behind a smaller hop does: the hop is
+    /// found by path MTU discovery, not by the MSS.
+    pub fn core_mtu(mut self, mtu: Option<u16>) -> Self {
+        self.extras.core_mtu = mtu;
+        self
+    }
+
+    /// A branch router behind the router's non-WAN interface `vpn0` (198.19.250.1/30 to the
+    /// branch's 198.19.250.2/30): node `"branch"` answers every address of 198.19.251.0/24
+    /// (on its lo) and routes the LAN back via the router; the router has the static route
+    /// `198.19.251.0/24 via 198.19.250.2 dev vpn0`.
+    pub fn branch(mut self, on: bool) -> Self {
+        self.extras.branch = on;
+        self
+    }
+
+    /// A modem web UI at 198.18.1.3 inside wan0's connected subnet, not the gateway: node
+    /// `"modem0"`, a macvlan on isp0's `up0` (its own MAC, so a frame sent to the gateway's MAC
+    /// does not reach it). isp0 does not route between its customers on `up0` (it drops and
+    /// counts what would turn back out of `up0`, see [`Lab::isp_hairpin_packets`]), so the
+    /// modem is reached only directly, never through the gateway.
+    pub fn modem_ui(mut self, on: bool) -> Self {
+        self.extras.modem_ui = on;
+        self
+    }
+
     /// The pcc-ctl binary to run (default: see [`crate::pcc_ctl_path`]).
     pub fn pcc_ctl(mut self, path: impl Into<PathBuf>) -> Self {
         self.pcc_ctl = Some(path.into());
@@ -110,6 +178,7 @@ impl LabBuilder {
             shaped,
             ip_forward,
             pcc_ctl,
+            extras,
         } = self;
         ensure!(
             is_root(),
@@ -138,6 +207,7 @@ impl LabBuilder {
             state: Mutex::new(State::default()),
             bpffs_mounted: false,
             pcc_ctl,
+            extras,
         };
         lab.setup(ip_forward)
             .with_context(|| format!("building lab {}", lab.prefix))?;
@@ -148,10 +218,13 @@ impl LabBuilder {
 #[derive(Default)]
 pub(crate) struct State {
     pub(crate) files: BTreeMap<u64, crate::services::TestFile>,
-    pub(crate) http: bool,
     pub(crate) udp: bool,
     pub(crate) iperf: bool,
     pub(crate) downloads: u32,
+    /// Nodes running the HTTP server (see `Lab::start_http_on`).
+    pub(crate) http_nodes: Vec<String>,
+    /// Source addresses each ISP accepts from the router (BCP 38), see `Lab::isp_lease`.
+    pub(crate) leases: [Vec<Ipv4Addr>; 2],
 }
 
 /// A running lab. Dropping it kills its processes and deletes its namespaces.
@@ -167,6 +240,7 @@ pub struct Lab {
     pub(crate) state: Mutex<State>,
     bpffs_mounted: bool,
     pub(crate) pcc_ctl: Option<PathBuf>,
+    extras: Extras,
 }
 
 impl Lab {
@@ -207,11 +281,19 @@ impl Lab {
             .map(|s| s.to_string())
             .collect();
         v.extend(self.client_names());
+        if self.extras.branch {
+            v.push("branch".into());
+        }
+        if self.extras.modem_ui {
+            v.push("modem0".into());
+        }
         v
     }
 
     fn has_node(&self, node: &str) -> bool {
         matches!(node, "switch" | "router" | "isp0" | "isp1" | "inet")
+            || (node == "branch" && self.extras.branch)
+            || (node == "modem0" && self.extras.modem_ui)
             || node
                 .strip_prefix('c')
                 .and_then(|n| n.parse::<usize>().ok())
@@ -334,6 +416,26 @@ impl Lab {
             libc::SIGKILL,
             Stdio::null(),
         )
+    }
+
+    /// [`spawn`](Self::spawn), then waits (at most 10 s) until its stdout has a line `ready`:
+    /// for servers and sniffers that must listen before the test goes on.
+    pub fn spawn_ready(&self, node: &str, args: &[&str], ready: &str) -> Result<LabProcess> {
+        let mut p = self.spawn(node, args)?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !p.stdout_text().lines().any(|l| l.trim() == ready) {
+            if let Some(st) = p.try_wait() {
+                bail!("`{}` exited with {st}: {}", p.name(), p.stderr_text());
+            }
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "`{}` not {ready:?} after 10 s: {}",
+                p.name(),
+                p.stderr_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(p)
     }
 
     /// Like [`spawn`](Self::spawn) with a piped stdin (see [`LabProcess::take_stdin`]).
@@ -572,8 +674,18 @@ impl Lab {
                 .iter()
                 .map(|a| format!("addr add {a}/32 dev lo")),
         );
-        cmds.push("route add 198.18.1.0/24 via 198.18.101.1 dev i0".into());
-        cmds.push("route add 198.18.2.0/24 via 198.18.102.1 dev i1".into());
+        // Behind a smaller core link the servers still advertise a 1500 link's MSS.
+        let advmss = if self.extras.core_mtu.is_some() {
+            " advmss 1460"
+        } else {
+            ""
+        };
+        cmds.push(format!(
+            "route add 198.18.1.0/24 via 198.18.101.1 dev i0{advmss}"
+        ));
+        cmds.push(format!(
+            "route add 198.18.2.0/24 via 198.18.102.1 dev i1{advmss}"
+        ));
         self.ip_batch("inet", &cmds)?;
         for k in 0..2 {
             self.ip_batch(
@@ -583,6 +695,10 @@ impl Lab {
                     101 + k
                 )],
             )?;
+        }
+        self.set_mtus()?;
+        for (k, addr) in WAN_ADDRS.iter().enumerate() {
+            self.install_bcp38(k, &[*addr])?;
         }
         let mut ports: Vec<String> = (1..=self.clients).map(|i| format!("p-c{i}")).collect();
         ports.push("p-lan".into());
@@ -608,6 +724,15 @@ impl Lab {
                 .into_iter()
                 .map(|c| (c, vec!["eth0".into()])),
         );
+        if self.extras.branch {
+            self.add_branch()?;
+            veths.push(("router".into(), vec!["vpn0".into()]));
+            veths.push(("branch".into(), vec!["eth0".into()]));
+        }
+        if self.extras.modem_ui {
+            self.add_modem()?;
+            veths.push(("modem0".into(), vec!["eth0".into()]));
+        }
         for (node, devs) in &veths {
             let script = devs
                 .iter()
@@ -622,6 +747,92 @@ impl Lab {
             }
         }
         Ok(())
+    }
+
+    /// [`LabBuilder::wan_mtu`] and [`LabBuilder::core_mtu`].
+    fn set_mtus(&self) -> Result<()> {
+        if let Some(m) = self.extras.wan_mtu {
+            self.ip_batch(
+                "router",
+                &[
+                    format!("link set wan0 mtu {m}"),
+                    format!("link set wan1 mtu {m}"),
+                ],
+            )?;
+            for k in 0..2 {
+                self.ip_batch(&format!("isp{k}"), &[format!("link set up0 mtu {m}")])?;
+            }
+        }
+        if let Some(m) = self.extras.core_mtu {
+            for k in 0..2 {
+                self.ip_batch(&format!("isp{k}"), &[format!("link set core0 mtu {m}")])?;
+            }
+            self.ip_batch(
+                "inet",
+                &[
+                    format!("link set i0 mtu {m}"),
+                    format!("link set i1 mtu {m}"),
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// [`LabBuilder::branch`]: the branch router behind `vpn0`.
+    fn add_branch(&self) -> Result<()> {
+        let branch = self.ns("branch");
+        self.ip_batch(
+            "router",
+            &[
+                format!("link add vpn0 type veth peer name eth0 netns {branch}"),
+                format!("addr add {VPN_ADDR}/30 dev vpn0"),
+                "link set vpn0 up".into(),
+                format!("route add {BRANCH_NET} via {BRANCH_PEER} dev vpn0"),
+            ],
+        )?;
+        self.ip_batch(
+            "branch",
+            &[
+                format!("addr add {BRANCH_PEER}/30 dev eth0"),
+                "link set eth0 up".into(),
+                format!("route add local {BRANCH_NET} dev lo"),
+                format!("route add {LAN_NET} via {VPN_ADDR} dev eth0"),
+            ],
+        )
+    }
+
+    /// [`LabBuilder::modem_ui`]: the modem on isp0's line, and isp0 refusing to hairpin.
+    fn add_modem(&self) -> Result<()> {
+        let modem = self.ns("modem0");
+        self.ip_batch(
+            "isp0",
+            &[
+                "link add link up0 name mv-modem type macvlan mode bridge".into(),
+                format!("link set mv-modem netns {modem}"),
+            ],
+        )?;
+        self.ip_batch(
+            "modem0",
+            &[
+                "link set mv-modem name eth0".into(),
+                format!("addr add {MODEM_ADDR}/24 dev eth0"),
+                "link set eth0 up".into(),
+                format!("route add default via {}", ISP_ADDRS[0]),
+            ],
+        )?;
+        self.nft(
+            "isp0",
+            "table inet pcchairpin {\n\
+               counter hairpin {}\n\
+               chain hairpin_fwd { type filter hook forward priority 0; policy accept;\n\
+                 iifname \"up0\" oifname \"up0\" counter name hairpin drop\n }\n}\n",
+        )
+    }
+
+    /// Packets isp0 refused to route back out of the line they came from (from the router to
+    /// the modem through the gateway; only with [`LabBuilder::modem_ui`]).
+    pub fn isp_hairpin_packets(&self) -> Result<u64> {
+        Ok(self.nft_counter("isp0", "inet", "pcchairpin", "hairpin")?.0)
     }
 
     /// Shapes ISP `isp`'s line to `mbit` Mbit/s both ways (tbf on its uplink to the router

@@ -20,13 +20,14 @@ pub mod scenario;
 pub mod services;
 
 pub use lab::{
-    ISP_ADDRS, LAN_GATEWAY, LAN_NET, Lab, LabBuilder, LinkStats, WAN_ADDRS, WAN_NAMES, is_root,
-    lab_leftovers, reap_stale_labs, wan_of_addr,
+    BRANCH_HOST, BRANCH_NET, BRANCH_PEER, ISP_ADDRS, LAN_GATEWAY, LAN_NET, Lab, LabBuilder,
+    LinkStats, MODEM_ADDR, VPN_ADDR, WAN_ADDRS, WAN_NAMES, is_root, lab_leftovers, reap_stale_labs,
+    wan_of_addr,
 };
 pub use metrics::Metrics;
 pub use pcc::{PccExit, PccHandle, pcc_ctl_path, workspace_root};
 pub use proc::LabProcess;
-pub use services::{Download, HttpLogEntry, TestFile, Transfer, UdpLogEntry, UdpReply};
+pub use services::{Download, HttpLogEntry, TestFile, Transfer, UdpLogEntry, UdpReply, Upload};
 
 /// The python3 the lab's scripts run with (Debian's, which has scapy).
 pub fn services_python() -> &'static str {
@@ -49,4 +50,38 @@ macro_rules! require_root {
             return;
         }
     };
+}
+
+/// `"on"` or `"off"`, for test names and messages (e.g. the kernel's forwarding).
+pub fn on_off(on: bool) -> &'static str {
+    if on { "on" } else { "off" }
+}
+
+/// Failed checks of a test, collected so that one run reports all of them at once.
+#[derive(Debug, Default)]
+pub struct Checks(Vec<String>);
+
+impl Checks {
+    /// Records `what` as failed unless `ok`.
+    pub fn check(&mut self, ok: bool, what: impl FnOnce() -> String) {
+        if !ok {
+            self.fail(what());
+        }
+    }
+
+    /// Records a failed check.
+    pub fn fail(&mut self, what: String) {
+        eprintln!("FAILED: {what}");
+        self.0.push(what);
+    }
+
+    /// Panics with every failed check, if any.
+    pub fn finish(self, name: &str) {
+        assert!(
+            self.0.is_empty(),
+            "{name}: {} check(s) failed:\n- {}",
+            self.0.len(),
+            self.0.join("\n- ")
+        );
+    }
 }

@@ -276,6 +276,13 @@ impl Lab {
         }
     }
 
+    /// [`start_pcc`](Self::start_pcc), then waits (10 s at most) until both WANs are up.
+    pub fn start_pcc_wans_up(&self, args: &[&str]) -> Result<PccHandle> {
+        let pcc = self.start_pcc(args)?;
+        crate::health::wait_wans_up(&pcc, &crate::WAN_NAMES, Duration::from_secs(10))?;
+        Ok(pcc)
+    }
+
     /// Runs `pcc-ctl args…` (args complete, including `up`) in the router namespace and waits
     /// for it to exit (killed after `timeout`: then `status.code()` is `None`). `RUST_LOG` is
     /// removed from its environment so the output is what a user sees by default.
@@ -290,6 +297,39 @@ impl Lab {
         let mut cmd = self.pcc_command(args)?;
         cmd.env_remove("RUST_LOG");
         self.spawn_command(cmd, &format!("pcc-ctl {}", args.join(" ")), libc::SIGTERM)
+    }
+
+    /// Runs the client command `pcc-ctl args…` (`status`, `flows`, …: they talk to a running
+    /// controller's API) in the router namespace; must exit 0. Returns stdout.
+    pub fn pcc_cli(&self, args: &[&str]) -> Result<String> {
+        let bin = match &self.pcc_ctl {
+            Some(p) => p.clone(),
+            None => pcc_ctl_path()?,
+        };
+        let bin = bin.to_string_lossy().into_owned();
+        let mut full = vec![bin.as_str()];
+        full.extend_from_slice(args);
+        self.run("router", &full)
+    }
+
+    /// [`pcc_cli`](Self::pcc_cli) with `--json` output, parsed.
+    pub fn pcc_cli_json(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let text = self.pcc_cli(args)?;
+        serde_json::from_str(&text).with_context(|| format!("pcc-ctl {args:?}: {text}"))
+    }
+
+    /// The connections `pcc-ctl flows --json` lists for LAN host `host` (a controller with
+    /// metrics on `api`).
+    pub fn pcc_flows_of(
+        &self,
+        api: &str,
+        host: std::net::Ipv4Addr,
+    ) -> Result<Vec<serde_json::Value>> {
+        let v =
+            self.pcc_cli_json(&["flows", "--api", api, "--host", &host.to_string(), "--json"])?;
+        v.as_array()
+            .cloned()
+            .with_context(|| format!("flows --json is not a list: {v}"))
     }
 
     /// What of pcc's could be left in the router after it exits: its routes, nftables rules,

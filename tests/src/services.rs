@@ -19,7 +19,7 @@ pub const UDP_ECHO_PORT: u16 = 7;
 pub const IPERF_PORT: u16 = 5201;
 
 const HTTP_SERVER_PY: &str = r#"
-import http.server, sys, threading, time, urllib.parse
+import hashlib, http.server, sys, threading, time, urllib.parse
 root, port, log_path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 log = open(log_path, "a", buffering=1)
 lock = threading.Lock()
@@ -45,6 +45,20 @@ class Handler(http.server.SimpleHTTPRequestHandler):
             delay = start + sent / self.rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
+    def do_PUT(self):
+        # An upload: answered with the sha256 of the body, so the client checks it arrived whole.
+        left, h = int(self.headers.get("Content-Length", "0")), hashlib.sha256()
+        while left > 0:
+            buf = self.rfile.read(min(left, 65536))
+            if not buf:
+                break
+            h.update(buf)
+            left -= len(buf)
+        body = h.hexdigest().encode() if left == 0 else b"short"
+        self.send_response(200 if left == 0 else 400)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
     def log_message(self, fmt, *args):
         pass
     def log_request(self, code="-", size="-"):
@@ -156,6 +170,16 @@ pub struct Download {
     pub seconds: f64,
 }
 
+/// Result of one curl upload ([`Lab::upload`]).
+#[derive(Clone, Debug)]
+pub struct Upload {
+    /// sha256 of what the server received.
+    pub sha256: String,
+    /// Bytes curl sent.
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
 /// One transfer of [`Lab::curl_many`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct Transfer {
@@ -198,7 +222,9 @@ pub(crate) fn python() -> &'static str {
 }
 
 impl Lab {
-    fn script(&self, name: &str, body: &str) -> Result<String> {
+    /// Writes `body` to `name` in the lab directory (once) and returns its path: for the
+    /// scripts the lab and the tests run in their nodes.
+    pub fn script(&self, name: &str, body: &str) -> Result<String> {
         let p = self.dir().join(name);
         if !p.exists() {
             fs::write(&p, body).with_context(|| format!("writing {}", p.display()))?;
@@ -206,8 +232,13 @@ impl Lab {
         Ok(p.to_string_lossy().into_owned())
     }
 
-    fn start_service(&self, args: &[&str], ready: impl Fn(&LabProcess) -> bool) -> Result<()> {
-        let mut p = self.spawn("inet", args)?;
+    fn start_service(
+        &self,
+        node: &str,
+        args: &[&str],
+        ready: impl Fn(&LabProcess) -> bool,
+    ) -> Result<()> {
+        let mut p = self.spawn(node, args)?;
         let deadline = Instant::now() + Duration::from_secs(10);
         while !ready(&p) {
             if let Some(st) = p.try_wait() {
@@ -230,25 +261,44 @@ impl Lab {
     }
 
     /// Starts the HTTP file server on port 80 of every server address (idempotent). It serves
-    /// the files made by [`http_file`](Self::http_file) and logs each request's source address.
+    /// the files made by [`http_file`](Self::http_file), takes uploads
+    /// ([`upload`](Self::upload)) and logs each request's source address.
     pub fn start_http(&self) -> Result<()> {
-        if self.state.lock().unwrap().http {
+        self.start_http_on("inet")
+    }
+
+    /// The same HTTP server on port 80 of every address of `node` (e.g. `"branch"`,
+    /// `"modem0"`), logging to its own log ([`http_log_of`](Self::http_log_of)) (idempotent).
+    pub fn start_http_on(&self, node: &str) -> Result<()> {
+        if self
+            .state
+            .lock()
+            .unwrap()
+            .http_nodes
+            .iter()
+            .any(|n| n == node)
+        {
             return Ok(());
         }
         let script = self.script("http_server.py", HTTP_SERVER_PY)?;
         let www = self.dir().join("www").to_string_lossy().into_owned();
-        let log = self.http_log_path().to_string_lossy().into_owned();
+        let log = self.http_log_path(node).to_string_lossy().into_owned();
         fs::write(&log, "")?;
         self.start_service(
+            node,
             &[python(), "-u", &script, &www, &HTTP_PORT.to_string(), &log],
             |p| p.stdout_text().contains("ready"),
         )?;
-        self.state.lock().unwrap().http = true;
+        self.state.lock().unwrap().http_nodes.push(node.to_owned());
         Ok(())
     }
 
-    fn http_log_path(&self) -> PathBuf {
-        self.dir().join("http.log")
+    fn http_log_path(&self, node: &str) -> PathBuf {
+        if node == "inet" {
+            self.dir().join("http.log")
+        } else {
+            self.dir().join(format!("http-{node}.log"))
+        }
     }
 
     fn udp_log_path(&self) -> PathBuf {
@@ -279,13 +329,20 @@ impl Lab {
 
     /// Every request the HTTP server has logged so far.
     pub fn http_log(&self) -> Result<Vec<HttpLogEntry>> {
-        let text = fs::read_to_string(self.http_log_path()).context("reading http log")?;
+        self.http_log_of("inet")
+    }
+
+    /// Every request the HTTP server in `node` has logged so far.
+    pub fn http_log_of(&self, node: &str) -> Result<Vec<HttpLogEntry>> {
+        let path = self.http_log_path(node);
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         text.lines().map(parse_http_log_line).collect()
     }
 
     /// Empties the HTTP server's log.
     pub fn clear_http_log(&self) -> Result<()> {
-        Ok(fs::write(self.http_log_path(), "")?)
+        Ok(fs::write(self.http_log_path("inet"), "")?)
     }
 
     /// Starts the UDP echo server on port 7 of every server address (idempotent). It answers
@@ -304,6 +361,7 @@ impl Lab {
         let log = self.udp_log_path().to_string_lossy().into_owned();
         fs::write(&log, "")?;
         self.start_service(
+            "inet",
             &[
                 python(),
                 "-u",
@@ -329,10 +387,14 @@ impl Lab {
         if self.state.lock().unwrap().iperf {
             return Ok(());
         }
-        self.start_service(&["iperf3", "-s", "-p", &IPERF_PORT.to_string()], |_| {
-            self.exec("inet", &["ss", "-Hltn", &format!("sport = :{IPERF_PORT}")])
-                .is_ok_and(|o| !o.stdout.is_empty())
-        })?;
+        self.start_service(
+            "inet",
+            &["iperf3", "-s", "-p", &IPERF_PORT.to_string()],
+            |_| {
+                self.exec("inet", &["ss", "-Hltn", &format!("sport = :{IPERF_PORT}")])
+                    .is_ok_and(|o| !o.stdout.is_empty())
+            },
+        )?;
         self.state.lock().unwrap().iperf = true;
         Ok(())
     }
@@ -371,28 +433,17 @@ impl Lab {
         };
         let out_path = self.dir().join(format!("dl-{client}-{n}.bin"));
         let out_s = out_path.to_string_lossy().into_owned();
-        let mut args = vec![
-            "curl",
-            "-sS",
-            "--fail",
-            "--connect-timeout",
-            "5",
-            "--max-time",
-            "40",
-            "-o",
-            &out_s,
-            "-w",
-            "%{size_download} %{local_port} %{time_total}",
-        ];
-        args.extend_from_slice(extra);
-        args.push(url);
-        let out = self.exec_opts(client, &args, None, Duration::from_secs(50))?;
-        ensure!(
-            out.status.success(),
-            "{client}: curl {url} failed: {}",
-            proc::describe(&out)
-        );
-        let w = String::from_utf8_lossy(&out.stdout).into_owned();
+        let w = self.curl_one(
+            client,
+            &[
+                "-o",
+                &out_s,
+                "-w",
+                "%{size_download} %{local_port} %{time_total}",
+            ],
+            extra,
+            url,
+        )?;
         let mut it = w.split_whitespace();
         let bytes = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
         let local_port = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
@@ -404,6 +455,91 @@ impl Lab {
             local_port,
             seconds,
         })
+    }
+
+    /// Uploads `file` from `client` to the HTTP server at `server` (an HTTP PUT with curl,
+    /// `extra` options appended); the server hashes what arrived.
+    pub fn upload(
+        &self,
+        client: &str,
+        server: Ipv4Addr,
+        file: &TestFile,
+        extra: &[&str],
+    ) -> Result<Upload> {
+        let local = self
+            .dir()
+            .join("www")
+            .join(file.path.trim_start_matches('/'));
+        let local = local.to_string_lossy().into_owned();
+        let url = format!("http://{server}:{HTTP_PORT}/upload");
+        // The server answers the body's sha256; `Expect:` off: no 1 s wait for "100 Continue".
+        let w = self.curl_one(
+            client,
+            &[
+                "-H",
+                "Expect:",
+                "-T",
+                &local,
+                "-w",
+                " %{size_upload} %{time_total}",
+            ],
+            extra,
+            &url,
+        )?;
+        let mut it = w.split_whitespace();
+        Ok(Upload {
+            sha256: it.next().unwrap_or_default().to_owned(),
+            bytes: it.next().and_then(|s| s.parse().ok()).unwrap_or(0),
+            seconds: it.next().and_then(|s| s.parse().ok()).unwrap_or(0.0),
+        })
+    }
+
+    /// A download of `size` bytes to each of `clients` (from server addresses 0, 1, …) and an
+    /// upload of the same file from the first (to the next server address), each checked by
+    /// size and sha256; the first failure is the error.
+    pub fn transfers_intact(&self, clients: &[&str], size: u64) -> Result<()> {
+        self.start_http()?;
+        let file = self.http_file(size)?;
+        for (i, client) in clients.iter().enumerate() {
+            let d = self.download(client, self.server_addr(i), &file, &[])?;
+            ensure!(
+                d.bytes == file.size && d.sha256 == file.sha256,
+                "{client}: a download of {} bytes arrived as {} bytes with another sha256",
+                file.size,
+                d.bytes
+            );
+        }
+        let first = clients.first().context("no client")?;
+        let up = self.upload(first, self.server_addr(clients.len()), &file, &[])?;
+        ensure!(
+            up.sha256 == file.sha256,
+            "{first}: an upload of {} bytes arrived with another sha256",
+            file.size
+        );
+        Ok(())
+    }
+
+    /// One curl transfer in `client` (40 s at most, `--fail`); returns its stdout.
+    fn curl_one(&self, client: &str, args: &[&str], extra: &[&str], url: &str) -> Result<String> {
+        let mut all = vec![
+            "curl",
+            "-sS",
+            "--fail",
+            "--connect-timeout",
+            "5",
+            "--max-time",
+            "40",
+        ];
+        all.extend_from_slice(args);
+        all.extend_from_slice(extra);
+        all.push(url);
+        let out = self.exec_opts(client, &all, None, Duration::from_secs(50))?;
+        ensure!(
+            out.status.success(),
+            "{client}: curl {url} failed: {}",
+            proc::describe(&out)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// One curl in `client` fetching every URL (one new connection per server address),
@@ -512,6 +648,26 @@ impl Lab {
             from: from.to_owned(),
             seen_as: seen.to_owned(),
         })
+    }
+
+    /// Starts `tcpdump -i any -nn -l -v -c count filter` in `node` and returns once it
+    /// listens (at most 5 s); what it printed is the stdout of the process (`finish`).
+    pub fn tcpdump(&self, node: &str, filter: &str, count: u32) -> Result<LabProcess> {
+        let c = count.to_string();
+        let mut p = self.spawn(
+            node,
+            &["tcpdump", "-i", "any", "-nn", "-l", "-v", "-c", &c, filter],
+        )?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !p.stderr_text().contains("listening on") {
+            ensure!(
+                p.try_wait().is_none() && Instant::now() < deadline,
+                "tcpdump in {node} did not start: {}",
+                p.stderr_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(p)
     }
 
     /// `ping -c count` from `node` to `dst` (0.2 s apart); returns how many replies came back.

@@ -234,3 +234,70 @@ fn pcc_command_sees_private_bpffs_and_run_dir() {
         "wrote to the host's /run/pcc"
     );
 }
+
+/// The BCP 38 ISPs and the optional parts, with the kernel routing and masquerading in the
+/// router: a LAN source is refused and counted, NATed traffic passes, the branch sees the
+/// client's own address, the modem answers (and isp0 hairpins nothing), tracepath finds the
+/// 1492/1400 path and a 2 MB upload through it arrives intact.
+#[test]
+fn world_options_work_with_the_kernel_router() {
+    require_root!();
+    let lab = Lab::builder()
+        .clients(1)
+        .servers(2)
+        .wan_mtu(Some(1492))
+        .core_mtu(Some(1400))
+        .branch(true)
+        .modem_ui(true)
+        .build()
+        .expect("lab");
+    // Forwarding without NAT first: c1's own address reaches isp0, which refuses it.
+    lab.run("router", &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        .unwrap();
+    assert_eq!(lab.ping("c1", lab.server_addr(0), 2).unwrap(), 0);
+    let (lan, _) = lab.lan_source_packets(0).unwrap();
+    assert!(lan >= 2, "isp0 counted {lan} LAN-source packets");
+    assert!(lab.refused_sources(0).unwrap() >= 2, "isp0 refused them");
+    lab.enable_kernel_nat().expect("kernel NAT");
+    assert_eq!(
+        lab.ping("c1", lab.server_addr(0), 2).unwrap(),
+        2,
+        "NATed ping"
+    );
+
+    lab.start_http().unwrap();
+    lab.start_http_on("branch").unwrap();
+    lab.start_http_on("modem0").unwrap();
+    let small = lab.http_file(1000).unwrap();
+    lab.download("c1", pcc_tests::BRANCH_HOST, &small, &[])
+        .expect("the branch");
+    let b = lab.http_log_of("branch").unwrap();
+    assert_eq!(b[0].client, lab.client_addr(1), "the branch sees c1: {b:?}");
+    lab.download("c1", pcc_tests::MODEM_ADDR, &small, &[])
+        .expect("the modem");
+    let m = lab.http_log_of("modem0").unwrap();
+    assert_eq!(m[0].client, lab.wan_addr(0), "the modem sees wan0: {m:?}");
+    assert_eq!(lab.isp_hairpin_packets().unwrap(), 0, "isp0 hairpinned");
+
+    let out = lab
+        .run(
+            "c1",
+            &[
+                "tracepath",
+                "-n",
+                "-m",
+                "5",
+                &lab.server_addr(1).to_string(),
+            ],
+        )
+        .unwrap();
+    assert!(out.contains("pmtu 1400"), "tracepath:\n{out}");
+    let big = lab.http_file(2 << 20).unwrap();
+    let up = lab
+        .upload("c1", lab.server_addr(0), &big, &[])
+        .expect("upload");
+    assert_eq!(
+        up.sha256, big.sha256,
+        "2 MB upload through the 1492/1400 path"
+    );
+}

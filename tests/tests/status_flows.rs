@@ -7,21 +7,11 @@ use pcc_tests::{Lab, Metrics, WAN_NAMES, health::wait_metrics, require_root};
 use serde_json::Value;
 
 fn pcc_cli(lab: &Lab, args: &[&str]) -> String {
-    let bin = pcc_tests::pcc_ctl_path().expect("pcc-ctl binary");
-    let mut full = vec![bin.to_str().expect("utf-8 path")];
-    full.extend_from_slice(args);
-    let out = lab.exec("router", &full).expect("running pcc-ctl");
-    assert!(
-        out.status.success(),
-        "pcc-ctl {args:?}: {}",
-        pcc_tests::proc::describe(&out)
-    );
-    String::from_utf8(out.stdout).expect("utf-8 output")
+    lab.pcc_cli(args).expect("running pcc-ctl")
 }
 
 fn cli_json(lab: &Lab, args: &[&str]) -> Value {
-    let text = pcc_cli(lab, args);
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("pcc-ctl {args:?}: {e}: {text}"))
+    lab.pcc_cli_json(args).expect("pcc-ctl --json")
 }
 
 /// The series status and flows are compared with; a scrape before and one after the CLI reads

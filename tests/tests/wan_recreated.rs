@@ -47,6 +47,9 @@ fn a_recreated_wan_is_relearned_without_a_restart() {
         ],
     )
     .unwrap();
+    // isp1's new lease (BCP 38), on the new up0.
+    lab.isp_lease(1, &[NEW_ADDR.parse().unwrap()])
+        .expect("isp1 accepts the new address");
     lab.sh("router", "ethtool -K wan1 tx off gro on >/dev/null")
         .unwrap();
     lab.sh("isp1", "ethtool -K up0 tx off gro on >/dev/null")

@@ -259,3 +259,11 @@ pub fn icmp_error(wan: usize, kind: u8, code: u8, quoted: Vec<u8>) -> Frame {
         },
     }
 }
+
+/// `frame` with its IPv4 header checksum made valid again after a fixture changed a field.
+pub fn with_valid_ip_checksum(mut frame: Vec<u8>) -> Vec<u8> {
+    frame[24..26].fill(0);
+    let c = pcc_common::csum::checksum(&frame[14..34]);
+    frame[24..26].copy_from_slice(&c.to_be_bytes());
+    frame
+}

@@ -1,10 +1,17 @@
 //! `pcc-ctl down`: removes what a controller that did not exit cleanly left behind (pinned
-//! maps and links, so the programs detach; the forwarding guard; demoted default routes).
+//! maps and links, so the programs detach; the forwarding guard; demoted default routes; the
+//! offloads it turned off).
 //! Refused while a controller runs on those interfaces: it cleans up itself on SIGTERM.
 use anyhow::Result;
 
 use crate::{
-    cli::DownArgs, guard, lock::InterfaceLocks, netlink::Netlink, pin::Pins, wan::DefaultRoutes,
+    cli::DownArgs,
+    guard,
+    lock::InterfaceLocks,
+    netlink::Netlink,
+    offload::{self, Offloads},
+    pin::Pins,
+    wan::DefaultRoutes,
 };
 
 pub async fn run(args: DownArgs) -> Result<()> {
@@ -41,6 +48,10 @@ pub async fn run(args: DownArgs) -> Result<()> {
             removed.len(),
             pins.dir.display()
         ));
+    }
+    let restored = Offloads::open(first_lan)?.restore_all(offload::ifindex_of);
+    if !restored.is_empty() {
+        done.push(format!("turned back on: {}", restored.join(", ")));
     }
     if guard::remove_table(&guard::table_name(first_lan)) {
         done.push(format!(

@@ -37,6 +37,10 @@ pub struct GuardSpec<'a> {
 /// The installed table; removed by [`ForwardGuard::remove`].
 pub struct ForwardGuard {
     table: String,
+    /// What it was installed for (a LAN that is renumbered changes it).
+    wans: Vec<String>,
+    lans: Vec<(String, Ipv4Net)>,
+    ports: (u16, u16),
 }
 
 /// The table name for a set of LANs: one pcc instance per LAN port, so the first LAN names
@@ -122,7 +126,33 @@ impl ForwardGuard {
         let table = table_name(first_lan);
         nft(&ruleset(&table, spec))
             .with_context(|| format!("cannot install the forwarding guard (table ip {table})"))?;
-        Ok(ForwardGuard { table })
+        Ok(ForwardGuard {
+            table,
+            wans: spec.wans.to_vec(),
+            lans: spec.lans.to_vec(),
+            ports: spec.ports,
+        })
+    }
+
+    /// A LAN port got another subnet: the masquerade rules name the subnets, so the table is
+    /// replaced (atomically, like at start).
+    pub fn renumber(&mut self, lan: &str, net: Ipv4Net) -> Result<()> {
+        for (name, n) in &mut self.lans {
+            if name == lan {
+                *n = net;
+            }
+        }
+        let spec = GuardSpec {
+            wans: &self.wans,
+            lans: &self.lans,
+            ports: self.ports,
+        };
+        nft(&ruleset(&self.table, &spec)).with_context(|| {
+            format!(
+                "cannot update the forwarding guard (table ip {})",
+                self.table
+            )
+        })
     }
 
     pub fn table(&self) -> &str {

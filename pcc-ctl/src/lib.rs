@@ -13,6 +13,8 @@ pub mod lock;
 pub mod maps;
 pub mod metrics;
 pub mod netlink;
+pub mod offload;
+pub mod peer;
 pub mod pin;
 pub mod policy;
 pub mod quota;

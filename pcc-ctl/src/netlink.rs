@@ -10,10 +10,13 @@ use pcc_common::route::{KernelRoute, Via};
 use rtnetlink::{
     Handle, RouteMessageBuilder,
     constants::{RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_LINK, RTMGRP_NEIGH},
+    packet_core::{NLM_F_REQUEST, NetlinkMessage, NetlinkPayload},
     packet_route::{
+        RouteNetlinkMessage,
         address::AddressAttribute,
-        link::{LinkAttribute, State},
+        link::{InfoKind, LinkAttribute, LinkInfo, State},
         neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourState},
+        nsid::{NsidAttribute, NsidMessage},
         route::{RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteType},
     },
     sys::{AsyncSocket as _, SocketAddr},
@@ -90,6 +93,53 @@ impl Netlink {
             }
         }
         Ok(link)
+    }
+
+    /// For a veth: its peer's ifindex and, when the peer is in another network namespace, that
+    /// namespace's id as seen from ours. `None` for any other kind of interface.
+    pub async fn veth_peer(&self, ifindex: u32) -> Result<Option<(u32, Option<i32>)>> {
+        let mut links = self.handle.link().get().match_index(ifindex).execute();
+        let Some(msg) = links.try_next().await.context("cannot read a link")? else {
+            return Ok(None);
+        };
+        let (mut veth, mut peer, mut nsid) = (false, None, None);
+        for attr in msg.attributes {
+            match attr {
+                LinkAttribute::LinkInfo(infos) => {
+                    veth = infos
+                        .iter()
+                        .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth)))
+                }
+                LinkAttribute::Link(i) => peer = Some(i),
+                LinkAttribute::LinkNetNsId(id) => nsid = Some(id),
+                _ => {}
+            }
+        }
+        Ok(peer.filter(|_| veth).map(|p| (p, nsid)))
+    }
+
+    /// The id our namespace gives the network namespace open at `fd`, if it gave it one.
+    pub async fn nsid_of(&self, fd: std::os::fd::BorrowedFd<'_>) -> Result<Option<i32>> {
+        use std::os::fd::AsRawFd as _;
+        let mut msg = NsidMessage::default();
+        msg.attributes
+            .push(NsidAttribute::Fd(fd.as_raw_fd() as u32));
+        let mut req = NetlinkMessage::from(RouteNetlinkMessage::GetNsId(msg));
+        req.header.flags = NLM_F_REQUEST;
+        let mut replies = self
+            .handle
+            .clone()
+            .request(req)
+            .map_err(|e| anyhow!("cannot ask for a namespace id: {e}"))?;
+        while let Some(reply) = futures::StreamExt::next(&mut replies).await {
+            if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNsId(m)) = reply.payload {
+                return Ok(m.attributes.iter().find_map(|a| match a {
+                    NsidAttribute::Id(id) if *id >= 0 => Some(*id),
+                    _ => None,
+                }));
+            }
+        }
+        Ok(None)
     }
 
     /// The interface's first IPv4 address.

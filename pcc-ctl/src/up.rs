@@ -12,9 +12,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use futures::{FutureExt as _, StreamExt as _};
-use pcc_common::{
-    Config, LAN_DEVMAP_BASE, LanInfo, MAX_LANS, MAX_WANS, Method, NatPortRange, WanInfo,
-};
+use pcc_common::{Config, MAX_LANS, MAX_WANS, Method, NatPortRange, WanInfo};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::{
@@ -27,10 +25,12 @@ use crate::{
     maps::Maps,
     metrics::{self, Metrics},
     netlink::{Ipv4Net, Link, Netlink},
+    offload::{self, Offloads},
+    peer,
     pin::{self, PinnedState, Pins},
     policy::{self, ConfigFile, Policy},
     quota::{self, Meter},
-    relink,
+    relink::{self, LanView, Ports},
     routes::{self, Routing},
     wan::{self, DefaultRoutes, WanView},
 };
@@ -324,20 +324,11 @@ pub async fn run(args: UpArgs) -> Result<()> {
     maps.config
         .set(0, config, 0)
         .context("cannot write CONFIG")?;
+    let mut lans = Vec::new();
     for (lan_id, (link, net)) in learned.lans.iter().enumerate() {
-        let info = LanInfo {
-            ifindex: link.ifindex,
-            addr: ip_be(net.addr),
-            netmask: ip_be(net.netmask()),
-            mac: link.mac,
-            mtu: mtu16(link.mtu),
-        };
-        maps.lans
-            .set(lan_id as u32, info, 0)
-            .context("cannot write LANS")?;
-        maps.devmap
-            .set(LAN_DEVMAP_BASE + lan_id as u32, link.ifindex, None, 0)
-            .context("cannot write DEVMAP")?;
+        let lan = LanView::new(lan_id as u32, link, *net);
+        relink::write_lan(&mut maps, &lan)?;
+        lans.push(lan);
     }
     let mut wans = Vec::new();
     for (wan_id, (link, net, gateway)) in learned.wans.iter().enumerate() {
@@ -373,6 +364,8 @@ pub async fn run(args: UpArgs) -> Result<()> {
     let mut routes = DefaultRoutes::default();
     let mut routing = Routing::adopt(&maps, &wans);
     let mut guard = None;
+    // Also what a killed controller left turned off: turned back on at exit.
+    let mut offloads = Offloads::open(&args.lan[0])?;
     let result = async {
         pins.write_state(&want)?;
         if !args.no_forward_guard {
@@ -419,12 +412,17 @@ pub async fn run(args: UpArgs) -> Result<()> {
         let ports = learned
             .lans
             .iter()
-            .map(|(l, _)| (Role::Lan, &l.name))
-            .chain(learned.wans.iter().map(|(l, _, _)| (Role::Wan, &l.name)));
+            .map(|(l, _)| (Role::Lan, l))
+            .chain(learned.wans.iter().map(|(l, _, _)| (Role::Wan, l)));
+        let ports: Vec<_> = ports.collect();
+        for (_, link) in &ports {
+            peer::warn_partial_checksums(&nl, &link.name, link.ifindex).await;
+        }
         let mut adopted = Vec::new();
-        for (role, name) in ports {
-            if dataplane.attach_pinned(role, name, args.xdp_mode, &pins.link_path(name))? == Attached::Adopted {
-                adopted.push(name.clone());
+        let mut attach = Ports { dataplane: &mut dataplane, pins: &pins, offloads: &mut offloads };
+        for (role, link) in ports {
+            if attach.attach(role, &link.name, link.ifindex, args.xdp_mode)? == Attached::Adopted {
+                adopted.push(link.name.clone());
             }
         }
         if !adopted.is_empty() {
@@ -491,8 +489,9 @@ pub async fn run(args: UpArgs) -> Result<()> {
         println!("pcc-ctl: ready");
         let _ = std::io::stdout().flush();
         let owned = Owned {
-            dataplane: &mut dataplane,
-            pins: &pins,
+            ports: Ports { dataplane: &mut dataplane, pins: &pins, offloads: &mut offloads },
+            lans,
+            guard: guard.as_mut(),
             routes: &mut routes,
             probers: &mut probers,
             managed: &mut managed,
@@ -507,6 +506,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
     // our handles, detaches the programs.
     pins.remove_all();
     drop(dataplane);
+    offloads.restore_all(offload::ifindex_of);
     if let Some(g) = guard {
         g.remove();
     }
@@ -536,9 +536,12 @@ fn probe_ident(wan_id: u8) -> u16 {
 /// What the controller put into the kernel and keeps in step while it runs, and the signals
 /// that end the run.
 struct Owned<'a> {
-    /// The attached programs and their pins, for WAN interfaces that come back as new ones.
-    dataplane: &'a mut Dataplane,
-    pins: &'a Pins,
+    /// The attached programs, their pins and the offloads turned off, for interfaces that come
+    /// back as new ones.
+    ports: Ports<'a>,
+    lans: Vec<LanView>,
+    /// The forwarding guard, which names the LAN subnets.
+    guard: Option<&'a mut ForwardGuard>,
     routes: &'a mut DefaultRoutes,
     probers: &'a mut Probers,
     /// Gateway neighbour entries we asked the kernel to keep resolved, also those of WANs
@@ -556,7 +559,7 @@ async fn serve(
     nl: &Netlink,
     shared: &Shared,
     mut wans: Vec<WanView>,
-    owned: Owned<'_>,
+    mut owned: Owned<'_>,
     mut events: impl futures::Stream<Item = ()> + Unpin,
     mut health_rx: tokio::sync::mpsc::UnboundedReceiver<()>,
     args: &UpArgs,
@@ -609,16 +612,16 @@ async fn serve(
         // After every link refresh: a WAN waiting for its gateway may get one without a
         // link event.
         let restart = if refreshed {
-            relink::follow(
-                nl,
-                shared,
-                owned.dataplane,
-                owned.pins,
-                args,
-                &before,
-                &mut wans,
-            )
-            .await
+            let ports = &mut owned.ports;
+            for i in relink::follow_lans(nl, shared, ports, args, &mut owned.lans).await {
+                let lan = &owned.lans[i];
+                if let Some(g) = owned.guard.as_deref_mut()
+                    && let Err(e) = g.renumber(&lan.name, lan.net)
+                {
+                    log::warn!("LAN {}: {e:#}", lan.name);
+                }
+            }
+            relink::follow(nl, shared, ports, args, &before, &mut wans).await
         } else {
             Vec::new()
         };

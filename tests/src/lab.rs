@@ -496,6 +496,21 @@ impl Lab {
         })
     }
 
+    /// Whether the offload `feature` (as `ethtool -k` names it, e.g. `rx-vlan-offload`) is on,
+    /// for each of `devs` in `node`.
+    pub fn ethtool_feature(&self, node: &str, devs: &[&str], feature: &str) -> Result<Vec<bool>> {
+        devs.iter()
+            .map(|dev| {
+                let out = self.run(node, &["ethtool", "-k", dev])?;
+                let value = out
+                    .lines()
+                    .find_map(|l| l.trim().strip_prefix(feature)?.strip_prefix(':'))
+                    .with_context(|| format!("{dev} in {node} has no feature {feature}:\n{out}"))?;
+                Ok(value.trim().starts_with("on"))
+            })
+            .collect()
+    }
+
     /// The MAC address of `dev` in `node`.
     pub fn mac(&self, node: &str, dev: &str) -> Result<String> {
         let out = self.run(node, &["ip", "-j", "link", "show", "dev", dev])?;

@@ -333,8 +333,8 @@ impl Lab {
     }
 
     /// What of pcc's could be left in the router after it exits: its routes, nftables rules,
-    /// managed neighbour entries, pins and lock directory. Equal before and after a run when
-    /// the run cleaned up.
+    /// managed neighbour entries, pins, and files in /run/pcc (locks, pinned-state and offload
+    /// records). Equal before and after a run when the run cleaned up.
     pub fn router_footprint(&self) -> Result<String> {
         let routes = self.run("router", &["ip", "route", "show", "table", "all"])?;
         let nft = self.run("router", &["nft", "list", "ruleset"])?;
@@ -353,9 +353,31 @@ impl Lab {
             }
         }
         pins.sort();
+        let mut run: Vec<String> = std::fs::read_dir(self.dir().join("run-pcc"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        run.sort();
         Ok(format!(
-            "routes:\n{routes}\nnftables:\n{nft}\nmanaged neighbours: {managed:?}\npins: {pins:?}\n"
+            "routes:\n{routes}\nnftables:\n{nft}\nmanaged neighbours: {managed:?}\npins: {pins:?}\n/run/pcc: {run:?}\n"
         ))
+    }
+
+    /// Panics unless nothing of pcc is attached in the router any more and its
+    /// [`router_footprint`](Self::router_footprint) is `before` again.
+    pub fn assert_router_as_before(&self, before: &str) {
+        assert_eq!(
+            self.leftover_attachments().unwrap(),
+            None,
+            "left attached after pcc-ctl exited"
+        );
+        assert_eq!(
+            self.router_footprint().unwrap(),
+            before,
+            "the router is not as it was before pcc-ctl ran"
+        );
     }
 
     /// `pcc-ctl down --lan lan0` (at most 20 s): whether it succeeded, and stdout + stderr.

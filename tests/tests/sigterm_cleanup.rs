@@ -39,16 +39,7 @@ fn sigterm_detaches_and_exits_zero() {
         !text.contains("xdp"),
         "`ip link show` in the router still shows xdp:\n{text}"
     );
-    assert_eq!(
-        lab.leftover_attachments().unwrap(),
-        None,
-        "left attached after SIGTERM"
-    );
-    assert_eq!(
-        lab.router_footprint().unwrap(),
-        before,
-        "the router is not as it was before pcc-ctl ran"
-    );
+    lab.assert_router_as_before(&before);
 }
 
 /// A signal while pcc-ctl is still starting (here: waiting for a gateway that has no

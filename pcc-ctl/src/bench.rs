@@ -14,6 +14,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 use pcc_common::{
     CtIn, CtOut, FlowKey, MAX_WANS,
     packet::{Frame, L4, TCP_ACK, TCP_SYN},
+    route::{ROUTE_KERNEL, ROUTE_WAN_GATEWAY, Route},
     slots,
 };
 use serde::Serialize;
@@ -421,6 +422,43 @@ pub fn measure_all(samples: usize, fills: &[u32]) -> Result<Report> {
         "new TCP connection",
         measure(&mut tb, "pcc_lan", samples, |i| {
             frame(CLIENT2, 1024 + (i % 60_000) as u16, SERVER, tcp(TCP_SYN))
+        })?,
+    );
+    // The routing-table mirror a router with VPNs and static routes gives the dataplane: a
+    // thousand routes that the servers' addresses match none of, and one static route
+    // through a WAN's gateway.
+    for i in 0..1000u32 {
+        let prefix = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 0, 0)) + (i << 4));
+        tb.set_route(
+            prefix,
+            28,
+            Route {
+                kind: ROUTE_KERNEL,
+                ..Route::default()
+            },
+        )?;
+    }
+    let service = Ipv4Addr::new(203, 0, 113, 200);
+    tb.set_route(
+        service,
+        32,
+        Route {
+            kind: ROUTE_WAN_GATEWAY,
+            wan_id: wan as u8,
+            ..Route::default()
+        },
+    )?;
+    add(
+        "new TCP connection, 1000 routes mirrored",
+        measure(&mut tb, "pcc_lan", samples, |i| {
+            frame(CLIENT2, 1024 + (i % 60_000) as u16, SERVER, tcp(TCP_SYN))
+        })?,
+    );
+    tb.run(Role::Lan, &frame(CLIENT, 40001, service, tcp(TCP_SYN)))?;
+    add(
+        "established TCP pinned by a static route",
+        measure(&mut tb, "pcc_lan", samples, |_| {
+            frame(CLIENT, 40001, service, tcp(TCP_ACK))
         })?,
     );
     let mut arp = frame(CLIENT, 5000, SERVER, udp);

@@ -1,6 +1,6 @@
-//! `--xdp-mode generic` carries bulk TCP correctly: generic XDP runs after GRO, so frames
-//! larger than the MTU arrive there. 20 MB downloads and an upload with GRO on every veth
-//! (the lab's default) arrive intact.
+//! `--xdp-mode generic` carries bulk TCP correctly with GRO on every veth (the lab's
+//! default): 20 MB downloads and an upload arrive intact. (The kernel skips GRO on a port with
+//! a generic program, so no super-frame reaches it: `generic_bulk.rs` checks that.)
 
 use pcc_tests::{Lab, require_root};
 

@@ -4,8 +4,8 @@ fn program_benchmark_produces_every_figure() {
     let report = pcc_ctl::bench::measure_all(200, &[0, 10_000]).expect("program benchmark");
     assert_eq!(
         report.costs.len(),
-        6,
-        "floor, established TCP/UDP, reply, new, passed"
+        8,
+        "floor, established TCP/UDP, reply, new, new with routes, routed, passed"
     );
     assert!(report.costs.iter().all(|c| c.median_ns > 0.0));
     // measure_amortized checked every repeated call still took its path (the right action).

@@ -142,7 +142,10 @@ fn a_wans_connected_subnet_pins_to_it_with_the_hosts_mac() {
     assert_eq!(rig.run(Role::Lan, &ack.bytes()).0, XDP_PASS);
     assert_eq!(rig.counter(Counter::PassTcpNotSyn), 1);
     let wan = rig.expected_wan(CLIENT, MODEM);
-    let syn = to(MODEM, from_client(CLIENT, CLIENT_MAC, tcp(40000, 80, TCP_SYN)));
+    let syn = to(
+        MODEM,
+        from_client(CLIENT, CLIENT_MAC, tcp(40000, 80, TCP_SYN)),
+    );
     leaves_as(&mut rig, "balanced once the route is gone", &syn, |p| {
         out_via(&syn, wan, p)
     });
@@ -227,4 +230,3 @@ fn a_next_hop_without_a_mac_goes_to_the_kernel_and_is_asked_for() {
         routed_via(&sent, 0, p, MODEM_MAC)
     });
 }
-

@@ -226,6 +226,56 @@ pub fn render_svg(rows: &[Row]) -> String {
     svg
 }
 
+/// The router as one with only some of the lab's lines: the others' default routes leave the
+/// main table while a scenario runs (pcc balances only what the kernel routes through its own
+/// WANs; a lower-metric default route through another line would take everything), and come
+/// back with their gateway and metric when it ends.
+struct OnlyLines<'a> {
+    lab: &'a Lab,
+    removed: Vec<usize>,
+}
+
+impl<'a> OnlyLines<'a> {
+    fn take(lab: &'a Lab, wans: &[&str]) -> Result<Self> {
+        let mut lines = OnlyLines {
+            lab,
+            removed: Vec::new(),
+        };
+        for (k, name) in WAN_NAMES.iter().enumerate() {
+            if !wans.contains(name) {
+                lab.run("router", &["ip", "route", "del", "default", "dev", name])?;
+                lines.removed.push(k);
+            }
+        }
+        Ok(lines)
+    }
+}
+
+impl Drop for OnlyLines<'_> {
+    fn drop(&mut self) {
+        let Self { lab, removed } = self;
+        for &k in removed.iter() {
+            let (gateway, metric) = (lab.isp_addr(k).to_string(), (100 * (k + 1)).to_string());
+            let args = [
+                "ip",
+                "route",
+                "add",
+                "default",
+                "via",
+                &gateway,
+                "dev",
+                WAN_NAMES[k],
+            ];
+            if let Err(e) = lab.run("router", &[&args[..], &["metric", &metric]].concat()) {
+                eprintln!(
+                    "xtask report: restoring the default route of {}: {e:#}",
+                    WAN_NAMES[k]
+                );
+            }
+        }
+    }
+}
+
 /// Runs one scenario: pcc over `wans` (with `extra` options), every client downloading, c1
 /// watching a video-like stream and pinging a server; `capacity` is the lines' sum.
 fn scenario(
@@ -239,6 +289,7 @@ fn scenario(
     let wan_arg = wans.join(",");
     let mut pcc_args = vec!["--wan", wan_arg.as_str()];
     pcc_args.extend_from_slice(extra);
+    let _lines = OnlyLines::take(lab, wans)?;
     let pcc = lab.start_pcc(&pcc_args)?;
     let file = lab.http_file(256 << 20)?;
     let before = pcc.metrics()?;

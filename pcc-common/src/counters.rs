@@ -43,8 +43,8 @@ pub enum Counter {
     /// server, a mid-stream ACK after failover): only a SYN opens a mapping, as in
     /// nf_conntrack; the kernel decides (its forwarding guard drops what it cannot track).
     PassTcpNotSyn,
-    /// Larger than the port it arrived on allows: a GRO super-frame, which only generic XDP
-    /// sees (it runs after GRO); the kernel segments it.
+    /// Larger than the port it arrived on allows: a super-frame (a veth peer's unsegmented
+    /// TSO/GSO packet in generic mode, a driver's LRO); the kernel segments it.
     PassOversize,
     /// Not addressed to the router's MAC on the port it arrived on: a frame a promiscuous
     /// port (tcpdump, a bridge member) sees for another host. The kernel discards it too

@@ -139,11 +139,11 @@ fn replies_over_the_lan_mtu_get_fragmentation_needed_towards_the_server() {
 }
 
 #[test]
-fn frames_bigger_than_their_own_port_are_gro_super_frames_for_the_kernel() {
+fn frames_bigger_than_their_own_port_are_super_frames_for_the_kernel() {
     let mut rig = Rig::new(1024);
     let super_frame = from_client(CLIENT, CLIENT_MAC, udp_of(3000));
     let cases = vec![(
-        "larger than the LAN port's MTU: only generic XDP after GRO sees these",
+        "larger than the LAN port's MTU: a TSO super-frame of a veth peer in generic mode",
         super_frame.bytes(),
         XDP_PASS,
         Counter::PassOversize,

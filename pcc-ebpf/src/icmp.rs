@@ -271,8 +271,8 @@ pub fn fits(ctx: &XdpContext, p: &Ipv4, mtu: u16, ingress: &Ingress) -> Result<(
     if p.tot_len <= mtu {
         return Ok(());
     }
-    // Bigger than its own port allows: a GRO super-frame (generic XDP runs after GRO). The
-    // kernel segments it on the way out.
+    // Bigger than its own port allows: a super-frame (a veth peer's unsegmented TSO/GSO
+    // packet in generic mode, a driver's LRO). The kernel segments it on the way out.
     if p.tot_len > ingress.mtu {
         return Err(Err(Counter::PassOversize));
     }
@@ -280,7 +280,7 @@ pub fn fits(ctx: &XdpContext, p: &Ipv4, mtu: u16, ingress: &Ingress) -> Result<(
     if unsafe { (*p.ip).frag_off } & IP_DF == 0 {
         return Err(Err(Counter::DropOverMtu));
     }
-    // SAFETY: `p`'s pointers are not used again: the frame is rewritten into the error.
+    // `p`'s pointers are stale after this: the frame becomes the error.
     let action = frag_needed(ctx, mtu, ingress.router_addr, ingress.port);
     Err(if action == xdp_action::XDP_REDIRECT {
         Ok((action, Counter::AnsweredFragNeeded))
@@ -291,12 +291,12 @@ pub fn fits(ctx: &XdpContext, p: &Ipv4, mtu: u16, ingress: &Ingress) -> Result<(
 
 /// Turns the frame into an ICMP "fragmentation needed" for its sender carrying `mtu`, from
 /// the router's address on the port it came in on, and sends it back out of that port
-/// (Katran's `send_icmp4_too_big`, but shrinking the frame in place: the error is shorter than
-/// any packet that needs it). Through the devmap rather than `XDP_TX`: veth drops `XDP_TX`
-/// frames of packets that arrived as socket buffers, and the devmap is the path every other
-/// frame of ours takes. A subprogram of its own: inlined, its buffers would push the
-/// programs past the 512-byte BPF stack. Returns the XDP action (`XDP_DROP` if the frame
-/// could not be turned into the error).
+/// (Katran's `send_icmp4_too_big`, rewritten in place). Through the devmap rather than
+/// `XDP_TX`: in this lab's veths `XDP_TX` frames of packets that arrived as socket buffers
+/// never reached the peer, and the devmap is the path every other frame of ours takes. A
+/// subprogram of its own: inlined into both programs it pushed them past the 512-byte BPF
+/// stack. Returns the XDP action (`XDP_DROP` if the frame could not be turned into the
+/// error).
 #[inline(never)]
 fn frag_needed(ctx: &XdpContext, mtu: u16, router_addr: u32, port: u32) -> u32 {
     match build_frag_needed(ctx, mtu, router_addr) {

@@ -3,13 +3,12 @@
 //! An error quotes the offending packet's IPv4 header and the first 8 bytes of its payload
 //! (RFC 792): enough for the sender to find its socket (ports, or an echo identifier) and, for
 //! "fragmentation needed", to lower its path MTU (RFC 1191).
+use crate::csum;
 
 /// Bytes quoted: an IPv4 header without options and 8 bytes of transport header.
 pub const QUOTE_LEN: usize = 28;
 /// ICMP header (type, code, checksum, 4 bytes of "rest") plus the quote.
 pub const ICMP_ERROR_LEN: usize = 8 + QUOTE_LEN;
-/// Ethernet, IPv4 and the ICMP error: the whole frame the dataplane sends.
-pub const ICMP_ERROR_FRAME_LEN: usize = 14 + 20 + ICMP_ERROR_LEN;
 
 pub const ICMP_DEST_UNREACH: u8 = 3;
 /// Destination unreachable: fragmentation needed and DF set (RFC 792, RFC 1191).
@@ -29,9 +28,7 @@ pub fn error_checksum(kind: u8, code: u8, rest: [u8; 4], quote: &[u16; QUOTE_LEN
         sum += u32::from(quote[i]);
         i += 1;
     }
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
+    !csum::fold(sum)
 }
 
 /// The checksum of a 20-byte IPv4 header given as its ten 16-bit words in memory order, with
@@ -44,9 +41,7 @@ pub fn ipv4_header_checksum(words: &[u16; 10]) -> u16 {
         sum += u32::from(words[i]);
         i += 1;
     }
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
+    !csum::fold(sum)
 }
 
 #[cfg(all(test, feature = "std"))]

@@ -457,6 +457,20 @@ fn frames_for_other_macs_and_damaged_headers_are_not_ours() {
             Counter::PassOtherHost,
         ),
         (
+            "an ICMP error for another host's MAC: not translated out either",
+            Frame {
+                dst_mac: CLIENT2_MAC,
+                ..from_client(
+                    CLIENT,
+                    CLIENT_MAC,
+                    icmp_error_l4(3, 3, udp.ip_bytes()[..28].to_vec()),
+                )
+            }
+            .bytes(),
+            XDP_PASS,
+            Counter::PassOtherHost,
+        ),
+        (
             "IPv4 header checksum wrong: ip_rcv_core drops it too",
             damaged,
             XDP_DROP,

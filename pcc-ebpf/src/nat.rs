@@ -1,7 +1,7 @@
 //! Source NAT out of the WANs, and its reversal for replies and ICMP errors.
 use aya_ebpf::programs::XdpContext;
 use pcc_common::{
-    CT_FLAG_ROUTED, CT_TCP_ACK, CT_TCP_FIN, CT_TCP_RST, CT_TCP_SYN, Counter, CtIn, FlowKey,
+    CT_FLAG_ROUTED, CT_TCP_ACK, CT_TCP_FIN, CT_TCP_RST, CT_TCP_SYN, Config, Counter, CtIn, FlowKey,
     LAN_DEVMAP_BASE, LanInfo, csum, tcp::scaled_window,
 };
 
@@ -73,7 +73,7 @@ fn transport(ctx: &XdpContext, p: &Ipv4) -> Result<Segment, Counter> {
 
 /// The segment of a LAN packet; ICMP errors about our connections are translated here.
 #[inline(always)]
-fn lan_segment(ctx: &XdpContext, p: &Ipv4) -> Result<Segment, Verdict> {
+fn lan_segment(ctx: &XdpContext, p: &Ipv4, cfg: &Config) -> Result<Segment, Verdict> {
     if p.fragment == Fragment::Later {
         let ports = frag::ports(p).ok_or(Err(Counter::DropFragmentUntracked))?;
         return Ok(Segment::ports(ports.src_port, ports.dst_port));
@@ -90,7 +90,7 @@ fn lan_segment(ctx: &XdpContext, p: &Ipv4) -> Result<Segment, Verdict> {
                 ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAM_PROBLEM
                     if p.fragment == Fragment::Whole =>
                 {
-                    Err(lan_icmp_error(ctx, p))
+                    Err(lan_icmp_error(ctx, p, cfg))
                 }
                 _ => Err(Err(Counter::PassUnsupported)),
             }
@@ -102,8 +102,7 @@ fn lan_segment(ctx: &XdpContext, p: &Ipv4) -> Result<Segment, Verdict> {
 /// An ICMP error from a LAN host about one of its connections goes out like the connection;
 /// the LAN port must own its source (BCP 38).
 #[inline(always)]
-fn lan_icmp_error(ctx: &XdpContext, p: &Ipv4) -> Verdict {
-    let cfg = CONFIG.get(0).ok_or(Counter::DropNoWan)?;
+fn lan_icmp_error(ctx: &XdpContext, p: &Ipv4, cfg: &Config) -> Verdict {
     select::lan_for(ctx.ingress_ifindex() as u32, p.src, p.dst, cfg)?;
     icmp::error_to_wan(ctx, p)
 }
@@ -116,7 +115,15 @@ pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
     if is_multicast_or_broadcast(dst) {
         return Err(Counter::PassLocal);
     }
-    let seg = match lan_segment(ctx, &p) {
+    let cfg = CONFIG.get(0).ok_or(Counter::DropNoWan)?;
+    let ifindex = ctx.ingress_ifindex() as u32;
+    let lan_id = select::lan_of_port(ifindex, cfg).ok_or(Counter::DropSpoofed)?;
+    let lan = LANS.get(u32::from(lan_id)).ok_or(Counter::DropSpoofed)?;
+    // SAFETY: bounds-checked in parse::ipv4().
+    if !same_mac(unsafe { &(*eth).dst }, &lan.mac) {
+        return Err(Counter::PassOtherHost);
+    }
+    let seg = match lan_segment(ctx, &p, cfg) {
         Ok(seg) => seg,
         Err(verdict) => return verdict,
     };
@@ -131,14 +138,6 @@ pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
     let syn = bits & CT_TCP_SYN != 0 && p.fragment == Fragment::Whole;
     let now = conntrack::now_ns();
     let len = frame_len(ctx);
-    let cfg = CONFIG.get(0).ok_or(Counter::DropNoWan)?;
-    let ifindex = ctx.ingress_ifindex() as u32;
-    let lan_id = select::lan_of_port(ifindex, cfg).ok_or(Counter::DropSpoofed)?;
-    let lan = LANS.get(u32::from(lan_id)).ok_or(Counter::DropSpoofed)?;
-    // SAFETY: bounds-checked in parse::ipv4().
-    if !same_mac(unsafe { &(*eth).dst }, &lan.mac) {
-        return Err(Counter::PassOtherHost);
-    }
     let ingress = icmp::Ingress {
         mtu: lan.mtu,
         router_addr: lan.addr,
@@ -218,18 +217,24 @@ pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
                 (wan, next_hop)
             } else {
                 let wan = WANS.get(e.wan_id as u32).ok_or(Counter::DropNoWan)?;
+                if let Err(verdict) = icmp::fits(ctx, &p, wan.mtu, &ingress) {
+                    return verdict;
+                }
                 (wan, &wan.gateway_mac)
             };
             (e.nat_addr, e.nat_port, e.wan_id, exit, fwd_counter(e.flags))
         }
     };
 
-    if let Err(verdict) = icmp::fits(ctx, &p, wan.mtu, &ingress) {
-        return verdict;
-    }
-    if syn && found.is_some() {
-        // A retransmitted SYN: clamped like the first.
-        tcp::syn_options(ctx, seg.tcp, wan.mtu);
+    // A new connection was checked against its WAN's MTU and clamped before it opened.
+    if found.is_some() {
+        if let Err(verdict) = icmp::fits(ctx, &p, wan.mtu, &ingress) {
+            return verdict;
+        }
+        if syn {
+            // A retransmitted SYN: clamped like the first.
+            tcp::syn_options(ctx, seg.tcp, wan.mtu);
+        }
     }
     if p.fragment == Fragment::First {
         frag::remember(&p, sport, dport);

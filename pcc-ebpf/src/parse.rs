@@ -3,7 +3,7 @@
 //! Fields are kept exactly as on the wire (network byte order); callers compare them with
 //! constants converted once at compile time (`u16::to_be`).
 use aya_ebpf::programs::XdpContext;
-use pcc_common::Counter;
+use pcc_common::{Counter, csum};
 
 pub const ETH_LEN: usize = 14;
 pub const IP_LEN: usize = 20;
@@ -94,22 +94,6 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
     Some((start + offset) as *mut T)
 }
 
-/// Whether a 20-byte IPv4 header sums to 0xffff, checksum included (RFC 1071). Summed as
-/// five 32-bit words and folded: the same one's-complement sum as ten 16-bit words (RFC 1071
-/// section 2(B)), in half the instructions, on every packet.
-#[inline(always)]
-fn header_checksum_ok(words: &[u32; 5]) -> bool {
-    let mut sum = 0u64;
-    for w in words {
-        sum += u64::from(*w);
-    }
-    sum = (sum & 0xffff_ffff) + (sum >> 32);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum == 0xffff
-}
-
 /// Whether two MACs are equal, byte by byte: an array comparison may compile to a `memcmp`
 /// call, which BPF lacks (and unaligned wide reads become byte loads in BPF anyway).
 #[inline(always)]
@@ -185,7 +169,7 @@ pub fn ipv4(ctx: &XdpContext) -> Result<Ipv4, Counter> {
     // an incremental update would carry the damage on with a valid-looking checksum.
     let words = ptr_at::<[u32; 5]>(ctx, ETH_LEN).ok_or(Counter::DropRunt)?;
     // SAFETY: bounds-checked by ptr_at.
-    if !header_checksum_ok(unsafe { &*words }) {
+    if !csum::ipv4_header_ok(unsafe { &*words }) {
         return Err(Counter::DropBadIpChecksum);
     }
     if h.ttl <= 1 {

@@ -1,4 +1,5 @@
-//! When a connection has ended (host side: the controller's garbage collector decides).
+//! When a connection has ended. The dataplane decides, in each connection's expiry timer
+//! (`bpf_timer`); the controller only reads the same arithmetic for its census.
 use crate::{CT_TCP_FIN, CT_TCP_RST, CtIn, CtOut};
 
 pub const PROTO_ICMP: u8 = 1;
@@ -11,22 +12,23 @@ pub const PROTO_UDP: u8 = 17;
 /// grace is shorter than Linux's 120 s TIME_WAIT: a NAT only needs to absorb the last
 /// retransmitted FIN/ACK, and returning the port sooner matters when guests open thousands of
 /// short connections.
+#[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
     /// Established TCP (nf_conntrack_tcp_timeout_established: 5 days; RFC 5382 REQ-5: at
     /// least 2 h 4 min).
-    pub tcp_established: u64,
+    pub tcp_established: u32,
     /// TCP that has not been answered yet (SYN_SENT), or is half-closed (FIN one way): RFC
     /// 5382 REQ-5's "transitory" state, at least 4 min.
-    pub tcp_opening: u64,
+    pub tcp_opening: u32,
     /// After an in-window RST, or FIN both ways.
-    pub tcp_close: u64,
+    pub tcp_close: u32,
     /// UDP seen one way only: RFC 4787 REQ-5, at least 2 min.
-    pub udp: u64,
+    pub udp: u32,
     /// UDP with replies: RFC 4787 REQ-5 recommends 5 min.
-    pub udp_stream: u64,
+    pub udp_stream: u32,
     /// ICMP echo: RFC 5508 REQ-2, at least 60 s.
-    pub icmp: u64,
+    pub icmp: u32,
 }
 
 impl Default for Timeouts {
@@ -44,7 +46,8 @@ impl Default for Timeouts {
 
 impl Timeouts {
     /// Seconds a connection in this state may stay idle.
-    pub fn idle_limit(&self, proto: u8, out: &CtOut, reply: &CtIn) -> u64 {
+    #[inline(always)]
+    pub fn idle_limit(&self, proto: u8, out: &CtOut, reply: &CtIn) -> u32 {
         match proto {
             PROTO_TCP => {
                 let flags = out.tcp_flags | reply.tcp_flags;
@@ -64,13 +67,26 @@ impl Timeouts {
         }
     }
 
+    /// Nanoseconds until a connection idle since the later of both sides' last packets
+    /// expires, or `None` once it has.
+    #[inline(always)]
+    pub fn remaining_ns(&self, proto: u8, out: &CtOut, reply: &CtIn, now_ns: u64) -> Option<u64> {
+        let last = if out.last_seen_ns > reply.last_seen_ns {
+            out.last_seen_ns
+        } else {
+            reply.last_seen_ns
+        };
+        let deadline = last + self.idle_limit(proto, out, reply) as u64 * 1_000_000_000;
+        if now_ns >= deadline {
+            None
+        } else {
+            Some(deadline - now_ns)
+        }
+    }
+
     /// Whether a connection idle since the later of both sides' last packets has expired.
     pub fn expired(&self, proto: u8, out: &CtOut, reply: &CtIn, now_ns: u64) -> bool {
-        let last = out.last_seen_ns.max(reply.last_seen_ns);
-        now_ns.saturating_sub(last)
-            > self
-                .idle_limit(proto, out, reply)
-                .saturating_mul(1_000_000_000)
+        self.remaining_ns(proto, out, reply, now_ns).is_none()
     }
 }
 
@@ -127,8 +143,9 @@ mod tests {
     fn expiry_uses_the_latest_packet_of_either_side() {
         let t = Timeouts::default();
         let (o, mut i) = pair(0, 0, 1);
-        assert!(!t.expired(PROTO_UDP, &o, &i, 400 * S));
-        assert!(t.expired(PROTO_UDP, &o, &i, 401 * S));
+        assert!(!t.expired(PROTO_UDP, &o, &i, 399 * S));
+        assert_eq!(t.remaining_ns(PROTO_UDP, &o, &i, 399 * S), Some(S));
+        assert!(t.expired(PROTO_UDP, &o, &i, 400 * S));
         i.last_seen_ns = 150 * S;
         assert!(
             !t.expired(PROTO_UDP, &o, &i, 401 * S),

@@ -85,10 +85,13 @@ pub enum Counter {
     /// A reset from outside whose sequence number lies outside the window the LAN host
     /// advertised (RFC 5961 section 3): a blind spoof, which must not end the connection.
     DropRstOutOfWindow,
+    /// A new connection from a LAN host that already holds `--max-connections-per-host`:
+    /// refused, so one host (a scanner, a worm) cannot fill the table for everyone.
+    DropHostConnectionLimit,
 }
 
 impl Counter {
-    pub const COUNT: usize = Counter::DropRstOutOfWindow as usize + 1;
+    pub const COUNT: usize = Counter::DropHostConnectionLimit as usize + 1;
     pub const ALL: [Counter; Self::COUNT] = [
         Counter::FwdOut,
         Counter::FwdIn,
@@ -121,6 +124,7 @@ impl Counter {
         Counter::DropRedirect,
         Counter::DropOverMtu,
         Counter::DropRstOutOfWindow,
+        Counter::DropHostConnectionLimit,
     ];
 
     /// Whether the packet is dropped (else forwarded or passed to the kernel).
@@ -188,6 +192,38 @@ impl Counter {
             Counter::DropRedirect => "redirect_failed",
             Counter::DropOverMtu => "over_mtu_no_df",
             Counter::DropRstOutOfWindow => "rst_out_of_window",
+            Counter::DropHostConnectionLimit => "host_connection_limit",
+        }
+    }
+}
+
+/// What happened to connections, apart from packets (`CT_EVENTS[event]`, per CPU).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CtEvent {
+    /// Idle past its timeout: removed by its own timer, and its NAT port returned.
+    Expired = 0,
+    /// The table was full: a connection that never got a reply was removed to make room
+    /// (nf_conntrack's early drop).
+    EarlyDropped,
+    /// Opened from outside, by a packet to a live mapping (endpoint-independent filtering).
+    OpenedInbound,
+}
+
+impl CtEvent {
+    pub const COUNT: usize = CtEvent::OpenedInbound as usize + 1;
+    pub const ALL: [CtEvent; Self::COUNT] = [
+        CtEvent::Expired,
+        CtEvent::EarlyDropped,
+        CtEvent::OpenedInbound,
+    ];
+
+    /// The `event` label value.
+    pub const fn label(self) -> &'static str {
+        match self {
+            CtEvent::Expired => "expired",
+            CtEvent::EarlyDropped => "early_dropped",
+            CtEvent::OpenedInbound => "opened_inbound",
         }
     }
 }

@@ -7,6 +7,7 @@
 #![cfg_attr(not(feature = "std"), no_std)]
 
 pub mod classify;
+pub mod conntrack;
 pub mod counters;
 pub mod csum;
 pub mod generator;
@@ -18,8 +19,6 @@ pub mod route;
 pub mod tcp;
 
 #[cfg(feature = "std")]
-pub mod conntrack;
-#[cfg(feature = "std")]
 pub mod health;
 #[cfg(feature = "std")]
 pub mod packet;
@@ -29,7 +28,7 @@ pub mod qos;
 pub mod slots;
 
 pub use classify::Classifier;
-pub use counters::Counter;
+pub use counters::{Counter, CtEvent};
 pub use maps::*;
 pub use method::Method;
 pub use natport::NatPortRange;

@@ -10,6 +10,10 @@ pub const MAX_LANS: usize = 4;
 pub const SLOT_TABLE_SIZE: usize = 4093;
 /// A slot that belongs to no WAN (no WAN is up).
 pub const NO_WAN: u8 = 0xff;
+/// `CtIn::lan_id` of a tuple one of the router's own sockets uses on a WAN (or the kernel's
+/// masquerade of a LAN packet it forwarded), recorded by the TC egress hook: no mapping may
+/// take it, and what arrives on it is the kernel's.
+pub const LAN_ROUTER: u8 = 0xfe;
 /// Source-subnet policies (`SLOTS[1..=MAX_POLICIES]`); `SLOTS[0]` serves every other host.
 pub const MAX_POLICIES: usize = 16;
 /// Subnets the policies may name in all (`POLICIES` LPM trie entries).
@@ -20,6 +24,24 @@ pub const DEVMAP_SIZE: u32 = (MAX_WANS + MAX_LANS) as u32;
 /// Default conntrack capacity (connections): a small office with 100+ guests, each with a few
 /// hundred connections open, fits with room to spare.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 65_536;
+/// Default for the connections one LAN host may hold at once. A busy laptop (a browser with
+/// many tabs, a sync client, a video call) holds a few hundred, a BitTorrent client one or two
+/// thousand; a host scanning a network opens one per probe and gets no more than 1/16 of the
+/// default table.
+pub const DEFAULT_MAX_CONNECTIONS_PER_HOST: u32 = 4096;
+
+/// How an inbound packet that matches no connection is filtered (RFC 4787 section 5).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NatFiltering {
+    /// Only replies from the remote address and port the host sent to pass (RFC 4787's
+    /// "address and port-dependent filtering"): nothing unsolicited reaches the LAN.
+    #[default]
+    AddressAndPortDependent = 0,
+    /// Anything sent to a live mapping reaches its host ("full cone"): what game consoles and
+    /// peer-to-peer apps ask for (RFC 4787 REQ-8 allows it where transparency matters).
+    EndpointIndependent = 1,
+}
 
 /// Global dataplane settings (single entry of `CONFIG`).
 #[repr(C)]
@@ -38,7 +60,13 @@ pub struct Config {
     pub nat_ports: crate::NatPortRange,
     /// Source-subnet policies in `POLICIES`: with none, new connections skip the trie.
     pub policy_count: u8,
-    pub _pad: [u8; 3],
+    /// A [`NatFiltering`] as `u8`.
+    pub nat_filtering: u8,
+    pub _pad: [u8; 2],
+    /// Connections one LAN host may hold at once (`HOST_CONNECTIONS`).
+    pub max_connections_per_host: u32,
+    /// Idle timeouts, enforced by each connection's own timer.
+    pub timeouts: crate::conntrack::Timeouts,
 }
 
 pub const WAN_FLAG_UP: u16 = 1;
@@ -174,6 +202,59 @@ pub const CT_TCP_ACK: u8 = 8;
 /// that route and look its next hop up, instead of taking the WAN's gateway MAC.
 pub const CT_FLAG_ROUTED: u8 = 1;
 
+/// `CtOut::flags`: the connection has no endpoint-independent binding of its own (another CPU
+/// created the host's binding at the same moment, or the binding's port was taken towards
+/// this remote by the router itself): closing it releases no binding.
+pub const CT_FLAG_UNBOUND: u8 = 2;
+
+/// `NAT_BIND_OUT` key: a LAN endpoint (address, port: network byte order) on one WAN.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BindKey {
+    pub lan_addr: u32,
+    pub lan_port: u16,
+    pub proto: u8,
+    pub wan_id: u8,
+}
+
+/// `NAT_BIND_OUT` value: the endpoint-independent mapping of a LAN endpoint on a WAN (RFC
+/// 4787 REQ-1): every connection from that endpoint through that WAN uses it, whatever the
+/// remote end.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Binding {
+    pub nat_addr: u32,
+    pub nat_port: u16,
+    pub _pad: u16,
+    /// Connections using the binding; the last one to go removes it. 64 bits: BPF has
+    /// atomic adds of 32 and 64 bits, but Rust's BPF target only offers the 64-bit one.
+    pub refs: u64,
+}
+
+/// `NAT_BIND_IN` key: a public endpoint (network byte order). Held by one LAN endpoint at a
+/// time, which is what makes a mapping endpoint independent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PublicKey {
+    pub nat_addr: u32,
+    pub nat_port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// `NAT_BIND_IN` value: the LAN endpoint holding a public endpoint, for inbound packets no
+/// connection expects (endpoint-independent filtering) and for hairpinning.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Owner {
+    pub lan_addr: u32,
+    pub lan_port: u16,
+    pub lan_id: u8,
+    pub wan_id: u8,
+    pub lan_mac: [u8; 6],
+    pub _pad: u16,
+}
+
 /// `CT_OUT` value: how a LAN-side connection is translated.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -203,6 +284,19 @@ pub struct CtOut {
     pub last_seen_ns: u64,
     pub packets: u64,
     pub bytes: u64,
+    /// Expires the connection in the dataplane itself (see `conntrack` in pcc-ebpf).
+    pub timer: bpf_timer,
+}
+
+/// The kernel's `struct bpf_timer`, opaque. The verifier finds a timer in a map value by this
+/// BTF type name and size, so the name must stay as the kernel spells it.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct bpf_timer {
+    // Two scalars, not `[u64; 2]`: zeroing an array compiles to a `memset` subprogram call in
+    // BPF, a byte loop the verifier walks at every new connection.
+    opaque0: u64,
+    opaque1: u64,
 }
 
 /// `CT_IN` value: how replies are translated back to the LAN host.
@@ -237,11 +331,15 @@ pub struct WanCounters {
 }
 
 const _: () = {
-    assert!(size_of::<Config>() == 20);
+    assert!(size_of::<Config>() == 48);
+    assert!(size_of::<BindKey>() == 8);
+    assert!(size_of::<Binding>() == 16);
+    assert!(size_of::<PublicKey>() == 8);
+    assert!(size_of::<Owner>() == 16);
     assert!(size_of::<WanInfo>() == 24);
     assert!(size_of::<LanInfo>() == 20);
     assert!(size_of::<FlowKey>() == 16);
-    assert!(size_of::<CtOut>() == 56);
+    assert!(size_of::<CtOut>() == 72);
     assert!(size_of::<CtIn>() == 40);
     assert!(size_of::<SlotTable>().is_multiple_of(4));
 };
@@ -260,6 +358,10 @@ mod pod {
     unsafe impl aya::Pod for super::WanCounters {}
     unsafe impl aya::Pod for super::FragKey {}
     unsafe impl aya::Pod for super::FragPorts {}
+    unsafe impl aya::Pod for super::BindKey {}
+    unsafe impl aya::Pod for super::Binding {}
+    unsafe impl aya::Pod for super::PublicKey {}
+    unsafe impl aya::Pod for super::Owner {}
 }
 
 impl FlowKey {

@@ -3,7 +3,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use pcc_common::{
-    Classifier, DEFAULT_MAX_CONNECTIONS, Method, conntrack::Timeouts, health::ProbeParams,
+    Classifier, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_HOST, Method, NatFiltering,
+    conntrack::Timeouts, health::ProbeParams,
 };
 
 #[derive(Parser, Debug)]
@@ -115,6 +116,22 @@ pub enum XdpModeArg {
     Generic,
 }
 
+/// RFC 4787 filtering behaviour (`--nat-filtering`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum NatFilteringArg {
+    AddressAndPortDependent,
+    EndpointIndependent,
+}
+
+impl From<NatFilteringArg> for NatFiltering {
+    fn from(arg: NatFilteringArg) -> Self {
+        match arg {
+            NatFilteringArg::AddressAndPortDependent => NatFiltering::AddressAndPortDependent,
+            NatFilteringArg::EndpointIndependent => NatFiltering::EndpointIndependent,
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct UpArgs {
     /// WAN (internet-facing) interfaces, comma-separated, at most 8.
@@ -162,6 +179,17 @@ pub struct UpArgs {
     /// Conntrack capacity in connections; beyond it new connections are dropped and counted.
     #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(16..=16_777_216))]
     pub max_connections: u32,
+    /// Connections one LAN host may hold at once: a busy laptop holds a few hundred, a
+    /// scanning host would fill the table. Beyond it the host's new connections are refused
+    /// (ICMP administratively prohibited) and counted.
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS_PER_HOST, value_parser = clap::value_parser!(u32).range(1..=16_777_216), value_name = "N")]
+    pub max_connections_per_host: u32,
+    /// Which unsolicited packets reach a LAN host through its mapping (RFC 4787):
+    /// `address-and-port-dependent` only lets replies from where the host sent in;
+    /// `endpoint-independent` lets anyone reach a live mapping (full cone, for consoles and
+    /// peer-to-peer apps).
+    #[arg(long, value_enum, default_value = "address-and-port-dependent")]
+    pub nat_filtering: NatFilteringArg,
     /// Source NAT port range. The router's own ephemeral range
     /// (net.ipv4.ip_local_port_range) is always left out of it.
     #[arg(long, value_parser = parse_port_range, default_value = "1024-65535", value_name = "MIN-MAX")]
@@ -252,22 +280,22 @@ fn parse_percent(s: &str) -> Result<f64, String> {
 pub struct TimeoutArgs {
     /// Established TCP.
     #[arg(long, default_value_t = Timeouts::default().tcp_established, value_name = "SECONDS")]
-    pub tcp_timeout: u64,
+    pub tcp_timeout: u32,
     /// TCP not yet answered, or half-closed.
     #[arg(long, default_value_t = Timeouts::default().tcp_opening, value_name = "SECONDS")]
-    pub tcp_opening_timeout: u64,
+    pub tcp_opening_timeout: u32,
     /// TCP after an in-window RST, or FIN both ways.
     #[arg(long, default_value_t = Timeouts::default().tcp_close, value_name = "SECONDS")]
-    pub tcp_close_timeout: u64,
+    pub tcp_close_timeout: u32,
     /// UDP seen one way only.
     #[arg(long, default_value_t = Timeouts::default().udp, value_name = "SECONDS")]
-    pub udp_timeout: u64,
+    pub udp_timeout: u32,
     /// UDP with replies.
     #[arg(long, default_value_t = Timeouts::default().udp_stream, value_name = "SECONDS")]
-    pub udp_stream_timeout: u64,
+    pub udp_stream_timeout: u32,
     /// ICMP echo.
     #[arg(long, default_value_t = Timeouts::default().icmp, value_name = "SECONDS")]
-    pub icmp_timeout: u64,
+    pub icmp_timeout: u32,
 }
 
 impl TimeoutArgs {

@@ -1,7 +1,12 @@
-//! Conntrack garbage collection: expired connections and broken halves are removed, which
-//! returns their NAT ports.
+//! The controller's view of the conntrack table. Connections expire in the dataplane, each by
+//! its own timer, so a dead controller never wedges the table and nothing here races a packet
+//! refreshing a connection: the controller counts what is there, removes halves that can
+//! never be used again, and forgets connections only where it alone knows they are dead (a
+//! WAN that lost its address, a WAN down past the failover grace).
 use anyhow::Result;
-use pcc_common::{FlowKey, MAX_WANS, conntrack::Timeouts};
+use pcc_common::{
+    BindKey, CT_FLAG_UNBOUND, CtOut, FlowKey, LAN_ROUTER, MAX_WANS, PublicKey, conntrack::Timeouts,
+};
 
 use crate::maps::Maps;
 
@@ -11,13 +16,19 @@ const ORPHAN_GRACE_NS: u64 = 2_000_000_000;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GcReport {
-    /// Live connections after this pass.
+    /// Live connections.
     pub active: usize,
     pub active_per_wan: [usize; MAX_WANS],
-    /// Distinct NAT ports in use per WAN (a port serves one connection per remote endpoint).
+    /// Distinct NAT ports in use per WAN (a port serves one LAN endpoint, towards any number
+    /// of remote endpoints).
     pub nat_ports_per_wan: [usize; MAX_WANS],
-    pub expired: usize,
+    /// Connections past their idle timeout that their timer has not removed yet (it fires
+    /// within a jiffy; more than a few means timers are not armed).
+    pub overdue: usize,
+    /// Reply halves without a forward half, removed.
     pub orphans: usize,
+    /// Endpoint-independent mappings in use.
+    pub bindings: usize,
 }
 
 /// `CLOCK_MONOTONIC` in ns: the clock `bpf_ktime_get_coarse_ns` reads.
@@ -36,28 +47,68 @@ pub fn monotonic_ns() -> u64 {
 /// and walking `CT_IN` doubles the cost of a pass (every entry costs syscalls).
 pub const ORPHAN_SCAN_EVERY: u64 = 8;
 
+/// Forgets one connection from the controller, as the dataplane's `forget` does: both
+/// halves, its host's count and its binding's reference. The counts are read, changed and
+/// written back (user space has no atomic add on a map value), so a packet of the same host
+/// opening a connection at that very moment may be miscounted by one; the controller only
+/// forgets connections in rare events.
+pub fn forget(maps: &mut Maps, key: &FlowKey, out: &CtOut) {
+    let _ = maps
+        .ct_in
+        .remove(&key.reply_key(out.nat_addr, out.nat_port));
+    if maps.ct_out.remove(key).is_err() {
+        return;
+    }
+    if let Ok(n) = maps.host_connections.get(&key.src_addr, 0) {
+        let _ = maps
+            .host_connections
+            .insert(key.src_addr, n.saturating_sub(1), 0);
+    }
+    if out.flags & CT_FLAG_UNBOUND != 0 {
+        return;
+    }
+    let endpoint = BindKey {
+        lan_addr: key.src_addr,
+        lan_port: key.src_port,
+        proto: key.proto,
+        wan_id: out.wan_id,
+    };
+    if let Ok(mut binding) = maps.bind_out.get(&endpoint, 0) {
+        binding.refs = binding.refs.saturating_sub(1);
+        if binding.refs == 0 {
+            let _ = maps.bind_in.remove(&PublicKey {
+                nat_addr: binding.nat_addr,
+                nat_port: binding.nat_port,
+                proto: key.proto,
+                _pad: 0,
+            });
+            let _ = maps.bind_out.remove(&endpoint);
+        } else {
+            let _ = maps.bind_out.insert(endpoint, binding, 0);
+        }
+    }
+}
+
 /// Forgets every connection translated to `nat_addr` (network byte order) on `wan_id`: the
 /// WAN lost that address, so their replies can never come back. The hosts' next packets
 /// open new connections from the current address (TCP peers then reset the old streams).
 /// Returns how many went.
 pub fn flush_address(maps: &mut Maps, wan_id: u8, nat_addr: u32) -> usize {
-    let gone: Vec<(FlowKey, FlowKey)> = maps
+    let gone: Vec<(FlowKey, CtOut)> = maps
         .ct_out
         .iter()
         .flatten()
         .filter(|(_, out)| out.wan_id == wan_id && out.nat_addr == nat_addr)
-        .map(|(key, out)| (key, key.reply_key(out.nat_addr, out.nat_port)))
         .collect();
-    for (key, reply_key) in &gone {
-        let _ = maps.ct_in.remove(reply_key);
-        let _ = maps.ct_out.remove(key);
+    for (key, out) in &gone {
+        forget(maps, key, out);
     }
     gone.len()
 }
 
-/// One pass over the forward table (and, with `scan_orphans`, the reply table). Keys are
-/// collected first and deleted afterwards: deleting while walking a BPF hash with
-/// `get_next_key` can restart the walk.
+/// One pass over the forward table (and, with `scan_orphans`, the reply table): counts what
+/// is live and removes orphaned reply halves. Keys are collected first and deleted
+/// afterwards: deleting while walking a BPF hash with `get_next_key` can restart the walk.
 pub fn collect(
     maps: &mut Maps,
     timeouts: &Timeouts,
@@ -65,35 +116,32 @@ pub fn collect(
     scan_orphans: bool,
 ) -> Result<GcReport> {
     let mut report = GcReport::default();
-    let mut dead_out: Vec<FlowKey> = Vec::new();
-    let mut dead_in: Vec<FlowKey> = Vec::new();
     let mut ports = std::collections::HashSet::new();
     for item in maps.ct_out.iter() {
         let Ok((key, out)) = item else { continue };
         let reply_key = key.reply_key(out.nat_addr, out.nat_port);
-        match maps.ct_in.get(&reply_key, 0) {
-            Ok(reply) if !timeouts.expired(key.proto, &out, &reply, now_ns) => {
-                report.active += 1;
-                if let Some(n) = report.active_per_wan.get_mut(out.wan_id as usize) {
-                    *n += 1;
-                    if ports.insert((out.wan_id, out.nat_port)) {
-                        report.nat_ports_per_wan[out.wan_id as usize] += 1;
-                    }
-                }
-            }
-            Ok(_) => {
-                report.expired += 1;
-                dead_out.push(key);
-                dead_in.push(reply_key);
-            }
-            Err(_) => {
-                report.orphans += 1;
-                dead_out.push(key);
+        let Ok(reply) = maps.ct_in.get(&reply_key, 0) else {
+            continue;
+        };
+        if timeouts.expired(key.proto, &out, &reply, now_ns) {
+            report.overdue += 1;
+            continue;
+        }
+        report.active += 1;
+        if let Some(n) = report.active_per_wan.get_mut(out.wan_id as usize) {
+            *n += 1;
+            if ports.insert((out.wan_id, out.nat_port)) {
+                report.nat_ports_per_wan[out.wan_id as usize] += 1;
             }
         }
     }
+    report.bindings = maps.bind_out.keys().count();
+    let mut dead_in: Vec<FlowKey> = Vec::new();
     for item in maps.ct_in.iter().take_while(|_| scan_orphans) {
         let Ok((key, reply)) = item else { continue };
+        if reply.lan_id == LAN_ROUTER {
+            continue;
+        }
         let original = key.original_key(reply.lan_addr, reply.lan_port);
         if maps.ct_out.get(&original, 0).is_err()
             && now_ns.saturating_sub(reply.last_seen_ns) > ORPHAN_GRACE_NS
@@ -101,9 +149,6 @@ pub fn collect(
             report.orphans += 1;
             dead_in.push(key);
         }
-    }
-    for key in &dead_out {
-        let _ = maps.ct_out.remove(key);
     }
     for key in &dead_in {
         let _ = maps.ct_in.remove(key);

@@ -5,7 +5,8 @@ use aya::{
     maps::{Array, DevMap, HashMap, MapData, PerCpuArray, lpm_trie::LpmTrie},
 };
 use pcc_common::{
-    Config, Counter, CtIn, CtOut, FlowKey, LanInfo, SlotTable, WanCounters, WanInfo,
+    BindKey, Binding, Config, Counter, CtEvent, CtIn, CtOut, FlowKey, LanInfo, Owner, PublicKey,
+    SlotTable, WanCounters, WanInfo,
     route::{Neighbour, NeighbourKey, Route},
 };
 
@@ -27,6 +28,13 @@ pub struct Maps {
     pub neighbours: HashMap<MapData, NeighbourKey, Neighbour>,
     /// Next hops the dataplane missed in `neighbours` (LRU), for the controller to resolve.
     pub neighbours_wanted: HashMap<MapData, NeighbourKey, u64>,
+    /// Endpoint-independent mappings: LAN endpoint on a WAN -> public endpoint.
+    pub bind_out: HashMap<MapData, BindKey, Binding>,
+    /// Public endpoint -> the LAN endpoint holding it.
+    pub bind_in: HashMap<MapData, PublicKey, Owner>,
+    /// LAN host address -> connections it holds.
+    pub host_connections: HashMap<MapData, u32, u64>,
+    pub ct_events: PerCpuArray<MapData, u64>,
 }
 
 fn take<T: TryFrom<aya::maps::Map>>(ebpf: &mut Ebpf, name: &str) -> Result<T>
@@ -55,6 +63,10 @@ impl Maps {
             routes: take(ebpf, "ROUTES")?,
             neighbours: take(ebpf, "NEIGHBOURS")?,
             neighbours_wanted: take(ebpf, "NEIGHBOURS_WANTED")?,
+            bind_out: take(ebpf, "NAT_BIND_OUT")?,
+            bind_in: take(ebpf, "NAT_BIND_IN")?,
+            host_connections: take(ebpf, "HOST_CONNECTIONS")?,
+            ct_events: take(ebpf, "CT_EVENTS")?,
         })
     }
 
@@ -67,6 +79,19 @@ impl Maps {
                 .get(&(c as u32), 0)
                 .context("cannot read STATS")?;
             out[c as usize] = per_cpu.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// Every conntrack event count, summed over CPUs.
+    pub fn ct_events(&self) -> Result<[u64; CtEvent::COUNT]> {
+        let mut out = [0; CtEvent::COUNT];
+        for e in CtEvent::ALL {
+            let per_cpu = self
+                .ct_events
+                .get(&(e as u32), 0)
+                .context("cannot read CT_EVENTS")?;
+            out[e as usize] = per_cpu.iter().sum();
         }
         Ok(out)
     }

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
-use pcc_common::Counter;
+use pcc_common::{Counter, CtEvent};
 use prometheus::{
     Encoder as _, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
@@ -43,6 +43,8 @@ pub struct Metrics {
     nat_ports: IntGaugeVec,
     packets: IntCounterVec,
     drops: IntCounterVec,
+    conntrack_events: IntCounterVec,
+    nat_bindings: IntGauge,
     quota_used: IntGaugeVec,
     quota_limit: IntGaugeVec,
     quota_cycle_start: IntGaugeVec,
@@ -252,6 +254,17 @@ impl Metrics {
                 "Packets the dataplane dropped",
                 &["reason"],
             )?,
+            conntrack_events: counter_vec(
+                &registry,
+                "pcc_conntrack_events_total",
+                "Connections expired by their timers, dropped unanswered to make room, opened from outside",
+                &["event"],
+            )?,
+            nat_bindings: gauge(
+                &registry,
+                "pcc_nat_bindings",
+                "Endpoint-independent mappings (LAN endpoint on a WAN) in use",
+            )?,
             quota_used: gauge_vec(
                 &registry,
                 "pcc_wan_quota_used_bytes",
@@ -295,8 +308,16 @@ impl Metrics {
                     set_counter(&self.drops.with_label_values(&[c.reason()]), v);
                 }
             }
+            let events = maps.ct_events()?;
+            for e in CtEvent::ALL {
+                set_counter(
+                    &self.conntrack_events.with_label_values(&[e.label()]),
+                    events[e as usize],
+                );
+            }
             let gc = *shared.gc.lock().expect("gc lock poisoned");
             self.flows_active.set(gc.active as i64);
+            self.nat_bindings.set(gc.bindings as i64);
             self.routes_mirrored
                 .set(shared.routes_mirrored.load(Ordering::Relaxed) as i64);
             self.route_neighbours

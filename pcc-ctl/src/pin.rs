@@ -16,8 +16,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use pcc_common::{
-    Config, Counter, CtIn, CtOut, FlowKey, FragKey, FragPorts, LanInfo, SlotTable, WanCounters,
-    WanInfo,
+    BindKey, Binding, Config, Counter, CtEvent, CtIn, CtOut, FlowKey, FragKey, FragPorts, LanInfo,
+    Owner, PublicKey, SlotTable, WanCounters, WanInfo,
     route::{Neighbour, NeighbourKey, Route},
 };
 use serde::{Deserialize, Serialize};
@@ -27,7 +27,7 @@ pub const PIN_ROOT: &str = "/sys/fs/bpf/pcc";
 const STATE_DIR: &str = "/run/pcc";
 
 /// The maps that are pinned (all of the dataplane's own; the benchmark programs' are not).
-pub const PINNED_MAPS: [&str; 15] = [
+pub const PINNED_MAPS: [&str; 20] = [
     "CONFIG",
     "WANS",
     "LANS",
@@ -43,6 +43,11 @@ pub const PINNED_MAPS: [&str; 15] = [
     "ROUTES",
     "NEIGHBOURS",
     "NEIGHBOURS_WANTED",
+    "NAT_BIND_OUT",
+    "NAT_BIND_IN",
+    "HOST_CONNECTIONS",
+    "RECENT",
+    "CT_EVENTS",
 ];
 
 /// What a set of pins was made for. Adoption needs all of it equal.
@@ -60,7 +65,7 @@ pub struct PinnedState {
 /// The map layout of this build.
 pub fn layout() -> String {
     format!(
-        "flow {} ct_out {} ct_in {} frag {}/{} config {} wan {} lan {} slots {} wan_counters {} counters {} route {} neighbour {}/{}",
+        "flow {} ct_out {} ct_in {} frag {}/{} config {} wan {} lan {} slots {} wan_counters {} counters {} route {} neighbour {}/{} binding {}/{}/{}/{} ct_events {}",
         size_of::<FlowKey>(),
         size_of::<CtOut>(),
         size_of::<CtIn>(),
@@ -75,6 +80,11 @@ pub fn layout() -> String {
         size_of::<Route>(),
         size_of::<NeighbourKey>(),
         size_of::<Neighbour>(),
+        size_of::<BindKey>(),
+        size_of::<Binding>(),
+        size_of::<PublicKey>(),
+        size_of::<Owner>(),
+        CtEvent::COUNT,
     )
 }
 

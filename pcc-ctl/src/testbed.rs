@@ -8,6 +8,7 @@ use aya::{TestRunOptions, programs::TestRun as _};
 use pcc_common::{
     Classifier, Config, LAN_DEVMAP_BASE, LanInfo, MAX_WANS, NatPortRange, SLOT_TABLE_SIZE,
     WAN_FLAG_UP, WanInfo,
+    conntrack::Timeouts,
     packet::{Frame, L4},
     route::{Neighbour, NeighbourKey, Route},
     slots,
@@ -62,9 +63,12 @@ impl TestBed {
             wan_count: 2,
             method: 0,
             policy_count: 0,
-            _pad: [0; 3],
+            nat_filtering: 0,
+            _pad: [0; 2],
             hash_seed: SEED,
             nat_ports,
+            max_connections_per_host: pcc_common::DEFAULT_MAX_CONNECTIONS_PER_HOST,
+            timeouts: Timeouts::default(),
         };
         maps.config.set(0, config, 0)?;
         let mut weights = [0; MAX_WANS];

@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use futures::{FutureExt as _, StreamExt as _};
-use pcc_common::{Config, MAX_LANS, MAX_WANS, Method, NatPortRange, WanInfo};
+use pcc_common::{Config, MAX_LANS, MAX_WANS, Method, NatFiltering, NatPortRange, WanInfo};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::{
@@ -317,9 +317,12 @@ pub async fn run(args: UpArgs) -> Result<()> {
         wan_count: learned.wans.len() as u8,
         method: args.method as u8,
         policy_count: policies.len() as u8,
-        _pad: [0; 3],
+        nat_filtering: NatFiltering::from(args.nat_filtering) as u8,
+        _pad: [0; 2],
         hash_seed: args.hash_seed,
         nat_ports,
+        max_connections_per_host: args.max_connections_per_host,
+        timeouts: args.timeouts.timeouts(),
     };
     maps.config
         .set(0, config, 0)

@@ -5,7 +5,7 @@ mod rig;
 use std::net::Ipv4Addr;
 
 use pcc_common::{
-    Counter, FlowKey, MAX_WANS,
+    Counter, CtEvent, FlowKey, MAX_WANS,
     packet::{Frame, L4, TCP_ACK, TCP_SYN, ipv4_packet, parse},
     slots,
 };
@@ -543,30 +543,62 @@ fn two_lans_each_get_their_replies_and_keep_their_sources() {
 }
 
 #[test]
-fn a_full_conntrack_table_drops_new_connections_and_keeps_old_ones() {
+fn a_full_table_drops_unanswered_connections_first_and_never_answered_ones() {
     let mut rig = Rig::new(16);
-    let mut opened = 0;
-    for port in 0..40u16 {
-        let (action, _) = rig.run(
-            Role::Lan,
-            &from_client(CLIENT, CLIENT_MAC, tcp(2000 + port, 80, TCP_SYN)).bytes(),
+    let wan = rig.expected_wan(CLIENT, SERVER);
+    let syn = |port: u16| from_client(CLIENT, CLIENT_MAC, tcp(port, 80, TCP_SYN)).bytes();
+    // Ten answered connections (their ports are free, so they are kept).
+    for port in 2000..2010u16 {
+        assert_eq!(rig.run(Role::Lan, &syn(port)).0, XDP_REDIRECT);
+        let syn_ack = from_server(wan, tcp(80, port, TCP_SYN | TCP_ACK));
+        assert_eq!(rig.run(Role::Wan, &syn_ack.bytes()).0, XDP_REDIRECT);
+    }
+    // Forty unanswered ones: once the table is full, each new one pushes out an older one
+    // that never got a reply.
+    for port in 3000..3040u16 {
+        assert_eq!(
+            rig.run(Role::Lan, &syn(port)).0,
+            XDP_REDIRECT,
+            "SYN from {port}"
         );
-        if action == XDP_REDIRECT {
-            opened += 1;
-        } else {
-            assert_eq!(action, XDP_DROP);
+    }
+    let events = rig.maps.ct_events().unwrap();
+    let early = events[CtEvent::EarlyDropped as usize];
+    assert!(
+        (24..=40).contains(&early),
+        "{early} unanswered connections dropped to make room"
+    );
+    assert_eq!(rig.counter(Counter::DropConntrackFull), 0);
+    for port in 2000..2010u16 {
+        let key = FlowKey::new(be(CLIENT), be(SERVER), port.to_be(), 80u16.to_be(), 6);
+        assert!(rig.maps.ct_out.get(&key, 0).is_ok(), "answered {port} kept");
+        let ack = from_client(CLIENT, CLIENT_MAC, tcp(port, 80, TCP_ACK));
+        assert_eq!(
+            rig.run(Role::Lan, &ack.bytes()).0,
+            XDP_REDIRECT,
+            "{port} flows"
+        );
+    }
+    // A table of answered connections only: a new one is refused.
+    for port in 4000..4040u16 {
+        if rig.run(Role::Lan, &syn(port)).0 != XDP_REDIRECT {
+            break;
         }
+        let syn_ack = from_server(wan, tcp(80, port, TCP_SYN | TCP_ACK));
+        rig.run(Role::Wan, &syn_ack.bytes());
     }
     assert!(
-        (12..=16).contains(&opened),
-        "{opened} connections fit a 16-entry table"
+        rig.counter(Counter::DropConntrackFull) > 0,
+        "refused when full of answered ones"
     );
-    assert_eq!(rig.counter(Counter::DropConntrackFull), 40 - opened);
-    let (action, _) = rig.run(
-        Role::Lan,
-        &from_client(CLIENT, CLIENT_MAC, tcp(2000, 80, TCP_ACK)).bytes(),
-    );
-    assert_eq!(action, XDP_REDIRECT, "an existing connection still flows");
+    for port in 2000..2010u16 {
+        let ack = from_client(CLIENT, CLIENT_MAC, tcp(port, 80, TCP_ACK));
+        assert_eq!(
+            rig.run(Role::Lan, &ack.bytes()).0,
+            XDP_REDIRECT,
+            "{port} still flows"
+        );
+    }
 }
 
 #[test]
@@ -625,88 +657,4 @@ fn only_a_syn_opens_a_tcp_connection() {
         &from_client(CLIENT, CLIENT_MAC, tcp(40000, 80, TCP_SYN)).bytes(),
     );
     assert_eq!((action, rig.maps.ct_out.keys().count()), (XDP_REDIRECT, 1));
-}
-
-/// The garbage collector removes closed and idle connections (returning their NAT ports)
-/// and keeps live ones.
-#[test]
-fn garbage_collection_expires_closed_and_idle_connections() {
-    use pcc_common::{conntrack::Timeouts, packet::TCP_FIN};
-    use pcc_ctl::conntrack::{collect, monotonic_ns};
-    let mut rig = Rig::new(1024);
-    let wan = rig.expected_wan(CLIENT, SERVER);
-    // An established TCP connection, closed both ways.
-    let (_, out) = rig.run(
-        Role::Lan,
-        &from_client(CLIENT, CLIENT_MAC, tcp(40000, 80, TCP_SYN)).bytes(),
-    );
-    let nat_port = parse(&out).unwrap().sport;
-    rig.run(
-        Role::Wan,
-        &from_server(wan, tcp(80, nat_port, TCP_SYN | TCP_ACK)).bytes(),
-    );
-    rig.run(
-        Role::Lan,
-        &from_client(CLIENT, CLIENT_MAC, tcp(40000, 80, TCP_FIN | TCP_ACK)).bytes(),
-    );
-    rig.run(
-        Role::Wan,
-        &from_server(wan, tcp(80, nat_port, TCP_FIN | TCP_ACK)).bytes(),
-    );
-    // An open one, and a UDP flow.
-    rig.run(
-        Role::Lan,
-        &from_client(CLIENT, CLIENT_MAC, tcp(40001, 80, TCP_SYN)).bytes(),
-    );
-    rig.run(
-        Role::Lan,
-        &from_client(
-            CLIENT,
-            CLIENT_MAC,
-            L4::Udp {
-                sport: 5000,
-                dport: 53,
-                payload: vec![1],
-                checksum: true,
-            },
-        )
-        .bytes(),
-    );
-    let t = Timeouts::default();
-    let now = monotonic_ns();
-    let report = collect(&mut rig.maps, &t, now, true).unwrap();
-    assert_eq!(
-        (report.active, report.expired),
-        (3, 0),
-        "nothing expires at once: {report:?}"
-    );
-    let report = collect(&mut rig.maps, &t, now + 11_000_000_000, true).unwrap();
-    assert_eq!(
-        (report.active, report.expired),
-        (2, 1),
-        "the closed connection goes after 10 s: {report:?}"
-    );
-    let report = collect(&mut rig.maps, &t, now + 121_000_000_000, true).unwrap();
-    assert_eq!(
-        (report.active, report.expired),
-        (1, 1),
-        "unanswered UDP after 120 s (RFC 4787 REQ-5): {report:?}"
-    );
-    let report = collect(&mut rig.maps, &t, now + 241_000_000_000, true).unwrap();
-    assert_eq!(
-        (report.active, report.expired),
-        (0, 1),
-        "unanswered SYN after 240 s (RFC 5382 REQ-5): {report:?}"
-    );
-    assert_eq!(rig.maps.ct_in.keys().count(), 0, "every NAT port returned");
-    // A reply half without its twin is an orphan.
-    rig.run(
-        Role::Lan,
-        &from_client(CLIENT, CLIENT_MAC, tcp(40002, 80, TCP_SYN)).bytes(),
-    );
-    let key = FlowKey::new(be(CLIENT), be(SERVER), 40002u16.to_be(), 80u16.to_be(), 6);
-    rig.maps.ct_out.remove(&key).unwrap();
-    let report = collect(&mut rig.maps, &t, monotonic_ns() + 3_000_000_000, true).unwrap();
-    assert_eq!(report.orphans, 1);
-    assert_eq!(rig.maps.ct_in.keys().count(), 0);
 }

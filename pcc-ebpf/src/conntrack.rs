@@ -1,16 +1,26 @@
 //! The conntrack pair: `CT_OUT` (LAN-side tuple) and `CT_IN` (WAN-side tuple).
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
+    bindings::{BPF_NOEXIST, bpf_timer},
+    helpers::{
+        bpf_get_prandom_u32, bpf_ktime_get_coarse_ns, bpf_timer_init, bpf_timer_set_callback,
+        bpf_timer_start,
+    },
 };
+use core::{ffi::c_void, intrinsics::AtomicOrdering};
+
 use pcc_common::{
-    CT_TCP_ACK, CT_TCP_FIN, CT_TCP_RST, CT_TCP_SYN, Config, Counter, CtIn, CtOut, FlowKey, WanInfo,
-    natport::NAT_PORT_TRIES, tcp,
+    BindKey, Binding, CT_FLAG_UNBOUND, CT_TCP_ACK, CT_TCP_FIN, CT_TCP_RST, CT_TCP_SYN, Config,
+    Counter, CtEvent, CtIn, CtOut, FlowKey, Owner, PublicKey, WanInfo, natport::NAT_PORT_TRIES,
+    tcp,
 };
 
-use crate::{CT_IN, CT_OUT, WAN_STATS, parse};
+use crate::{
+    CONFIG, CT_EVENTS, CT_IN, CT_OUT, HOST_CONNECTIONS, NAT_BIND_IN, NAT_BIND_OUT, RECENT, SCRATCH,
+    WAN_STATS, parse,
+};
 
 const EEXIST: i32 = 17;
+const NOEXIST: u64 = BPF_NOEXIST as u64;
 
 /// CLOCK_MONOTONIC at jiffy resolution: plenty for idle timeouts in seconds, and cheaper
 /// than `bpf_ktime_get_ns` on every packet.
@@ -73,11 +83,48 @@ pub fn reset_in_window(key: &FlowKey, reply: *mut CtIn, seq: u32) -> bool {
     out.tcp_flags & CT_TCP_ACK == 0 || tcp::rst_in_window(seq, out.lan_ack, out.lan_window)
 }
 
-/// Forgets a connection (both halves).
+/// A copy of a `CT_OUT` entry without its timer, which the verifier forbids reading.
 #[inline(always)]
-pub fn close(key: &FlowKey, entry: &CtOut) {
+pub fn snapshot(entry: *const CtOut) -> CtOut {
+    // SAFETY: a live entry of our map; field by field, never the timer.
+    let e = unsafe { &*entry };
+    CtOut {
+        nat_addr: e.nat_addr,
+        nat_port: e.nat_port,
+        wan_id: e.wan_id,
+        tcp_flags: e.tcp_flags,
+        lan_mac: e.lan_mac,
+        flags: e.flags,
+        lan_wscale: e.lan_wscale,
+        lan_ack: e.lan_ack,
+        lan_window: e.lan_window,
+        created_ns: e.created_ns,
+        last_seen_ns: e.last_seen_ns,
+        packets: e.packets,
+        bytes: e.bytes,
+        timer: Default::default(),
+    }
+}
+
+/// Forgets a connection: both halves, its place in its host's count and its reference to
+/// its binding. Only the caller whose delete removed the forward half releases, so a
+/// connection forgotten at once by its timer and by a packet is released once. A
+/// subprogram that returns nothing: its outcomes do not multiply its callers' paths.
+#[inline(never)]
+pub fn forget(key: &FlowKey, entry: &CtOut) {
     let _ = CT_IN.remove(&key.reply_key(entry.nat_addr, entry.nat_port));
-    let _ = CT_OUT.remove(key);
+    if CT_OUT.remove(key).is_err() {
+        return;
+    }
+    release_host(key.src_addr);
+    if entry.flags & CT_FLAG_UNBOUND == 0 {
+        unbind(&BindKey {
+            lan_addr: key.src_addr,
+            lan_port: key.src_port,
+            proto: key.proto,
+            wan_id: entry.wan_id,
+        });
+    }
 }
 
 /// A host that sends from another MAC than its connection knew (a NIC swapped under the same
@@ -111,11 +158,54 @@ pub struct Opening {
     pub flags: u8,
 }
 
-/// Records a new connection leaving through `wan`, choosing its NAT port.
+/// What the new connection got: its public endpoint, WAN and `CT_FLAG_*`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct Opened {
+    pub nat_addr: u32,
+    pub nat_port: u16,
+    pub wan_id: u8,
+    pub flags: u8,
+}
+
+/// Everything a new connection is made of.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Claim {
+    key: FlowKey,
+    nat_addr: u32,
+    wan_id: u8,
+    first: Opening,
+    nat_ports: pcc_common::NatPortRange,
+    timeouts: pcc_common::conntrack::Timeouts,
+}
+
+/// Per-CPU working memory of a new connection (`SCRATCH[0]`). Kept out of the stack: the
+/// claim is a global BPF function, whose frame adds to the LAN program's deep one under the
+/// 512-byte limit.
+#[repr(C)]
+pub struct Scratch {
+    claim: Claim,
+    opened: Opened,
+    out: CtOut,
+    reply: CtIn,
+    owner: Owner,
+    binding: Binding,
+    endpoint: BindKey,
+    public: PublicKey,
+    reply_key: FlowKey,
+}
+
+const CLAIM_NEW: u32 = 0;
+const CLAIM_LOST: u32 = 1;
+const CLAIM_FULL: u32 = 2;
+const CLAIM_NO_PORT: u32 = 3;
+
+/// Records a new connection leaving through `wan`, with the LAN endpoint's binding on that
+/// WAN (made now if it has none), once its host is under its connection limit. A full table
+/// first makes room by dropping a connection that never got a reply.
 ///
-/// Cilium's order: the reply entry goes in first with `BPF_NOEXIST`, so a port is only ever
-/// claimed atomically; the forward entry follows, and the reply entry is rolled back if that
-/// fails. Another CPU racing us on the same new connection wins, and we use its entry.
+/// Another CPU racing us on the same new connection wins, and we use its entry.
 /// `flows_created` of the WAN counts the connections this call created, not the lost races.
 #[inline(always)]
 pub fn open(
@@ -124,78 +214,461 @@ pub fn open(
     wan_id: u8,
     wan: &WanInfo,
     first: &Opening,
-) -> Result<CtOut, Counter> {
-    let Opening {
-        lan_id,
-        lan_mac,
-        tcp_bits,
-        lan_wscale,
-        len,
-        now,
-        flags,
-    } = *first;
-    let reply = CtIn {
-        lan_addr: key.src_addr,
-        lan_port: key.src_port,
-        lan_id,
-        tcp_flags: 0,
-        lan_mac,
-        wan_id,
-        _pad: 0,
-        last_seen_ns: now,
-        packets: 0,
-        bytes: 0,
-    };
-    let orig_port = u16::from_be(key.src_port);
-    let mut nat_port = None;
-    for attempt in 0..NAT_PORT_TRIES {
-        // SAFETY: helper without arguments.
-        let random = unsafe { bpf_get_prandom_u32() };
-        let port = cfg.nat_ports.candidate(orig_port, attempt, random).to_be();
-        match CT_IN.insert(&key.reply_key(wan.addr, port), &reply, BPF_NOEXIST as u64) {
-            Ok(()) => {
-                nat_port = Some(port);
-                break;
-            }
-            Err(e) if e as i32 == -EEXIST => continue,
-            Err(_) => return Err(Counter::DropConntrackFull),
+) -> Result<Opened, Counter> {
+    let scratch = SCRATCH.get_ptr_mut(0).ok_or(Counter::DropConntrackFull)?;
+    admit_host(key.src_addr, cfg)?;
+    // SAFETY: this CPU's scratch; XDP programs do not preempt each other on one CPU.
+    unsafe {
+        (*scratch).claim = Claim {
+            key: *key,
+            nat_addr: wan.addr,
+            wan_id,
+            first: *first,
+            nat_ports: cfg.nat_ports,
+            timeouts: cfg.timeouts,
+        };
+    }
+    let mut status = pcc_claim_connection();
+    if status == CLAIM_FULL && pcc_early_drop() != 0 {
+        status = pcc_claim_connection();
+    }
+    // SAFETY: as above; written by the claim.
+    let opened = unsafe { (*scratch).opened };
+    match status {
+        CLAIM_NEW => Ok(opened),
+        CLAIM_LOST => {
+            release_host(key.src_addr);
+            Ok(opened)
+        }
+        CLAIM_FULL => {
+            release_host(key.src_addr);
+            Err(Counter::DropConntrackFull)
+        }
+        _ => {
+            release_host(key.src_addr);
+            Err(Counter::DropNatPortsExhausted)
         }
     }
-    let nat_port = nat_port.ok_or(Counter::DropNatPortsExhausted)?;
-    let out = CtOut {
-        nat_addr: wan.addr,
-        nat_port,
-        wan_id,
-        tcp_flags: tcp_bits,
-        lan_mac,
-        flags,
-        lan_wscale,
-        lan_ack: 0,
-        lan_window: 0,
-        created_ns: now,
-        last_seen_ns: now,
-        packets: 1,
-        bytes: len,
+}
+
+/// Inserts both halves of the new connection in `SCRATCH[0].claim` and arms its timer;
+/// `SCRATCH[0].opened` says what it got. Returns a `CLAIM_*` status.
+///
+/// Cilium's order: the reply entry goes in first with `BPF_NOEXIST`, so a public tuple is only
+/// ever claimed atomically; the forward entry follows, and the reply entry is rolled back if
+/// that fails. A global function (BTF linkage global, hence `no_mangle`): the verifier checks
+/// it once on its own, so its many outcomes do not multiply the paths of the LAN program.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn pcc_claim_connection() -> u32 {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return CLAIM_FULL;
     };
-    match CT_OUT.insert(key, &out, BPF_NOEXIST as u64) {
+    // SAFETY: this CPU's scratch; XDP programs do not preempt each other on one CPU.
+    let scratch = unsafe { &mut *scratch };
+    let (nat_port, binding) = match map_endpoint(scratch) {
+        Ok(mapped) => mapped,
+        Err(status) => return status,
+    };
+    // Read through the scratch, not copied out: copies of the claim would be spilled to the
+    // stack, and this frame adds to the LAN program's.
+    let claim = &scratch.claim;
+    let (key, nat_addr, wan_id, first) = (&claim.key, claim.nat_addr, claim.wan_id, &claim.first);
+    let out = &mut scratch.out;
+    out.nat_addr = nat_addr;
+    out.nat_port = nat_port;
+    out.wan_id = wan_id;
+    out.tcp_flags = first.tcp_bits;
+    out.lan_mac = first.lan_mac;
+    out.flags = first.flags | binding;
+    out.lan_wscale = first.lan_wscale;
+    out.lan_ack = 0;
+    out.lan_window = 0;
+    out.created_ns = first.now;
+    out.last_seen_ns = first.now;
+    out.packets = 1;
+    out.bytes = first.len;
+    match CT_OUT.insert(key, &*out, NOEXIST) {
         Ok(()) => {
+            if let Some(e) = CT_OUT.get_ptr_mut(key) {
+                arm(e, &claim.timeouts, key.proto);
+            }
+            remember(key);
             // Counted here, where the entry was created: a CPU that lost the race below
             // opened nothing.
             if let Some(stats) = WAN_STATS.get_ptr_mut(wan_id as u32) {
                 // SAFETY: per-CPU slot.
                 unsafe { (*stats).flows_created += 1 };
             }
-            Ok(out)
+            scratch.opened = Opened {
+                nat_addr,
+                nat_port,
+                wan_id,
+                flags: first.flags | binding,
+            };
+            CLAIM_NEW
         }
         Err(e) => {
-            let _ = CT_IN.remove(&key.reply_key(wan.addr, nat_port));
+            let _ = CT_IN.remove(&key.reply_key(nat_addr, nat_port));
+            if binding == 0 {
+                unbind(&BindKey {
+                    lan_addr: key.src_addr,
+                    lan_port: key.src_port,
+                    proto: key.proto,
+                    wan_id,
+                });
+            }
             if e as i32 == -EEXIST
                 && let Some(winner) = CT_OUT.get_ptr(key)
             {
-                // SAFETY: a live entry of our own map; read once.
-                return Ok(unsafe { *winner });
+                // SAFETY: a live entry of our map; field by field, never the timer.
+                scratch.opened = unsafe {
+                    Opened {
+                        nat_addr: (*winner).nat_addr,
+                        nat_port: (*winner).nat_port,
+                        wan_id: (*winner).wan_id,
+                        flags: (*winner).flags,
+                    }
+                };
+                return CLAIM_LOST;
             }
-            Err(Counter::DropConntrackFull)
+            CLAIM_FULL
+        }
+    }
+}
+
+/// The NAT port of a new connection, with its reply entry inserted: the LAN endpoint's binding
+/// on this WAN when it has one (RFC 4787 REQ-1, RFC 5382 REQ-1: the same public endpoint
+/// whatever the remote one), else a new binding, on the host's own port when free (port
+/// preservation) and else on a random one. Returns `CT_FLAG_UNBOUND` as the second value when
+/// the connection holds no reference to a binding, or a `CLAIM_*` failure.
+#[inline(always)]
+fn map_endpoint(scratch: &mut Scratch) -> Result<(u16, u8), u32> {
+    let claim = &scratch.claim;
+    let (key, nat_addr, wan_id, first) = (&claim.key, claim.nat_addr, claim.wan_id, &claim.first);
+    let reply = &mut scratch.reply;
+    reply.lan_addr = key.src_addr;
+    reply.lan_port = key.src_port;
+    reply.lan_id = first.lan_id;
+    reply.tcp_flags = 0;
+    reply.lan_mac = first.lan_mac;
+    reply.wan_id = wan_id;
+    reply.last_seen_ns = first.now;
+    reply.packets = 0;
+    reply.bytes = 0;
+    scratch.endpoint = BindKey {
+        lan_addr: key.src_addr,
+        lan_port: key.src_port,
+        proto: key.proto,
+        wan_id,
+    };
+    let endpoint = &scratch.endpoint;
+    if let Some(bound) = NAT_BIND_OUT.get_ptr_mut(endpoint) {
+        // SAFETY: a live entry of our map; address and port never change.
+        let (bound_addr, bound_port) = unsafe { ((*bound).nat_addr, (*bound).nat_port) };
+        if bound_addr == nat_addr {
+            scratch.reply_key = key.reply_key(nat_addr, bound_port);
+            return match CT_IN.insert(&scratch.reply_key, &*reply, NOEXIST) {
+                Ok(()) => {
+                    // SAFETY: a live entry; the count is only changed atomically.
+                    unsafe { atomic_add(&raw mut (*bound).refs, 1) };
+                    Ok((bound_port, 0))
+                }
+                // The router itself talks to this remote endpoint from the binding's port:
+                // another port would be a second mapping for the endpoint (RFC 4787 REQ-1).
+                Err(e) if e as i32 == -EEXIST => Err(CLAIM_NO_PORT),
+                Err(_) => Err(CLAIM_FULL),
+            };
+        }
+        // Bound to an address the WAN no longer has.
+        drop_binding(endpoint, bound_addr, bound_port);
+    }
+    let owner = &mut scratch.owner;
+    owner.lan_addr = key.src_addr;
+    owner.lan_port = key.src_port;
+    owner.lan_id = first.lan_id;
+    owner.wan_id = wan_id;
+    owner.lan_mac = first.lan_mac;
+    let orig_port = u16::from_be(key.src_port);
+    for attempt in 0..NAT_PORT_TRIES {
+        // SAFETY: helper without arguments.
+        let random = unsafe { bpf_get_prandom_u32() };
+        let port = claim
+            .nat_ports
+            .candidate(orig_port, attempt, random)
+            .to_be();
+        scratch.public = PublicKey {
+            nat_addr,
+            nat_port: port,
+            proto: key.proto,
+            _pad: 0,
+        };
+        let public = &scratch.public;
+        match NAT_BIND_IN.insert(public, &*owner, NOEXIST) {
+            Ok(()) => {}
+            Err(e) if e as i32 == -EEXIST => continue,
+            Err(_) => return Err(CLAIM_FULL),
+        }
+        scratch.reply_key = key.reply_key(nat_addr, port);
+        match CT_IN.insert(&scratch.reply_key, &*reply, NOEXIST) {
+            Ok(()) => {}
+            Err(e) => {
+                let _ = NAT_BIND_IN.remove(public);
+                // A tuple the router itself uses towards this remote endpoint.
+                if e as i32 == -EEXIST {
+                    continue;
+                }
+                return Err(CLAIM_FULL);
+            }
+        }
+        let binding = &mut scratch.binding;
+        binding.nat_addr = nat_addr;
+        binding.nat_port = port;
+        binding.refs = 1;
+        return match NAT_BIND_OUT.insert(endpoint, &*binding, NOEXIST) {
+            Ok(()) => Ok((port, 0)),
+            // Another CPU bound the endpoint at this very moment (or the binding table is
+            // full): this connection keeps its port towards its remote end, unbound.
+            Err(_) => {
+                let _ = NAT_BIND_IN.remove(public);
+                Ok((port, CT_FLAG_UNBOUND))
+            }
+        };
+    }
+    Err(CLAIM_NO_PORT)
+}
+
+/// Removes a binding and the public endpoint it holds.
+#[inline(always)]
+fn drop_binding(endpoint: &BindKey, nat_addr: u32, nat_port: u16) {
+    let _ = NAT_BIND_IN.remove(&PublicKey {
+        nat_addr,
+        nat_port,
+        proto: endpoint.proto,
+        _pad: 0,
+    });
+    let _ = NAT_BIND_OUT.remove(endpoint);
+}
+
+/// Drops one connection's reference to its binding; the last one removes it. Two CPUs
+/// releasing and taking the last reference at the same instant may remove a binding still
+/// in use: its connections keep working (their reply entries hold their tuples), and the
+/// endpoint's next connection is bound afresh, most likely to the same port.
+#[inline(always)]
+fn unbind(endpoint: &BindKey) {
+    let Some(bound) = NAT_BIND_OUT.get_ptr_mut(endpoint) else {
+        return;
+    };
+    // SAFETY: a live entry of our map; the count is only changed atomically.
+    let (left, nat_addr, nat_port) = unsafe {
+        atomic_add(&raw mut (*bound).refs, u64::MAX);
+        (
+            core::ptr::read_volatile(&raw const (*bound).refs),
+            (*bound).nat_addr,
+            (*bound).nat_port,
+        )
+    };
+    if left == 0 {
+        drop_binding(endpoint, nat_addr, nat_port);
+    }
+}
+
+/// Counts a new connection against its host's limit.
+#[inline(always)]
+fn admit_host(lan_addr: u32, cfg: &Config) -> Result<(), Counter> {
+    let count = match HOST_CONNECTIONS.get_ptr_mut(&lan_addr) {
+        Some(count) => count,
+        None => {
+            // First connection of this host; a full host table counts nobody (fail open:
+            // the connection table's own limit still holds).
+            let _ = HOST_CONNECTIONS.insert(&lan_addr, &0u64, NOEXIST);
+            match HOST_CONNECTIONS.get_ptr_mut(&lan_addr) {
+                Some(count) => count,
+                None => return Ok(()),
+            }
+        }
+    };
+    // SAFETY: a live entry of our map; only changed atomically. Two CPUs may both pass at
+    // the limit: a host exceeds it by at most one connection per CPU.
+    unsafe {
+        if core::ptr::read_volatile(count) >= u64::from(cfg.max_connections_per_host) {
+            return Err(Counter::DropHostConnectionLimit);
+        }
+        atomic_add(count, 1);
+    }
+    Ok(())
+}
+
+/// Gives a host's connection back.
+#[inline(always)]
+fn release_host(lan_addr: u32) {
+    if let Some(count) = HOST_CONNECTIONS.get_ptr_mut(&lan_addr) {
+        // SAFETY: a live entry of our map; only changed atomically.
+        unsafe {
+            if core::ptr::read_volatile(count) > 0 {
+                atomic_add(count, u64::MAX);
+            }
+        }
+    }
+}
+
+/// `*p += v` as one atomic instruction (BPF_XADD): the counts are shared by all CPUs. The
+/// fetching variant, which would return the value before, needs BPF v3 (`--cpu v3`); pcc
+/// builds for the baseline, so callers read the value again where they need it.
+///
+/// # Safety
+/// `p` points into a live map value.
+#[inline(always)]
+unsafe fn atomic_add(p: *mut u64, v: u64) {
+    // SAFETY: the caller's guarantee; map values are 8-byte aligned.
+    unsafe { core::intrinsics::atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, v) };
+}
+
+/// Connections each CPU opened last, oldest first from `next`: where early drop looks.
+pub const RECENT_SLOTS: u32 = 512;
+/// Connections early drop looks at before it gives up and the new one is refused: enough to
+/// get past a run of answered ones (two lookups each, only while the table is full).
+const EARLY_DROP_TRIES: u32 = 64;
+
+#[repr(C)]
+pub struct Recent {
+    /// Where the next opened connection goes.
+    next: u32,
+    /// Where early drop looks next.
+    sweep: u32,
+    keys: [FlowKey; RECENT_SLOTS as usize],
+}
+
+#[inline(always)]
+fn remember(key: &FlowKey) {
+    let Some(recent) = RECENT.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot; XDP programs do not preempt each other on one CPU.
+    unsafe {
+        let i = (*recent).next & (RECENT_SLOTS - 1);
+        if let Some(slot) = (*recent).keys.get_mut(i as usize) {
+            *slot = *key;
+        }
+        (*recent).next = (*recent).next.wrapping_add(1);
+    }
+}
+
+/// Makes room in a full table the way nf_conntrack's `early_drop` does: a connection that
+/// never got a reply goes, oldest first among those this CPU opened lately. An answered
+/// connection is never dropped for a new one. Returns 1 if it made room. A global function,
+/// like the claim.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn pcc_early_drop() -> u32 {
+    u32::from(early_drop())
+}
+
+#[inline(always)]
+fn early_drop() -> bool {
+    let Some(recent) = RECENT.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's slot; XDP programs do not preempt each other on one CPU.
+    let recent = unsafe { &mut *recent };
+    if recent.next.wrapping_sub(recent.sweep) > RECENT_SLOTS {
+        recent.sweep = recent.next.wrapping_sub(RECENT_SLOTS);
+    }
+    for _ in 0..EARLY_DROP_TRIES {
+        if recent.sweep == recent.next {
+            return false;
+        }
+        let i = recent.sweep & (RECENT_SLOTS - 1);
+        recent.sweep = recent.sweep.wrapping_add(1);
+        let Some(key) = recent.keys.get(i as usize).copied() else {
+            return false;
+        };
+        let Some(out) = CT_OUT.get_ptr(&key).map(snapshot) else {
+            continue;
+        };
+        // SAFETY: copied out at once.
+        let replied = unsafe { CT_IN.get(&key.reply_key(out.nat_addr, out.nat_port)) }
+            .is_some_and(|reply| reply.packets > 0);
+        if !replied {
+            forget(&key, &out);
+            count_event(CtEvent::EarlyDropped);
+            return true;
+        }
+    }
+    false
+}
+
+#[inline(always)]
+fn count_event(event: CtEvent) {
+    if let Some(c) = CT_EVENTS.get_ptr_mut(event as u32) {
+        // SAFETY: per-CPU slot.
+        unsafe { *c += 1 };
+    }
+}
+
+const CLOCK_MONOTONIC: u64 = 1;
+
+/// Starts a new connection's expiry timer (einat's design: a `bpf_timer` per entry, so the
+/// table empties by itself even with the controller dead). The callback decides when it
+/// fires, from the timestamps of both halves at that moment: a packet refreshing the
+/// connection needs no timer call.
+#[inline(always)]
+fn arm(entry: *mut CtOut, timeouts: &pcc_common::conntrack::Timeouts, proto: u8) {
+    // SAFETY: a live entry of CT_OUT; the timer lives and dies with it.
+    unsafe {
+        let timer = (&raw mut (*entry).timer).cast::<bpf_timer>();
+        let map = (&raw const CT_OUT).cast_mut().cast::<c_void>();
+        if bpf_timer_init(timer, map, CLOCK_MONOTONIC) != 0 {
+            return;
+        }
+        bpf_timer_set_callback(timer, expire as *mut c_void);
+        let limit = timeouts.idle_limit(proto, &*entry, &CtIn::default());
+        bpf_timer_start(timer, limit as u64 * 1_000_000_000, 0);
+    }
+}
+
+/// Timer callback of a `CT_OUT` entry. The verifier wants 0 back.
+extern "C" fn expire(_map: *mut c_void, key: *mut FlowKey, entry: *mut CtOut) -> i32 {
+    // SAFETY: the kernel passes the entry's own key.
+    let key = unsafe { *key };
+    if !reschedule(&key, entry) {
+        count_event(CtEvent::Expired);
+    }
+    0
+}
+
+/// A FIN or a reset shortens the connection's timeout (to `tcp_close` once closed both ways
+/// or reset): its timer, armed for the longer one, is moved so the NAT port comes back in
+/// seconds, not days. A subprogram that returns nothing, so its outcomes do not multiply the
+/// packet's paths.
+#[inline(never)]
+pub fn hasten(key: &FlowKey) {
+    if let Some(entry) = CT_OUT.get_ptr_mut(key) {
+        reschedule(key, entry);
+    }
+}
+
+/// Re-arms a connection's timer for when it will have been idle too long in its current
+/// state, or forgets it now if it has (or lost its reply half). Also called when a FIN or a
+/// reset shortens the timeout. Returns whether it lives on.
+#[inline(always)]
+pub fn reschedule(key: &FlowKey, entry: *mut CtOut) -> bool {
+    let Some(cfg) = CONFIG.get(0) else {
+        return true;
+    };
+    let out = snapshot(entry);
+    // SAFETY: copied out at once.
+    let reply = unsafe { CT_IN.get(&key.reply_key(out.nat_addr, out.nat_port)) }.copied();
+    let left = reply.and_then(|r| cfg.timeouts.remaining_ns(key.proto, &out, &r, now_ns()));
+    match left {
+        Some(ns) => {
+            // SAFETY: the timer of a live entry; starting an armed timer moves it.
+            unsafe { bpf_timer_start((&raw mut (*entry).timer).cast::<bpf_timer>(), ns, 0) };
+            true
+        }
+        None => {
+            forget(key, &out);
+            false
         }
     }
 }

@@ -11,7 +11,7 @@ use pcc_common::{
 };
 
 use crate::{
-    CT_IN, CT_OUT, DEVMAP, LANS, fib,
+    CT_IN, CT_OUT, DEVMAP, LANS, conntrack, fib,
     nat::{Verdict, count_rx, count_tx, to_host},
     parse::{
         ETH_LEN, ETH_P_IP, EthHdr, ICMP_ECHO_REQUEST, IP_LEN, IPPROTO_ICMP, IPPROTO_TCP,
@@ -224,8 +224,7 @@ pub fn error_to_wan(ctx: &XdpContext, p: &Ipv4) -> Verdict {
     }
     let key = FlowKey::new(q.dst, q.src, q.dport, q.sport, q.proto);
     let entry = CT_OUT.get_ptr(&key).ok_or(Counter::PassUntracked)?;
-    // SAFETY: a live entry of our map, copied once.
-    let entry: CtOut = unsafe { *entry };
+    let entry: CtOut = conntrack::snapshot(entry);
     // Out the way the connection's own packets go: its WAN (up, and still holding the
     // connection's address) and next hop, the route's for a connection a route pinned.
     let (wan, next_hop) = route::established(&entry, q.src)?

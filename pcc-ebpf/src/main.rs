@@ -1,6 +1,10 @@
 //! pcc's XDP dataplane: `pcc_lan` on every LAN port, `pcc_wan` on every WAN port.
 #![no_std]
 #![no_main]
+// `atomic_xadd`: Rust's BPF target has no compare-and-swap, so `AtomicU64::fetch_add` is
+// missing, while the instruction (BPF_ATOMIC | BPF_ADD | BPF_FETCH) exists.
+#![expect(internal_features, reason = "the BPF atomic add")]
+#![feature(core_intrinsics)]
 
 mod bench;
 mod conntrack;
@@ -15,14 +19,15 @@ mod tcp;
 
 use aya_ebpf::{
     bindings::xdp_action,
-    macros::{map, xdp},
+    btf_maps::HashMap as BtfHashMap,
+    macros::{btf_map, map, xdp},
     maps::{Array, DevMap, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     programs::XdpContext,
 };
 use pcc_common::{
-    Config, Counter, CtIn, CtOut, DEFAULT_MAX_CONNECTIONS, DEVMAP_SIZE, FRAG_TRACK_SIZE, FlowKey,
-    FragKey, FragPorts, LanInfo, MAX_LANS, MAX_POLICIES, MAX_POLICY_SUBNETS, MAX_WANS, SlotTable,
-    WanCounters, WanInfo,
+    BindKey, Binding, Config, Counter, CtEvent, CtIn, CtOut, DEFAULT_MAX_CONNECTIONS, DEVMAP_SIZE,
+    FRAG_TRACK_SIZE, FlowKey, FragKey, FragPorts, LanInfo, MAX_LANS, MAX_POLICIES,
+    MAX_POLICY_SUBNETS, MAX_WANS, Owner, PublicKey, SlotTable, WanCounters, WanInfo,
     route::{MAX_NEIGHBOURS, MAX_NEIGHBOURS_WANTED, MAX_ROUTES, Neighbour, NeighbourKey, Route},
 };
 
@@ -54,13 +59,34 @@ static NEIGHBOURS_WANTED: LruHashMap<NeighbourKey, u64> =
 #[map]
 static DEVMAP: DevMap = DevMap::with_max_entries(DEVMAP_SIZE, 0);
 /// Connections by their LAN-side tuple. A plain hash (not LRU): evicting one half of a NAT
-/// pair would silently break a live connection, so a full table is a counted drop instead
-/// and the controller's garbage collector reclaims expired entries. Resized at load time.
-#[map]
-static CT_OUT: HashMap<FlowKey, CtOut> = HashMap::with_max_entries(DEFAULT_MAX_CONNECTIONS, 0);
+/// pair would silently break a live connection. Each entry carries its own expiry timer, so
+/// the table empties without the controller; a full table drops an unreplied connection
+/// first. A BTF map: the verifier finds the `bpf_timer` in the value through BTF. Resized at
+/// load time.
+#[btf_map]
+static CT_OUT: BtfHashMap<FlowKey, CtOut, { DEFAULT_MAX_CONNECTIONS as usize }> = BtfHashMap::new();
 /// Connections by their WAN-side tuple (remote, WAN address, NAT port).
 #[map]
 static CT_IN: HashMap<FlowKey, CtIn> = HashMap::with_max_entries(DEFAULT_MAX_CONNECTIONS, 0);
+/// Endpoint-independent mappings by LAN endpoint and WAN. Resized at load time.
+#[map]
+static NAT_BIND_OUT: HashMap<BindKey, Binding> =
+    HashMap::with_max_entries(DEFAULT_MAX_CONNECTIONS, 0);
+/// The LAN endpoint holding each public endpoint. Resized at load time.
+#[map]
+static NAT_BIND_IN: HashMap<PublicKey, Owner> =
+    HashMap::with_max_entries(DEFAULT_MAX_CONNECTIONS, 0);
+/// Connections each LAN host holds (`--max-connections-per-host`). Resized at load time.
+#[map]
+static HOST_CONNECTIONS: HashMap<u32, u64> = HashMap::with_max_entries(DEFAULT_MAX_CONNECTIONS, 0);
+/// The latest connections each CPU opened, where early drop looks for unreplied ones.
+#[map]
+static RECENT: PerCpuArray<conntrack::Recent> = PerCpuArray::with_max_entries(1, 0);
+/// Working memory of new connections, per CPU.
+#[map]
+static SCRATCH: PerCpuArray<conntrack::Scratch> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static CT_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(CtEvent::COUNT as u32, 0);
 /// Ports of fragmented datagrams in flight, from their first fragment (both directions).
 #[map]
 static FRAGS: LruHashMap<FragKey, FragPorts> = LruHashMap::with_max_entries(FRAG_TRACK_SIZE, 0);

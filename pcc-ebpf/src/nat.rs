@@ -165,11 +165,14 @@ pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
                     e.lan_ack = seg.ack;
                     e.lan_window = scaled_window(seg.window, e.lan_wscale);
                 }
+                if bits & (CT_TCP_FIN | CT_TCP_RST) != 0 {
+                    conntrack::hasten(&key);
+                }
                 found = Some((e.nat_addr, e.nat_port, e.wan_id, exit, fwd_counter(e.flags)));
             }
             // The WAN died (its upstream already broke the connection), the route that pinned
             // it changed, or the tuple is being reused: start afresh.
-            _ => conntrack::close(&key, e),
+            _ => conntrack::forget(&key, e),
         }
     }
     let (nat_addr, nat_port, wan_id, (wan, next_hop), fwd) = match found {
@@ -382,6 +385,9 @@ pub fn wan_to_lan(ctx: &XdpContext) -> Verdict {
         e.bytes += len;
         *e
     };
+    if bits & (CT_TCP_FIN | CT_TCP_RST) != 0 {
+        conntrack::hasten(&key.original_key(entry.lan_addr, entry.lan_port));
+    }
     let lan = LANS
         .get(entry.lan_id as u32)
         .ok_or(Counter::PassUntracked)?;

@@ -43,6 +43,8 @@ pub struct Metrics {
     nat_ports: IntGaugeVec,
     packets: IntCounterVec,
     drops: IntCounterVec,
+    /// Answers to refused new connections, by outcome (the `Counter::is_event` counters).
+    icmp_prohibited: IntCounterVec,
     quota_used: IntGaugeVec,
     quota_limit: IntGaugeVec,
     quota_cycle_start: IntGaugeVec,
@@ -252,6 +254,13 @@ impl Metrics {
                 "Packets the dataplane dropped",
                 &["reason"],
             )?,
+            icmp_prohibited: counter_vec(
+                &registry,
+                "pcc_icmp_prohibited_total",
+                "Refused new connections answered with ICMP administratively prohibited \
+                 (outcome sent) or not, for the rate limit (outcome rate_limited)",
+                &["outcome"],
+            )?,
             quota_used: gauge_vec(
                 &registry,
                 "pcc_wan_quota_used_bytes",
@@ -287,6 +296,10 @@ impl Metrics {
             let counters = maps.counters()?;
             for c in Counter::ALL {
                 let v = counters[c as usize];
+                if c.is_event() {
+                    set_counter(&self.icmp_prohibited.with_label_values(&[c.reason()]), v);
+                    continue;
+                }
                 set_counter(
                     &self.packets.with_label_values(&[c.action(), c.reason()]),
                     v,

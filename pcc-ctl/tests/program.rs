@@ -547,14 +547,18 @@ fn a_full_conntrack_table_drops_new_connections_and_keeps_old_ones() {
     let mut rig = Rig::new(16);
     let mut opened = 0;
     for port in 0..40u16 {
-        let (action, _) = rig.run(
-            Role::Lan,
-            &from_client(CLIENT, CLIENT_MAC, tcp(2000 + port, 80, TCP_SYN)).bytes(),
-        );
-        if action == XDP_REDIRECT {
+        let sent = from_client(CLIENT, CLIENT_MAC, tcp(2000 + port, 80, TCP_SYN));
+        let (action, out) = rig.run(Role::Lan, &sent.bytes());
+        assert_eq!(action, XDP_REDIRECT);
+        if out[23] == 6 {
             opened += 1;
         } else {
-            assert_eq!(action, XDP_DROP);
+            // Refused: answered "administratively prohibited" (program_refuse.rs).
+            assert_frame(
+                "refused",
+                &out,
+                &unreachable_from(&sent, LAN_ADDR, 13, [0; 4]),
+            );
         }
     }
     assert!(
@@ -562,6 +566,7 @@ fn a_full_conntrack_table_drops_new_connections_and_keeps_old_ones() {
         "{opened} connections fit a 16-entry table"
     );
     assert_eq!(rig.counter(Counter::DropConntrackFull), 40 - opened);
+    assert_eq!(rig.counter(Counter::IcmpProhibitedSent), 40 - opened);
     let (action, _) = rig.run(
         Role::Lan,
         &from_client(CLIENT, CLIENT_MAC, tcp(2000, 80, TCP_ACK)).bytes(),

@@ -1,5 +1,6 @@
 //! Dataplane event counters (`STATS[counter]`, per CPU). Every packet the programs see ends in
-//! exactly one of them, so `forwarded + passed + dropped` accounts for all traffic.
+//! exactly one of them, so `forwarded + passed + dropped` accounts for all traffic; the few
+//! [`Counter::is_event`] ones count what was done besides a packet's fate, never a packet.
 
 /// What happened to a packet, and why.
 #[repr(u32)]
@@ -20,6 +21,14 @@ pub enum Counter {
     /// Over the MTU of the port it would leave by, with DF set: dropped, and the sender gets
     /// an ICMP "fragmentation needed" with that MTU, built by the dataplane (RFC 1191).
     AnsweredFragNeeded,
+    /// Not a packet's fate but the answer to one: a refused new connection (counted under
+    /// why: `DropConntrackFull`, `DropNatPortsExhausted`) answered with ICMP "communication
+    /// administratively prohibited" (RFC 5508 REQ-8), so the host fails at once instead of
+    /// retrying into silence.
+    IcmpProhibitedSent,
+    /// Not a packet's fate: a refused new connection left unanswered because the ICMP rate
+    /// limit (`pcc_common::ratelimit`) was spent.
+    IcmpProhibitedRateLimited,
     /// Not IPv4 (ARP, IPv6, ...): the kernel's business.
     PassNotIpv4,
     /// Addressed to the router itself, or broadcast/multicast.
@@ -99,6 +108,8 @@ impl Counter {
         Counter::FwdIcmpErrorOut,
         Counter::FwdRouted,
         Counter::AnsweredFragNeeded,
+        Counter::IcmpProhibitedSent,
+        Counter::IcmpProhibitedRateLimited,
         Counter::PassNotIpv4,
         Counter::PassLocal,
         Counter::PassTtl,
@@ -132,6 +143,14 @@ impl Counter {
         self as u32 >= Counter::DropRunt as u32
     }
 
+    /// Whether this counts an answer rather than a packet: not part of `pcc_packets_total`.
+    pub const fn is_event(self) -> bool {
+        matches!(
+            self,
+            Counter::IcmpProhibitedSent | Counter::IcmpProhibitedRateLimited
+        )
+    }
+
     /// What the packet's fate was: "forwarded", "answered" (dropped, and an ICMP error sent
     /// back), "passed" (to the kernel) or "dropped".
     pub const fn action(self) -> &'static str {
@@ -142,6 +161,7 @@ impl Counter {
             | Counter::FwdIcmpErrorOut
             | Counter::FwdRouted => "forwarded",
             Counter::AnsweredFragNeeded => "answered",
+            Counter::IcmpProhibitedSent | Counter::IcmpProhibitedRateLimited => "event",
             Counter::PassNotIpv4
             | Counter::PassLocal
             | Counter::PassTtl
@@ -166,6 +186,8 @@ impl Counter {
             Counter::FwdIcmpError => "icmp_error",
             Counter::FwdIcmpErrorOut => "icmp_error_out",
             Counter::AnsweredFragNeeded => "frag_needed",
+            Counter::IcmpProhibitedSent => "sent",
+            Counter::IcmpProhibitedRateLimited => "rate_limited",
             Counter::FwdRouted => "lan_to_wan_routed",
             Counter::PassNotIpv4 => "not_ipv4",
             Counter::PassLocal => "local",

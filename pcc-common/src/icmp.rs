@@ -2,7 +2,8 @@
 //!
 //! An error quotes the offending packet's IPv4 header and the first 8 bytes of its payload
 //! (RFC 792): enough for the sender to find its socket (ports, or an echo identifier) and, for
-//! "fragmentation needed", to lower its path MTU (RFC 1191).
+//! "fragmentation needed", to lower its path MTU (RFC 1191); for "administratively
+//! prohibited", to fail the connection that was refused.
 use crate::csum;
 
 /// Bytes quoted: an IPv4 header without options and 8 bytes of transport header.
@@ -13,6 +14,9 @@ pub const ICMP_ERROR_LEN: usize = 8 + QUOTE_LEN;
 pub const ICMP_DEST_UNREACH: u8 = 3;
 /// Destination unreachable: fragmentation needed and DF set (RFC 792, RFC 1191).
 pub const ICMP_FRAG_NEEDED: u8 = 4;
+/// Destination unreachable: communication administratively prohibited (RFC 1812 5.2.7.1),
+/// what a NAT that refuses a new mapping sends (RFC 5508 REQ-8).
+pub const ICMP_ADMIN_PROHIBITED: u8 = 13;
 
 /// The checksum of an ICMP error with `kind`, `code`, the 4 "rest" bytes (for fragmentation
 /// needed: 2 unused, then the next-hop MTU) and the quote as its 16-bit words in memory order

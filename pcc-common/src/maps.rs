@@ -113,6 +113,16 @@ impl LanInfo {
     pub fn contains(&self, ip: u32) -> bool {
         self.ifindex != 0 && ip & self.netmask == self.addr & self.netmask
     }
+
+    /// Whether `ip` (network byte order) names one host of this LAN: inside the subnet and
+    /// neither its network nor its broadcast address (a /31 or /32 has neither, RFC 3021).
+    /// ICMP errors go only to such a source (RFC 1812 4.3.2.7).
+    #[inline(always)]
+    pub fn is_host(&self, ip: u32) -> bool {
+        let host = ip & !self.netmask;
+        let point_to_point = u32::from_be(self.netmask) >= 0xffff_fffe;
+        self.contains(ip) && (point_to_point || (host != 0 && host != !self.netmask))
+    }
 }
 
 /// The weighted slot table (single entry of `SLOTS`): slot -> `wan_id` or [`NO_WAN`].
@@ -425,5 +435,23 @@ mod tests {
             !LanInfo::default().contains(0),
             "an unconfigured LAN contains nothing"
         );
+    }
+
+    #[test]
+    fn a_lan_host_is_neither_its_network_nor_its_broadcast_address() {
+        let lan = |mask: [u8; 4]| LanInfo {
+            ifindex: 3,
+            addr: u32::from_ne_bytes([198, 19, 10, 1]),
+            netmask: u32::from_ne_bytes(mask),
+            ..Default::default()
+        };
+        let ip = |last: u8| u32::from_ne_bytes([198, 19, 10, last]);
+        let slash24 = lan([255, 255, 255, 0]);
+        assert!(slash24.is_host(ip(11)) && slash24.is_host(ip(254)));
+        assert!(!slash24.is_host(ip(0)) && !slash24.is_host(ip(255)));
+        assert!(!slash24.is_host(u32::from_ne_bytes([198, 19, 11, 11])));
+        let slash31 = lan([255, 255, 255, 254]);
+        assert!(slash31.is_host(ip(0)) && slash31.is_host(ip(1)));
+        assert!(lan([255; 4]).is_host(ip(1)));
     }
 }

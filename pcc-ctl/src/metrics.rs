@@ -45,6 +45,8 @@ pub struct Metrics {
     drops: IntCounterVec,
     conntrack_events: IntCounterVec,
     nat_bindings: IntGauge,
+    /// Answers to refused new connections, by outcome (the `Counter::is_event` counters).
+    icmp_prohibited: IntCounterVec,
     quota_used: IntGaugeVec,
     quota_limit: IntGaugeVec,
     quota_cycle_start: IntGaugeVec,
@@ -265,6 +267,13 @@ impl Metrics {
                 "pcc_nat_bindings",
                 "Endpoint-independent mappings (LAN endpoint on a WAN) in use",
             )?,
+            icmp_prohibited: counter_vec(
+                &registry,
+                "pcc_icmp_prohibited_total",
+                "Refused new connections answered with ICMP administratively prohibited \
+                 (outcome sent) or not, for the rate limit (outcome rate_limited)",
+                &["outcome"],
+            )?,
             quota_used: gauge_vec(
                 &registry,
                 "pcc_wan_quota_used_bytes",
@@ -300,6 +309,10 @@ impl Metrics {
             let counters = maps.counters()?;
             for c in Counter::ALL {
                 let v = counters[c as usize];
+                if c.is_event() {
+                    set_counter(&self.icmp_prohibited.with_label_values(&[c.reason()]), v);
+                    continue;
+                }
                 set_counter(
                     &self.packets.with_label_values(&[c.action(), c.reason()]),
                     v,

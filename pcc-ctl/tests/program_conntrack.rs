@@ -221,13 +221,22 @@ fn a_host_over_its_connection_limit_is_refused_and_others_are_not() {
     let mut rig = Rig::new(1024);
     rig.set_host_limit(5);
     for port in 0..8u16 {
-        let (action, _) = rig.run(
-            Role::Lan,
-            &from_client(CLIENT, CLIENT_MAC, tcp(30000 + port, 80, TCP_SYN)).bytes(),
-        );
-        assert_eq!(action == XDP_REDIRECT, port < 5, "SYN {port}");
+        let sent = from_client(CLIENT, CLIENT_MAC, tcp(30000 + port, 80, TCP_SYN));
+        let (action, out) = rig.run(Role::Lan, &sent.bytes());
+        assert_eq!(action, XDP_REDIRECT);
+        if port < 5 {
+            assert_eq!(parse(&out).unwrap().dst, SERVER, "SYN {port} leaves");
+        } else {
+            // Refused: "administratively prohibited" back to the host (RFC 5508 REQ-8).
+            assert_frame(
+                "refused",
+                &out,
+                &unreachable_from(&sent, LAN_ADDR, 13, [0; 4]),
+            );
+        }
     }
     assert_eq!(rig.counter(Counter::DropHostConnectionLimit), 3);
+    assert_eq!(rig.counter(Counter::IcmpProhibitedSent), 3);
     assert_eq!(rig.host_connections(CLIENT), 5);
     let (action, _) = rig.run(
         Role::Lan,

@@ -47,28 +47,11 @@ fn without_df(mut frame: Vec<u8>) -> Vec<u8> {
     with_valid_ip_checksum(frame)
 }
 
-/// The "fragmentation needed" `sender_frame` must bring back: from `router` (its address on
-/// the port the frame came in on), MACs swapped, quoting the offending IPv4 header and 8
-/// bytes, carrying `mtu` (RFC 1191).
+/// The "fragmentation needed" `sender_frame` must bring back from `router`, carrying `mtu`
+/// (RFC 1191).
 fn frag_needed(sender_frame: &Frame, router: Ipv4Addr, mtu: u16) -> Frame {
-    let mut quote = sender_frame.ip_bytes();
-    quote.truncate(28);
     let [hi, lo] = mtu.to_be_bytes();
-    Frame {
-        dst_mac: sender_frame.src_mac,
-        src_mac: sender_frame.dst_mac,
-        src: router,
-        dst: sender_frame.src,
-        tos: 0xc0,
-        ttl: 64,
-        id: 0,
-        l4: L4::Icmp {
-            kind: 3,
-            code: 4,
-            rest: [0, 0, hi, lo],
-            payload: quote,
-        },
-    }
+    unreachable_from(sender_frame, router, 4, [0, 0, hi, lo])
 }
 
 #[test]

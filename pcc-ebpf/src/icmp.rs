@@ -1,21 +1,24 @@
 //! ICMP errors: those about our connections, translated in both directions (RFC 5508 REQ-4),
-//! and "fragmentation needed", which the dataplane answers itself (RFC 1191).
+//! and those the dataplane answers itself: "fragmentation needed" (RFC 1191) and
+//! "communication administratively prohibited" for a refused new connection (RFC 5508 REQ-8).
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    helpers::{bpf_ktime_get_ns, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
 use pcc_common::{
-    Counter, CtIn, CtOut, FlowKey, csum,
+    Counter, CtIn, CtOut, FlowKey, LAN_DEVMAP_BASE, csum,
     icmp::{self, ICMP_ERROR_LEN, QUOTE_LEN},
+    ratelimit::{ICMP_ANSWER_BURST, ICMP_ANSWER_INTERVAL_NS},
 };
 
 use crate::{
-    CT_IN, CT_OUT, DEVMAP, LANS, conntrack, fib,
+    CT_IN, CT_OUT, DEVMAP, ICMP_BUCKET, LANS, conntrack, count, fib,
     nat::{Verdict, count_rx, count_tx, to_host},
     parse::{
-        ETH_LEN, ETH_P_IP, EthHdr, ICMP_ECHO_REQUEST, IP_LEN, IPPROTO_ICMP, IPPROTO_TCP,
-        IPPROTO_UDP, IcmpHdr, Ipv4, Ipv4Hdr, L4_OFF, TcpHdr, UdpHdr, frame_len, ptr_at,
+        ETH_LEN, ETH_P_IP, EthHdr, Fragment, ICMP_ECHO_REQUEST, IP_LEN, IPPROTO_ICMP, IPPROTO_TCP,
+        IPPROTO_UDP, IcmpHdr, Ipv4, Ipv4Hdr, L4_OFF, TcpHdr, UdpHdr, frame_len,
+        is_multicast_or_broadcast, ptr_at,
     },
     route,
 };
@@ -279,8 +282,17 @@ pub fn fits(ctx: &XdpContext, p: &Ipv4, mtu: u16, ingress: &Ingress) -> Result<(
     if unsafe { (*p.ip).frag_off } & IP_DF == 0 {
         return Err(Err(Counter::DropOverMtu));
     }
-    // `p`'s pointers are stale after this: the frame becomes the error.
-    let action = frag_needed(ctx, mtu, ingress.router_addr, ingress.port);
+    // `p`'s pointers are stale after this: the frame becomes the error. "Rest": 2 unused
+    // bytes, then the next-hop MTU.
+    let [hi, lo] = mtu.to_be_bytes();
+    let rest = u32::from_ne_bytes([0, 0, hi, lo]);
+    let action = answer(
+        ctx,
+        icmp::ICMP_FRAG_NEEDED,
+        rest,
+        ingress.router_addr,
+        ingress.port,
+    );
     Err(if action == xdp_action::XDP_REDIRECT {
         Ok((action, Counter::AnsweredFragNeeded))
     } else {
@@ -288,17 +300,69 @@ pub fn fits(ctx: &XdpContext, p: &Ipv4, mtu: u16, ingress: &Ingress) -> Result<(
     })
 }
 
-/// Turns the frame into an ICMP "fragmentation needed" for its sender carrying `mtu`, from
-/// the router's address on the port it came in on, and sends it back out of that port
-/// (Katran's `send_icmp4_too_big`, rewritten in place). Through the devmap rather than
-/// `XDP_TX`: in this lab's veths `XDP_TX` frames of packets that arrived as socket buffers
-/// never reached the peer, and the devmap is the path every other frame of ours takes. A
-/// subprogram of its own: inlined into both programs it pushed them past the 512-byte BPF
-/// stack. Returns the XDP action (`XDP_DROP` if the frame could not be turned into the
-/// error).
+/// A LAN packet that would open a connection pcc refuses (`reason`: the table is full, no NAT
+/// port is free, the host holds too many): dropped and counted under `reason`, and answered
+/// with "communication administratively prohibited" (RFC 1812 5.2.7.1), as RFC 5508 REQ-8
+/// asks of a NAT that refuses a new mapping, so the host's connect() fails at once
+/// (`EHOSTUNREACH`) instead of retrying into silence. Never answered (RFC 1812 4.3.2.7): a
+/// fragment other than the first, an ICMP error (those never open a connection, see
+/// `nat::lan_segment`), a source that is not one host of the LAN (its network or broadcast
+/// address, a broadcast or multicast address). A per-CPU token bucket (`ratelimit`) caps the
+/// answers; above it the packet is only dropped.
+#[inline(always)]
+pub fn refuse(ctx: &XdpContext, p: &Ipv4, ingress: &Ingress, reason: Counter) -> Verdict {
+    if p.fragment == Fragment::Later || is_multicast_or_broadcast(p.src) {
+        return Err(reason);
+    }
+    let Some(lan) = LANS.get(ingress.port.wrapping_sub(LAN_DEVMAP_BASE)) else {
+        return Err(reason);
+    };
+    if !lan.is_host(p.src) {
+        return Err(reason);
+    }
+    let Some(bucket) = ICMP_BUCKET.get_ptr_mut(0) else {
+        return Err(reason);
+    };
+    // SAFETY: helper without arguments; the bucket is this CPU's own slot, and XDP programs
+    // do not preempt each other on one CPU.
+    let allowed = unsafe {
+        (*bucket).allow(
+            bpf_ktime_get_ns(),
+            ICMP_ANSWER_INTERVAL_NS,
+            ICMP_ANSWER_BURST,
+        )
+    };
+    if !allowed {
+        count(Counter::IcmpProhibitedRateLimited);
+        return Err(reason);
+    }
+    // `p`'s pointers are stale after this: the frame becomes the error.
+    let action = answer(
+        ctx,
+        icmp::ICMP_ADMIN_PROHIBITED,
+        0,
+        ingress.router_addr,
+        ingress.port,
+    );
+    if action != xdp_action::XDP_REDIRECT {
+        return Err(reason);
+    }
+    count(Counter::IcmpProhibitedSent);
+    // The packet's fate stays its refusal; the frame that leaves is the answer.
+    Ok((action, reason))
+}
+
+/// Turns the frame into an ICMP "destination unreachable" with `code` and the 4 "rest" bytes
+/// `rest` (as they go on the wire) for its sender, from the router's address on the port it
+/// came in on, and sends it back out of that port (Katran's `send_icmp4_too_big`, rewritten
+/// in place). Through the devmap rather than `XDP_TX`: in this lab's veths `XDP_TX` frames of
+/// packets that arrived as socket buffers never reached the peer, and the devmap is the path
+/// every other frame of ours takes. A subprogram of its own: inlined into both programs it
+/// pushed them past the 512-byte BPF stack. Returns the XDP action (`XDP_DROP` if the frame
+/// could not be turned into the error).
 #[inline(never)]
-fn frag_needed(ctx: &XdpContext, mtu: u16, router_addr: u32, port: u32) -> u32 {
-    match build_frag_needed(ctx, mtu, router_addr) {
+fn answer(ctx: &XdpContext, code: u8, rest: u32, router_addr: u32, port: u32) -> u32 {
+    match build_unreachable(ctx, code, rest, router_addr) {
         Some(()) => match DEVMAP.redirect(port, 0) {
             Ok(action) => action,
             Err(_) => xdp_action::XDP_DROP,
@@ -307,11 +371,12 @@ fn frag_needed(ctx: &XdpContext, mtu: u16, router_addr: u32, port: u32) -> u32 {
     }
 }
 
-/// Rewrites the frame in place: the tail is cut after the offending IPv4 header and 8 bytes,
-/// and room for the new IPv4 and ICMP headers is made in front, so the quote is already where
-/// the error carries it and nothing is copied through the stack.
+/// Rewrites the frame in place: the tail is cut after the offending IPv4 header and 8 bytes
+/// (all RFC 792 asks a quote to carry), and room for the new IPv4 and ICMP headers is made in
+/// front, so the quote is already where the error carries it and nothing is copied through
+/// the stack.
 #[inline(always)]
-fn build_frag_needed(ctx: &XdpContext, mtu: u16, router_addr: u32) -> Option<()> {
+fn build_unreachable(ctx: &XdpContext, code: u8, rest: u32, router_addr: u32) -> Option<()> {
     let eth = ptr_at::<EthHdr>(ctx, 0)?;
     let ip = ptr_at::<Ipv4Hdr>(ctx, ETH_LEN)?;
     // SAFETY: bounds-checked by ptr_at; read before the frame changes.
@@ -329,7 +394,7 @@ fn build_frag_needed(ctx: &XdpContext, mtu: u16, router_addr: u32) -> Option<()>
     let ip = ptr_at::<Ipv4Hdr>(ctx, ETH_LEN)?;
     let icmp = ptr_at::<IcmpHdr>(ctx, L4_OFF)?;
     let quote = ptr_at::<[u16; QUOTE_LEN / 2]>(ctx, INNER_IP_OFF)?;
-    let rest = [0, 0, (mtu >> 8) as u8, mtu as u8];
+    let rest = rest.to_ne_bytes();
     let tot_len = ((IP_LEN + ICMP_ERROR_LEN) as u16).to_be();
     let [s0, s1] = [router_addr as u16, (router_addr >> 16) as u16];
     let [d0, d1] = [sender as u16, (sender >> 16) as u16];
@@ -338,12 +403,7 @@ fn build_frag_needed(ctx: &XdpContext, mtu: u16, router_addr: u32) -> Option<()>
     let words = [first, tot_len, 0, IP_DF, ttl_proto, 0, s0, s1, d0, d1];
     // SAFETY: all four bounds-checked by ptr_at after the resize.
     unsafe {
-        let icmp_check = icmp::error_checksum(
-            icmp::ICMP_DEST_UNREACH,
-            icmp::ICMP_FRAG_NEEDED,
-            rest,
-            &*quote,
-        );
+        let icmp_check = icmp::error_checksum(icmp::ICMP_DEST_UNREACH, code, rest, &*quote);
         (*eth).dst = peer_mac;
         (*eth).src = port_mac;
         (*eth).ether_type = ETH_P_IP;
@@ -359,10 +419,10 @@ fn build_frag_needed(ctx: &XdpContext, mtu: u16, router_addr: u32) -> Option<()>
         (*ip).src = router_addr;
         (*ip).dst = sender;
         (*icmp).kind = icmp::ICMP_DEST_UNREACH;
-        (*icmp).code = icmp::ICMP_FRAG_NEEDED;
+        (*icmp).code = code;
         (*icmp).check = icmp_check;
-        (*icmp).id = 0;
-        (*icmp).seq = mtu.to_be();
+        (*icmp).id = u16::from_ne_bytes([rest[0], rest[1]]);
+        (*icmp).seq = u16::from_ne_bytes([rest[2], rest[3]]);
     }
     Some(())
 }

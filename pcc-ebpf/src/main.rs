@@ -28,6 +28,7 @@ use pcc_common::{
     BindKey, Binding, Config, Counter, CtEvent, CtIn, CtOut, DEFAULT_MAX_CONNECTIONS, DEVMAP_SIZE,
     FRAG_TRACK_SIZE, FlowKey, FragKey, FragPorts, LanInfo, MAX_LANS, MAX_POLICIES,
     MAX_POLICY_SUBNETS, MAX_WANS, Owner, PublicKey, SlotTable, WanCounters, WanInfo,
+    ratelimit::TokenBucket,
     route::{MAX_NEIGHBOURS, MAX_NEIGHBOURS_WANTED, MAX_ROUTES, Neighbour, NeighbourKey, Route},
 };
 
@@ -93,6 +94,10 @@ static FRAGS: LruHashMap<FragKey, FragPorts> = LruHashMap::with_max_entries(FRAG
 /// `nth`'s position in the turn order, per CPU.
 #[map]
 static NTH_TURN: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+/// The token bucket of the ICMP errors sent for refused connections, per CPU
+/// (`pcc_common::ratelimit`).
+#[map]
+static ICMP_BUCKET: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entries(1, 0);
 /// Per-CPU so counting never bounces a cache line between cores; summed at scrape time.
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT as u32, 0);

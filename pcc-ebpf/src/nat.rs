@@ -213,7 +213,11 @@ pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
                 now,
                 flags,
             };
-            let e = conntrack::open(&key, cfg, wan_id, wan, &first)?;
+            // Every reason open gives is a refusal of the connection, answered (RFC 5508 REQ-8).
+            let e = match conntrack::open(&key, cfg, wan_id, wan, &first) {
+                Ok(e) => e,
+                Err(reason) => return icmp::refuse(ctx, &p, &ingress, reason),
+            };
             // Another CPU may have opened the same connection first, on another WAN (only a
             // balanced one can: a route gives every CPU the same WAN).
             let exit = if e.wan_id == wan_id {

@@ -119,9 +119,10 @@ fn promtool_accepts_and_prometheus_scrapes() {
     panic!("Prometheus never answered pcc_wan_up for both WANs; last answer: {last}");
 }
 
-/// One `pcc_drops_total{reason}` series per drop reason of the dataplane and no other, and one
-/// `pcc_packets_total{action,reason}` per counter, zeros included (the list is the dataplane's
-/// own, `pcc_common::Counter::ALL`).
+/// One `pcc_drops_total{reason}` series per drop reason of the dataplane and no other, one
+/// `pcc_packets_total{action,reason}` per packet counter and one
+/// `pcc_icmp_prohibited_total{outcome}` per event counter, zeros included (the list is the
+/// dataplane's own, `pcc_common::Counter::ALL`).
 fn every_counter_exported(text: &str) {
     let metrics = Metrics::parse(text).expect("parsing /metrics");
     let series = |name: &str| -> Vec<&BTreeMap<String, String>> {
@@ -146,8 +147,20 @@ fn every_counter_exported(text: &str) {
     assert!(want.len() >= 10, "drop reasons: {want:?}");
     assert_eq!(drops, want, "pcc_drops_total reasons");
     let packets = series("pcc_packets_total");
-    assert_eq!(packets.len(), Counter::ALL.len(), "{packets:?}");
-    for c in Counter::ALL {
+    let (events, fates): (Vec<Counter>, Vec<Counter>) =
+        Counter::ALL.into_iter().partition(|c| c.is_event());
+    assert_eq!(packets.len(), fates.len(), "{packets:?}");
+    let answers = series("pcc_icmp_prohibited_total");
+    assert_eq!(answers.len(), events.len(), "{answers:?}");
+    for c in events {
+        assert!(
+            answers
+                .iter()
+                .any(|l| l.get("outcome").map(String::as_str) == Some(c.reason())),
+            "pcc_icmp_prohibited_total for {c:?} missing: {answers:?}"
+        );
+    }
+    for c in fates {
         assert!(
             packets
                 .iter()

@@ -102,7 +102,8 @@ fn a_connection_storm_fills_the_table_and_spares_existing_connections() {
 
 /// With 64 NAT ports, each of the storm's remote endpoints (one address, port 9) gets 128
 /// flows: half of them find no port. They are dropped and counted as `nat_ports_exhausted`,
-/// and connections to other endpoints are not affected.
+/// answered no faster than the ICMP rate limit, and connections to other endpoints are not
+/// affected.
 #[test]
 fn nat_ports_running_out_towards_one_endpoint_drop_only_those_connections() {
     require_root!();
@@ -125,6 +126,17 @@ fn nat_ports_running_out_towards_one_endpoint_drop_only_those_connections() {
         .get("pcc_drops_total", &[("reason", "nat_ports_exhausted")])
         .unwrap_or(0.0);
     assert!(exhausted > 1000.0, "port shortage counted: {exhausted}");
+    // Each refusal is answered "administratively prohibited" or, past the rate limit (1000 a
+    // second per CPU after a burst of 50), only dropped: about 75 000 refusals in 3 s.
+    let answers = |outcome| {
+        m.get("pcc_icmp_prohibited_total", &[("outcome", outcome)])
+            .unwrap_or(0.0)
+    };
+    let (sent, limited) = (answers("sent"), answers("rate_limited"));
+    assert!(
+        sent > 0.0 && sent + limited == exhausted && sent < exhausted / 4.0,
+        "{exhausted} refusals: {sent} answered, {limited} rate-limited"
+    );
     let r = lab
         .udp_probe("c1", server, 7, 5700, 3)
         .expect("existing flow");

@@ -260,6 +260,30 @@ pub fn icmp_error(wan: usize, kind: u8, code: u8, quoted: Vec<u8>) -> Frame {
     }
 }
 
+/// The ICMP "destination unreachable" with `code` and `rest` that `sender_frame` must bring
+/// back from `router` (its address on the port the frame came in on): MACs swapped, TOS
+/// "internetwork control" and TTL 64 as the kernel's own errors, quoting the offending IPv4
+/// header and 8 bytes as they arrived (RFC 792).
+pub fn unreachable_from(sender_frame: &Frame, router: Ipv4Addr, code: u8, rest: [u8; 4]) -> Frame {
+    let mut quote = sender_frame.ip_bytes();
+    quote.truncate(28);
+    Frame {
+        dst_mac: sender_frame.src_mac,
+        src_mac: sender_frame.dst_mac,
+        src: router,
+        dst: sender_frame.src,
+        tos: 0xc0,
+        ttl: 64,
+        id: 0,
+        l4: L4::Icmp {
+            kind: 3,
+            code,
+            rest,
+            payload: quote,
+        },
+    }
+}
+
 /// `frame` with its IPv4 header checksum made valid again after a fixture changed a field.
 pub fn with_valid_ip_checksum(mut frame: Vec<u8>) -> Vec<u8> {
     frame[24..26].fill(0);

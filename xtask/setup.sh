@@ -15,7 +15,7 @@ export DEBIAN_FRONTEND=noninteractive
 # Debian packages the build, the lab and the tests use.
 PKGS=(
     llvm-22-dev libpolly-22-dev clang iproute2 ethtool curl iperf3 iputils-ping iputils-tracepath
-    traceroute nftables
+    traceroute nftables coturn hping3
     bpftool netsniff-ng tcpdump python3-scapy prometheus socat procps psmisc kmod
     zlib1g-dev libzstd-dev
     g++ # libFuzzer (cargo-fuzz targets) is C++
@@ -36,6 +36,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
     }
 else
     log "Debian packages present"
+fi
+
+# coturn's package enables a host-wide STUN/TURN service; the lab runs its own turnserver in a
+# namespace (tests/src/stun.rs) and wants none on the host.
+if [ -d /run/systemd/system ] && systemctl is-enabled coturn >/dev/null 2>&1; then
+    log "disabling the coturn service (the lab starts its own turnserver)"
+    systemctl disable --now coturn >/dev/null 2>&1 || true
 fi
 
 # The eBPF crate is built with nightly and build-std. Installing "nightly" here would fetch

@@ -220,6 +220,8 @@ pub(crate) struct State {
     pub(crate) files: BTreeMap<u64, crate::services::TestFile>,
     pub(crate) udp: bool,
     pub(crate) iperf: bool,
+    /// The STUN server runs (see `Lab::start_stun`).
+    pub(crate) stun: bool,
     pub(crate) downloads: u32,
     /// Nodes running the HTTP server (see `Lab::start_http_on`).
     pub(crate) http_nodes: Vec<String>,

@@ -14,10 +14,13 @@ pub mod controller_bench;
 pub mod health;
 pub mod lab;
 pub mod metrics;
+pub mod nat_load;
 pub mod pcc;
 pub mod proc;
 pub mod scenario;
 pub mod services;
+pub mod stun;
+pub mod udp_peer;
 
 pub use lab::{
     BRANCH_HOST, BRANCH_NET, BRANCH_PEER, ISP_ADDRS, LAN_GATEWAY, LAN_NET, Lab, LabBuilder,

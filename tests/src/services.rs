@@ -232,7 +232,7 @@ impl Lab {
         Ok(p.to_string_lossy().into_owned())
     }
 
-    fn start_service(
+    pub(crate) fn start_service(
         &self,
         node: &str,
         args: &[&str],
@@ -742,17 +742,9 @@ pub fn pseudo_random(size: u64, seed: u64) -> Vec<u8> {
 
 /// sha256 of a file (via coreutils `sha256sum`).
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let out = std::process::Command::new("sha256sum")
-        .arg(path)
-        .output()
-        .context("running sha256sum")?;
-    ensure!(
-        out.status.success(),
-        "sha256sum {}: {}",
-        path.display(),
-        proc::describe(&out)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let mut cmd = std::process::Command::new("sha256sum");
+    cmd.arg(path);
+    let text = proc::host_stdout(cmd)?;
     Ok(text
         .split_whitespace()
         .next()

@@ -173,20 +173,16 @@ impl Lab {
     pub fn pinned_map_len(&self, map: &str) -> Result<usize> {
         let path = self.bpffs_dir().join("pcc/lan0").join(map);
         let mut cmd = std::process::Command::new("bpftool");
-        cmd.args(["map", "dump", "pinned"]).arg(&path);
-        // The dump ends with "Found N elements".
+        // JSON: a map with BTF (CT_OUT carries a timer) dumps formatted values, with no
+        // "Found N elements" line; an array of entries either way.
+        cmd.args(["--json", "map", "dump", "pinned"]).arg(&path);
         let text = proc::host_stdout(cmd)?;
-        text.lines()
-            .rev()
-            .find_map(|l| {
-                l.trim()
-                    .strip_prefix("Found ")?
-                    .split_whitespace()
-                    .next()?
-                    .parse()
-                    .ok()
-            })
-            .with_context(|| format!("no element count in bpftool's dump of {map}"))
+        let entries: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("bpftool's dump of {map} is not JSON"))?;
+        entries
+            .as_array()
+            .map(Vec::len)
+            .with_context(|| format!("bpftool's dump of {map} is not a list"))
     }
 
     /// `count` (at most 65 536) TCP SYNs from source port `sport` of `client` to `server`,

@@ -17,7 +17,6 @@ const GAP_US: u32 = 100;
 const HOST_LIMIT_REASON: &str = "host_connection_limit";
 
 #[test]
-#[ignore = "issue 12: needs --max-connections-per-host and ICMP administratively prohibited"]
 fn a_scanning_host_cannot_fill_the_table() {
     require_root!();
     let lab = Lab::builder()

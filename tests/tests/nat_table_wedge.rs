@@ -30,7 +30,6 @@ impl Drop for Down<'_> {
 }
 
 #[test]
-#[ignore = "issue 12: needs expiry in the dataplane"]
 fn a_dead_controller_cannot_wedge_the_table() {
     require_root!();
     let lab = Lab::builder()

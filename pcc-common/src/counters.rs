@@ -12,6 +12,9 @@ pub enum Counter {
     FwdIn,
     /// WAN -> LAN ICMP error about a tracked connection, translated back (inner header too).
     FwdIcmpError,
+    /// LAN -> LAN through a public endpoint (hairpinning): translated out and in, delivered
+    /// on the LAN.
+    FwdHairpin,
     /// LAN -> WAN ICMP error (port unreachable, time exceeded, fragmentation needed from a LAN
     /// router) about a tracked connection, translated out like the connection (RFC 5508 REQ-4).
     FwdIcmpErrorOut,
@@ -97,14 +100,19 @@ pub enum Counter {
     /// A new connection from a LAN host that already holds `--max-connections-per-host`:
     /// refused, so one host (a scanner, a worm) cannot fill the table for everyone.
     DropHostConnectionLimit,
+    /// LAN -> LAN through a public endpoint the receiving mapping's filtering refuses (with
+    /// address-and-port-dependent filtering, the receiver has not sent to the sender's
+    /// mapping), or a hairpinned fragment.
+    DropHairpinFiltered,
 }
 
 impl Counter {
-    pub const COUNT: usize = Counter::DropHostConnectionLimit as usize + 1;
+    pub const COUNT: usize = Counter::DropHairpinFiltered as usize + 1;
     pub const ALL: [Counter; Self::COUNT] = [
         Counter::FwdOut,
         Counter::FwdIn,
         Counter::FwdIcmpError,
+        Counter::FwdHairpin,
         Counter::FwdIcmpErrorOut,
         Counter::FwdRouted,
         Counter::AnsweredFragNeeded,
@@ -136,6 +144,7 @@ impl Counter {
         Counter::DropOverMtu,
         Counter::DropRstOutOfWindow,
         Counter::DropHostConnectionLimit,
+        Counter::DropHairpinFiltered,
     ];
 
     /// Whether the packet is dropped (else forwarded or passed to the kernel).
@@ -158,6 +167,7 @@ impl Counter {
             Counter::FwdOut
             | Counter::FwdIn
             | Counter::FwdIcmpError
+            | Counter::FwdHairpin
             | Counter::FwdIcmpErrorOut
             | Counter::FwdRouted => "forwarded",
             Counter::AnsweredFragNeeded => "answered",
@@ -184,6 +194,7 @@ impl Counter {
             Counter::FwdOut => "lan_to_wan",
             Counter::FwdIn => "wan_to_lan",
             Counter::FwdIcmpError => "icmp_error",
+            Counter::FwdHairpin => "hairpin",
             Counter::FwdIcmpErrorOut => "icmp_error_out",
             Counter::AnsweredFragNeeded => "frag_needed",
             Counter::IcmpProhibitedSent => "sent",
@@ -215,6 +226,7 @@ impl Counter {
             Counter::DropOverMtu => "over_mtu_no_df",
             Counter::DropRstOutOfWindow => "rst_out_of_window",
             Counter::DropHostConnectionLimit => "host_connection_limit",
+            Counter::DropHairpinFiltered => "hairpin_filtered",
         }
     }
 }

@@ -217,6 +217,14 @@ pub const CT_FLAG_ROUTED: u8 = 1;
 /// this remote by the router itself): closing it releases no binding.
 pub const CT_FLAG_UNBOUND: u8 = 2;
 
+/// `CtOut::flags`: opened from outside, by a packet to a live mapping (endpoint-independent
+/// filtering); unanswered until the LAN host sends.
+pub const CT_FLAG_INBOUND: u8 = 4;
+
+/// `CtOut::flags`: the remote end is another LAN endpoint's public one (hairpinning, RFC 4787
+/// REQ-9): translated twice and delivered on the LAN, never sent out of the WAN.
+pub const CT_FLAG_HAIRPIN: u8 = 8;
+
 /// `NAT_BIND_OUT` key: a LAN endpoint (address, port: network byte order) on one WAN.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

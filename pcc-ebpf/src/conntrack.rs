@@ -9,9 +9,9 @@ use aya_ebpf::{
 use core::{ffi::c_void, intrinsics::AtomicOrdering};
 
 use pcc_common::{
-    BindKey, Binding, CT_FLAG_UNBOUND, CT_TCP_ACK, CT_TCP_FIN, CT_TCP_RST, CT_TCP_SYN, Config,
-    Counter, CtEvent, CtIn, CtOut, FlowKey, Owner, PublicKey, WanInfo, natport::NAT_PORT_TRIES,
-    tcp,
+    BindKey, Binding, CT_FLAG_INBOUND, CT_FLAG_UNBOUND, CT_TCP_ACK, CT_TCP_FIN, CT_TCP_RST,
+    CT_TCP_SYN, Config, Counter, CtEvent, CtIn, CtOut, FlowKey, NatFiltering, Owner, PublicKey,
+    WanInfo, natport::NAT_PORT_TRIES, tcp,
 };
 
 use crate::{
@@ -194,6 +194,9 @@ pub struct Scratch {
     endpoint: BindKey,
     public: PublicKey,
     reply_key: FlowKey,
+    /// `accept`: the inbound packet's key, and `CT_FLAG_*` of its connection.
+    inbound: FlowKey,
+    inbound_flags: u8,
 }
 
 const CLAIM_NEW: u32 = 0;
@@ -333,6 +336,134 @@ pub extern "C" fn pcc_claim_connection() -> u32 {
                 return CLAIM_LOST;
             }
             CLAIM_FULL
+        }
+    }
+}
+
+/// Opens a connection from outside when filtering is endpoint-independent (RFC 4787 REQ-8's
+/// "endpoint-independent filtering", einat's full cone): a UDP datagram or a TCP SYN
+/// (RFC 5382 allows a SYN to a mapping, for simultaneous open) to a live mapping reaches its
+/// LAN endpoint, which may answer. `inbound` is the packet's key as it arrived (remote ->
+/// public endpoint). The host's connection limit holds for these too, so a flood from many
+/// remote ports cannot fill the table beyond one host's share.
+#[inline(always)]
+pub fn accept(inbound: &FlowKey, tcp_bits: u8, flags: u8) -> Result<(), Counter> {
+    let cfg = CONFIG.get(0).ok_or(Counter::PassUntracked)?;
+    let opens = match inbound.proto {
+        parse::IPPROTO_UDP => true,
+        parse::IPPROTO_TCP => tcp_bits & (CT_TCP_SYN | CT_TCP_ACK | CT_TCP_RST) == CT_TCP_SYN,
+        _ => false,
+    };
+    if cfg.nat_filtering != NatFiltering::EndpointIndependent as u8 || !opens {
+        return Err(Counter::PassUntracked);
+    }
+    let public = PublicKey {
+        nat_addr: inbound.dst_addr,
+        nat_port: inbound.dst_port,
+        proto: inbound.proto,
+        _pad: 0,
+    };
+    // SAFETY: copied out at once.
+    let owner = unsafe { NAT_BIND_IN.get(&public) }
+        .copied()
+        .ok_or(Counter::PassUntracked)?;
+    let scratch = SCRATCH.get_ptr_mut(0).ok_or(Counter::PassUntracked)?;
+    admit_host(owner.lan_addr, cfg)?;
+    // SAFETY: this CPU's scratch; XDP programs do not preempt each other on one CPU.
+    unsafe {
+        (*scratch).inbound = *inbound;
+        (*scratch).inbound_flags = flags;
+        (*scratch).owner = owner;
+        (*scratch).claim.timeouts = cfg.timeouts;
+    }
+    match pcc_accept_connection() {
+        CLAIM_NEW => {
+            count_event(CtEvent::OpenedInbound);
+            Ok(())
+        }
+        CLAIM_LOST => {
+            release_host(owner.lan_addr);
+            Ok(())
+        }
+        _ => {
+            release_host(owner.lan_addr);
+            Err(Counter::DropConntrackFull)
+        }
+    }
+}
+
+/// Inserts both halves of the inbound connection `SCRATCH[0].inbound` to the endpoint of
+/// `SCRATCH[0].owner`, with a reference to its binding, and arms its timer. A global
+/// function, like the claim.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn pcc_accept_connection() -> u32 {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return CLAIM_FULL;
+    };
+    // SAFETY: this CPU's scratch; XDP programs do not preempt each other on one CPU.
+    let scratch = unsafe { &mut *scratch };
+    let (inbound, owner, now) = (&scratch.inbound, &scratch.owner, now_ns());
+    let reply = &mut scratch.reply;
+    reply.lan_addr = owner.lan_addr;
+    reply.lan_port = owner.lan_port;
+    reply.lan_id = owner.lan_id;
+    reply.tcp_flags = 0;
+    reply.lan_mac = owner.lan_mac;
+    reply.wan_id = owner.wan_id;
+    reply.last_seen_ns = now;
+    reply.packets = 0;
+    reply.bytes = 0;
+    match CT_IN.insert(inbound, &*reply, NOEXIST) {
+        Ok(()) => {}
+        Err(e) if e as i32 == -EEXIST => return CLAIM_LOST,
+        Err(_) => return CLAIM_FULL,
+    }
+    let key = inbound.original_key(owner.lan_addr, owner.lan_port);
+    let endpoint = BindKey {
+        lan_addr: owner.lan_addr,
+        lan_port: owner.lan_port,
+        proto: inbound.proto,
+        wan_id: owner.wan_id,
+    };
+    let mut flags = scratch.inbound_flags | CT_FLAG_INBOUND;
+    match NAT_BIND_OUT.get_ptr_mut(&endpoint) {
+        // SAFETY: a live entry; the count is only changed atomically.
+        Some(bound) => unsafe { atomic_add(&raw mut (*bound).refs, 1) },
+        None => flags |= CT_FLAG_UNBOUND,
+    }
+    let out = &mut scratch.out;
+    out.nat_addr = inbound.dst_addr;
+    out.nat_port = inbound.dst_port;
+    out.wan_id = owner.wan_id;
+    out.tcp_flags = 0;
+    out.lan_mac = owner.lan_mac;
+    out.flags = flags;
+    out.lan_wscale = 0;
+    out.lan_ack = 0;
+    out.lan_window = 0;
+    out.created_ns = now;
+    out.last_seen_ns = now;
+    out.packets = 0;
+    out.bytes = 0;
+    match CT_OUT.insert(&key, &*out, NOEXIST) {
+        Ok(()) => {
+            if let Some(e) = CT_OUT.get_ptr_mut(&key) {
+                arm(e, &scratch.claim.timeouts, key.proto);
+            }
+            remember(&key);
+            CLAIM_NEW
+        }
+        Err(e) => {
+            let _ = CT_IN.remove(inbound);
+            if flags & CT_FLAG_UNBOUND == 0 {
+                unbind(&endpoint);
+            }
+            if e as i32 == -EEXIST {
+                CLAIM_LOST
+            } else {
+                CLAIM_FULL
+            }
         }
     }
 }
@@ -587,8 +718,13 @@ fn early_drop() -> bool {
             continue;
         };
         // SAFETY: copied out at once.
-        let replied = unsafe { CT_IN.get(&key.reply_key(out.nat_addr, out.nat_port)) }
-            .is_some_and(|reply| reply.packets > 0);
+        let replied = if out.flags & CT_FLAG_INBOUND == 0 {
+            unsafe { CT_IN.get(&key.reply_key(out.nat_addr, out.nat_port)) }
+                .is_some_and(|reply| reply.packets > 0)
+        } else {
+            // Opened from outside: answered once the LAN host sent.
+            out.packets > 0
+        };
         if !replied {
             forget(&key, &out);
             count_event(CtEvent::EarlyDropped);

@@ -10,6 +10,7 @@ mod bench;
 mod conntrack;
 mod fib;
 mod frag;
+mod hairpin;
 mod icmp;
 mod nat;
 mod parse;

@@ -1,12 +1,12 @@
 //! Source NAT out of the WANs, and its reversal for replies and ICMP errors.
 use aya_ebpf::programs::XdpContext;
 use pcc_common::{
-    CT_FLAG_ROUTED, CT_TCP_ACK, CT_TCP_FIN, CT_TCP_RST, CT_TCP_SYN, Config, Counter, CtIn, FlowKey,
-    LAN_DEVMAP_BASE, LanInfo, csum, tcp::scaled_window,
+    CT_FLAG_HAIRPIN, CT_FLAG_ROUTED, CT_TCP_ACK, CT_TCP_FIN, CT_TCP_RST, CT_TCP_SYN, Config,
+    Counter, CtIn, FlowKey, LAN_DEVMAP_BASE, LanInfo, csum, tcp::scaled_window,
 };
 
 use crate::{
-    CONFIG, CT_IN, CT_OUT, LANS, WAN_STATS, WANS, conntrack, fib, frag, icmp,
+    CONFIG, CT_IN, CT_OUT, LANS, WAN_STATS, WANS, conntrack, fib, frag, hairpin, icmp,
     parse::{
         self, EthHdr, Fragment, ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST,
         ICMP_PARAM_PROBLEM, ICMP_TIME_EXCEEDED, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IcmpHdr,
@@ -168,14 +168,14 @@ pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
                 if bits & (CT_TCP_FIN | CT_TCP_RST) != 0 {
                     conntrack::hasten(&key);
                 }
-                found = Some((e.nat_addr, e.nat_port, e.wan_id, exit, fwd_counter(e.flags)));
+                found = Some((e.nat_addr, e.nat_port, e.wan_id, exit, e.flags));
             }
             // The WAN died (its upstream already broke the connection), the route that pinned
             // it changed, or the tuple is being reused: start afresh.
             _ => conntrack::forget(&key, e),
         }
     }
-    let (nat_addr, nat_port, wan_id, (wan, next_hop), fwd) = match found {
+    let (nat_addr, nat_port, wan_id, (wan, next_hop), flags) = match found {
         Some(f) => f,
         None => {
             // Only a packet with a transport header can open a connection.
@@ -190,12 +190,20 @@ pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
                 return Err(Counter::PassTcpNotSyn);
             }
             let lan_id = select::lan_for(ifindex, src, dst, cfg)?;
-            let (wan_id, (wan, next_hop), flags) = route::choose(&key, cfg)?;
-            if *next_hop == [0; 6] {
-                return Err(Counter::PassNoNeighbour);
-            }
-            if let Err(verdict) = icmp::fits(ctx, &p, wan.mtu, &ingress) {
-                return verdict;
+            let (wan_id, (wan, next_hop), flags) = match hairpin::target(&key, p.fragment) {
+                Some(wan_id) => {
+                    let wan = WANS.get(u32::from(wan_id)).ok_or(Counter::DropNoWan)?;
+                    (wan_id, (wan, &wan.gateway_mac), CT_FLAG_HAIRPIN)
+                }
+                None => route::choose(&key, cfg)?,
+            };
+            if flags & CT_FLAG_HAIRPIN == 0 {
+                if *next_hop == [0; 6] {
+                    return Err(Counter::PassNoNeighbour);
+                }
+                if let Err(verdict) = icmp::fits(ctx, &p, wan.mtu, &ingress) {
+                    return verdict;
+                }
             }
             let lan_wscale = if syn {
                 tcp::syn_options(ctx, seg.tcp, wan.mtu)
@@ -229,7 +237,7 @@ pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
                 }
                 (wan, &wan.gateway_mac)
             };
-            (e.nat_addr, e.nat_port, e.wan_id, exit, fwd_counter(e.flags))
+            (e.nat_addr, e.nat_port, e.wan_id, exit, e.flags)
         }
     };
 
@@ -256,10 +264,13 @@ pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
             rewrite_l4(ctx, proto, src, nat_addr, true, nat_port)?;
         }
     }
+    if flags & CT_FLAG_HAIRPIN != 0 {
+        return hairpin::deliver(ctx, bits);
+    }
     count_tx(wan_id, len);
     // SAFETY: bounds-checked in parse::ipv4().
     let action = unsafe { fib::forward(eth, ip, next_hop, &wan.mac, wan_id as u32)? };
-    Ok((action, fwd))
+    Ok((action, fwd_counter(flags)))
 }
 
 /// What a forwarded LAN packet is counted as: balanced, or pinned by a route.
@@ -280,7 +291,7 @@ fn fwd_counter(flags: u8) -> Counter {
 /// # Safety
 /// The transport header was bounds-checked for `proto` by the caller.
 #[inline(always)]
-unsafe fn rewrite_l4(
+pub unsafe fn rewrite_l4(
     ctx: &XdpContext,
     proto: u8,
     old_addr: u32,
@@ -362,7 +373,24 @@ pub fn wan_to_lan(ctx: &XdpContext) -> Verdict {
     } else {
         Counter::PassFragment
     };
-    let entry = CT_IN.get_ptr_mut(&key).ok_or(untracked)?;
+    let entry = match CT_IN.get_ptr_mut(&key) {
+        Some(entry) => entry,
+        None if p.fragment != Fragment::Later => {
+            // Unsolicited: reaches a mapping's LAN endpoint only with endpoint-independent
+            // filtering; else the kernel's, as always.
+            let bits = if proto == IPPROTO_TCP {
+                conntrack::tcp_bits(seg.flags)
+            } else {
+                0
+            };
+            conntrack::accept(&key, bits, 0).map_err(|e| match e {
+                Counter::PassUntracked => untracked,
+                e => e,
+            })?;
+            CT_IN.get_ptr_mut(&key).ok_or(untracked)?
+        }
+        None => return Err(untracked),
+    };
     // SAFETY: a live entry of our map; wan_id never changes.
     let wan = WANS
         .get(u32::from(unsafe { (*entry).wan_id }))

@@ -10,6 +10,10 @@ pub const MAX_LANS: usize = 4;
 pub const SLOT_TABLE_SIZE: usize = 4093;
 /// A slot that belongs to no WAN (no WAN is up).
 pub const NO_WAN: u8 = 0xff;
+/// `CtIn::lan_id` of a tuple one of the router's own sockets uses on a WAN (or the kernel's
+/// masquerade of a LAN packet it forwarded), recorded by the TC egress hook: no mapping may
+/// take it, and what arrives on it is the kernel's.
+pub const LAN_ROUTER: u8 = 0xfe;
 /// Source-subnet policies (`SLOTS[1..=MAX_POLICIES]`); `SLOTS[0]` serves every other host.
 pub const MAX_POLICIES: usize = 16;
 /// Subnets the policies may name in all (`POLICIES` LPM trie entries).
@@ -205,12 +209,15 @@ pub struct CtOut {
     pub bytes: u64,
 }
 
-/// `CT_IN` value: how replies are translated back to the LAN host.
+/// `CT_IN` value: how replies are translated back to the LAN host. With `lan_id ==
+/// LAN_ROUTER` the tuple is the router's own: nothing is translated, `lan_addr`, `lan_port` and
+/// `lan_mac` are 0, `tcp_flags` gathers both sides' flags and `packets` counts what arrived.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtIn {
     pub lan_addr: u32,
     pub lan_port: u16,
+    /// The LAN the host is on, or [`LAN_ROUTER`].
     pub lan_id: u8,
     /// `CT_TCP_*` seen from the remote end.
     pub tcp_flags: u8,
@@ -237,7 +244,7 @@ pub struct WanCounters {
 }
 
 const _: () = {
-    assert!(size_of::<Config>() == 20);
+    assert!(size_of::<Config>() == 16);
     assert!(size_of::<WanInfo>() == 24);
     assert!(size_of::<LanInfo>() == 20);
     assert!(size_of::<FlowKey>() == 16);

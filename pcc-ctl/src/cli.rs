@@ -162,8 +162,8 @@ pub struct UpArgs {
     /// Conntrack capacity in connections; beyond it new connections are dropped and counted.
     #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(16..=16_777_216))]
     pub max_connections: u32,
-    /// Source NAT port range. The router's own ephemeral range
-    /// (net.ipv4.ip_local_port_range) is always left out of it.
+    /// Source NAT port range, the hosts' ephemeral ports included. The router's own sockets
+    /// keep their tuples: the TC egress hook on each WAN records them.
     #[arg(long, value_parser = parse_port_range, default_value = "1024-65535", value_name = "MIN-MAX")]
     pub nat_ports: (u16, u16),
     /// Seed of the classifier hash (same seed, same WAN for the same connection).

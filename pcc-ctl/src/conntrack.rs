@@ -1,7 +1,7 @@
 //! Conntrack garbage collection: expired connections and broken halves are removed, which
 //! returns their NAT ports.
 use anyhow::Result;
-use pcc_common::{FlowKey, MAX_WANS, conntrack::Timeouts};
+use pcc_common::{FlowKey, LAN_ROUTER, MAX_WANS, conntrack::Timeouts};
 
 use crate::maps::Maps;
 
@@ -94,6 +94,14 @@ pub fn collect(
     }
     for item in maps.ct_in.iter().take_while(|_| scan_orphans) {
         let Ok((key, reply)) = item else { continue };
+        // The router's own tuple (TC egress hook) has no forward twin: it goes when idle.
+        if reply.lan_id == LAN_ROUTER {
+            if timeouts.router_tuple_expired(key.proto, &reply, now_ns) {
+                report.expired += 1;
+                dead_in.push(key);
+            }
+            continue;
+        }
         let original = key.original_key(reply.lan_addr, reply.lan_port);
         if maps.ct_out.get(&original, 0).is_err()
             && now_ns.saturating_sub(reply.last_seen_ns) > ORPHAN_GRACE_NS

@@ -10,7 +10,7 @@ use pcc_common::{
 
 use crate::{CT_IN, CT_OUT, WAN_STATS, parse};
 
-const EEXIST: i32 = 17;
+pub const EEXIST: i32 = 17;
 
 /// CLOCK_MONOTONIC at jiffy resolution: plenty for idle timeouts in seconds, and cheaper
 /// than `bpf_ktime_get_ns` on every packet.

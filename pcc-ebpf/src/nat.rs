@@ -6,7 +6,7 @@ use pcc_common::{
 };
 
 use crate::{
-    CONFIG, CT_IN, CT_OUT, LANS, WAN_STATS, WANS, conntrack, fib, frag, icmp,
+    CONFIG, CT_IN, CT_OUT, LANS, WAN_STATS, WANS, conntrack, fib, frag, icmp, local,
     parse::{
         self, EthHdr, Fragment, ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST,
         ICMP_PARAM_PROBLEM, ICMP_TIME_EXCEEDED, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IcmpHdr,
@@ -356,6 +356,9 @@ pub fn wan_to_lan(ctx: &XdpContext) -> Verdict {
         Counter::PassFragment
     };
     let entry = CT_IN.get_ptr_mut(&key).ok_or(untracked)?;
+    if local::owns(entry) {
+        return Err(local::arrived(entry, proto, seg.flags));
+    }
     // SAFETY: a live entry of our map; wan_id never changes.
     let wan = WANS
         .get(u32::from(unsafe { (*entry).wan_id }))

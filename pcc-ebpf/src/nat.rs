@@ -356,9 +356,6 @@ pub fn wan_to_lan(ctx: &XdpContext) -> Verdict {
         Counter::PassFragment
     };
     let entry = CT_IN.get_ptr_mut(&key).ok_or(untracked)?;
-    if local::owns(entry) {
-        return Err(local::arrived(entry, proto, seg.flags));
-    }
     // SAFETY: a live entry of our map; wan_id never changes.
     let wan = WANS
         .get(u32::from(unsafe { (*entry).wan_id }))
@@ -366,6 +363,9 @@ pub fn wan_to_lan(ctx: &XdpContext) -> Verdict {
     // SAFETY: bounds-checked in parse::ipv4().
     if !same_mac(unsafe { &(*eth).dst }, &wan.mac) {
         return Err(Counter::PassOtherHost);
+    }
+    if local::owns(entry) {
+        return Err(local::arrived(entry, proto, seg.flags));
     }
     let bits = if proto == IPPROTO_TCP {
         conntrack::tcp_bits(seg.flags)

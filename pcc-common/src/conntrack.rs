@@ -1,6 +1,6 @@
 //! When a connection has ended. The dataplane decides, in each connection's expiry timer
 //! (`bpf_timer`); the controller only reads the same arithmetic for its census.
-use crate::{CT_TCP_FIN, CT_TCP_RST, CtIn, CtOut};
+use crate::{CT_TCP_FIN, CT_TCP_RST, CtIn, CtOut, LAN_ROUTER};
 
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
@@ -90,6 +90,28 @@ impl Timeouts {
     }
 }
 
+impl Timeouts {
+    /// Whether a tuple of the router's own (`CT_IN` entry with `lan_id ==` [`LAN_ROUTER`])
+    /// has been idle too long: with the same timeouts as a mapping, so no mapping takes a
+    /// tuple the router's socket may still use. Its `tcp_flags` gather both sides' flags, so
+    /// a FIN of either side counts as half-closed (the opening timeout, longer than the
+    /// socket's own TIME_WAIT) and only a reset ends it at once.
+    pub fn router_tuple_expired(&self, proto: u8, entry: &CtIn, now_ns: u64) -> bool {
+        debug_assert_eq!(entry.lan_id, LAN_ROUTER);
+        let limit = match proto {
+            PROTO_TCP if entry.tcp_flags & CT_TCP_RST != 0 => self.tcp_close,
+            PROTO_TCP if entry.tcp_flags & CT_TCP_FIN != 0 || entry.packets == 0 => {
+                self.tcp_opening
+            }
+            PROTO_TCP => self.tcp_established,
+            PROTO_UDP if entry.packets > 0 => self.udp_stream,
+            PROTO_UDP => self.udp,
+            _ => self.icmp,
+        };
+        now_ns.saturating_sub(entry.last_seen_ns) > u64::from(limit).saturating_mul(1_000_000_000)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,6 +172,58 @@ mod tests {
         assert!(
             !t.expired(PROTO_UDP, &o, &i, 401 * S),
             "a recent reply keeps it alive"
+        );
+    }
+}
+
+#[cfg(test)]
+mod router_tuples {
+    use super::*;
+    use crate::{CT_TCP_ACK, CT_TCP_SYN};
+
+    const S: u64 = 1_000_000_000;
+
+    fn tuple(tcp_flags: u8, packets: u64) -> CtIn {
+        CtIn {
+            lan_id: LAN_ROUTER,
+            tcp_flags,
+            packets,
+            last_seen_ns: 100 * S,
+            ..Default::default()
+        }
+    }
+
+    /// The second a tuple idle since 100 s expires right after, by state.
+    fn lives_until(proto: u8, e: &CtIn) -> u32 {
+        let t = Timeouts::default();
+        (100..1_000_000u32)
+            .find(|&s| t.router_tuple_expired(proto, e, u64::from(s) * S + 1))
+            .expect("expires")
+    }
+
+    #[test]
+    fn router_tuples_expire_like_mappings() {
+        let t = Timeouts::default();
+        assert_eq!(lives_until(PROTO_UDP, &tuple(0, 0)), 100 + t.udp);
+        assert_eq!(lives_until(PROTO_UDP, &tuple(0, 3)), 100 + t.udp_stream);
+        assert_eq!(lives_until(PROTO_ICMP, &tuple(0, 1)), 100 + t.icmp);
+        assert_eq!(
+            lives_until(PROTO_TCP, &tuple(CT_TCP_SYN, 0)),
+            100 + t.tcp_opening,
+            "no answer yet"
+        );
+        assert_eq!(
+            lives_until(PROTO_TCP, &tuple(CT_TCP_SYN | CT_TCP_ACK | CT_TCP_FIN, 9)),
+            100 + t.tcp_opening,
+            "a FIN of either side: half-closed"
+        );
+        assert_eq!(
+            lives_until(PROTO_TCP, &tuple(CT_TCP_ACK | CT_TCP_RST, 9)),
+            100 + t.tcp_close
+        );
+        assert_eq!(
+            lives_until(PROTO_TCP, &tuple(CT_TCP_SYN | CT_TCP_ACK, 9)),
+            100 + t.tcp_established
         );
     }
 }

@@ -1,6 +1,7 @@
 //! Dataplane event counters (`STATS[counter]`, per CPU). Every packet the programs see ends in
 //! exactly one of them, so `forwarded + passed + dropped` accounts for all traffic; the few
-//! [`Counter::is_event`] ones count what was done besides a packet's fate, never a packet.
+//! [`Counter::is_event`] ones count what was done besides a packet's fate, never a packet. The
+//! TC egress hook on each WAN counts only the router's own packets it records or drops.
 
 /// What happened to a packet, and why.
 #[repr(u32)]
@@ -65,6 +66,15 @@ pub enum Counter {
     /// The kernel's route for the destination goes through no WAN (a VPN, a tunnel, another
     /// LAN, a branch router), or drops it: the kernel's business, untouched.
     PassKernelRoute,
+    /// Arrived on a WAN for one of the router's own sockets (a tuple the TC egress hook
+    /// recorded), or an ICMP error quoting one: the kernel's, never taken for a LAN host's.
+    PassRouterOwn,
+    /// TC egress: left a WAN from the router itself (its own sockets, or the kernel's
+    /// masquerade of a LAN packet it forwarded), its tuple recorded so no mapping takes it.
+    PassRouterOwnOut,
+    /// TC egress: the router's own packet left unrecorded, the conntrack table being full (the
+    /// router's DNS and probes must not fail because LAN hosts filled the table).
+    PassRouterOwnUnrecorded,
     /// Shorter than its Ethernet header, or than an IPv4 header after it.
     DropRunt,
     /// IPv4 header invalid: version, IHL < 5 or past the total length, total length shorter
@@ -104,10 +114,14 @@ pub enum Counter {
     /// address-and-port-dependent filtering, the receiver has not sent to the sender's
     /// mapping), or a hairpinned fragment.
     DropHairpinFiltered,
+    /// TC egress: the router's own packet on a tuple a LAN host's mapping holds (same WAN
+    /// address and port towards the same remote address and port): its replies would reach
+    /// the LAN host, so it does not leave. The router's socket retries or picks another port.
+    DropRouterTupleTaken,
 }
 
 impl Counter {
-    pub const COUNT: usize = Counter::DropHairpinFiltered as usize + 1;
+    pub const COUNT: usize = Counter::DropRouterTupleTaken as usize + 1;
     pub const ALL: [Counter; Self::COUNT] = [
         Counter::FwdOut,
         Counter::FwdIn,
@@ -130,6 +144,9 @@ impl Counter {
         Counter::PassOversize,
         Counter::PassOtherHost,
         Counter::PassKernelRoute,
+        Counter::PassRouterOwn,
+        Counter::PassRouterOwnOut,
+        Counter::PassRouterOwnUnrecorded,
         Counter::DropRunt,
         Counter::DropBadIpHeader,
         Counter::DropBadIpChecksum,
@@ -145,6 +162,7 @@ impl Counter {
         Counter::DropRstOutOfWindow,
         Counter::DropHostConnectionLimit,
         Counter::DropHairpinFiltered,
+        Counter::DropRouterTupleTaken,
     ];
 
     /// Whether the packet is dropped (else forwarded or passed to the kernel).
@@ -183,7 +201,10 @@ impl Counter {
             | Counter::PassTcpNotSyn
             | Counter::PassOversize
             | Counter::PassOtherHost
-            | Counter::PassKernelRoute => "passed",
+            | Counter::PassKernelRoute
+            | Counter::PassRouterOwn
+            | Counter::PassRouterOwnOut
+            | Counter::PassRouterOwnUnrecorded => "passed",
             _ => "dropped",
         }
     }
@@ -212,6 +233,9 @@ impl Counter {
             Counter::PassOversize => "over_ingress_mtu",
             Counter::PassOtherHost => "other_host",
             Counter::PassKernelRoute => "kernel_route",
+            Counter::PassRouterOwn => "router_own",
+            Counter::PassRouterOwnOut => "router_own_out",
+            Counter::PassRouterOwnUnrecorded => "router_own_unrecorded",
             Counter::DropRunt => "runt",
             Counter::DropBadIpHeader => "bad_ip_header",
             Counter::DropBadIpChecksum => "bad_ip_checksum",
@@ -227,6 +251,7 @@ impl Counter {
             Counter::DropRstOutOfWindow => "rst_out_of_window",
             Counter::DropHostConnectionLimit => "host_connection_limit",
             Counter::DropHairpinFiltered => "hairpin_filtered",
+            Counter::DropRouterTupleTaken => "router_tuple_taken",
         }
     }
 }

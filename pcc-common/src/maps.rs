@@ -317,12 +317,15 @@ pub struct bpf_timer {
     opaque1: u64,
 }
 
-/// `CT_IN` value: how replies are translated back to the LAN host.
+/// `CT_IN` value: how replies are translated back to the LAN host. With `lan_id ==
+/// LAN_ROUTER` the tuple is the router's own: nothing is translated, `lan_addr`, `lan_port` and
+/// `lan_mac` are 0, `tcp_flags` gathers both sides' flags and `packets` counts what arrived.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtIn {
     pub lan_addr: u32,
     pub lan_port: u16,
+    /// The LAN the host is on, or [`LAN_ROUTER`].
     pub lan_id: u8,
     /// `CT_TCP_*` seen from the remote end.
     pub tcp_flags: u8,
@@ -349,7 +352,7 @@ pub struct WanCounters {
 }
 
 const _: () = {
-    assert!(size_of::<Config>() == 48);
+    assert!(size_of::<Config>() == 44);
     assert!(size_of::<BindKey>() == 8);
     assert!(size_of::<Binding>() == 16);
     assert!(size_of::<PublicKey>() == 8);

@@ -1,26 +1,24 @@
 //! Which source ports the NAT may hand out, and the order it tries them in.
 
-/// Ports `min..=max` minus `skip_min..=skip_max` (host byte order). The skipped window is the
-/// router's own ephemeral range (`net.ipv4.ip_local_port_range`): a NAT port there could
-/// collide with one of the router's own sockets talking to the same server.
+/// Ports `min..=max` (host byte order). The whole range, the hosts' ephemeral ports
+/// included, so a host's own port is kept whenever it is free (RFC 4787 REQ-1's port
+/// preservation). The router's own sockets need no window of their own: the TC egress hook on
+/// each WAN records their tuples in the conntrack table, where a mapping's `BPF_NOEXIST`
+/// insert finds them taken.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NatPortRange {
     pub min: u16,
     pub max: u16,
-    /// `skip_min > skip_max` skips nothing.
-    pub skip_min: u16,
-    pub skip_max: u16,
 }
 
 impl Default for NatPortRange {
     fn default() -> Self {
-        // Linux's default ip_local_port_range.
+        // The unprivileged ports: below 1024 only a host's own well-known services bind,
+        // and a mapping there could pass for one of them.
         Self {
             min: 1024,
             max: 65535,
-            skip_min: 32768,
-            skip_max: 60999,
         }
     }
 }
@@ -32,29 +30,13 @@ impl Default for NatPortRange {
 pub const NAT_PORT_TRIES: u32 = 16;
 
 impl NatPortRange {
-    /// The skipped window clipped to `min..=max`, as `(first, count)`.
-    #[inline(always)]
-    fn skipped(&self) -> (u32, u32) {
-        let lo = if self.skip_min > self.min {
-            self.skip_min
-        } else {
-            self.min
-        } as u32;
-        let hi = if self.skip_max < self.max {
-            self.skip_max
-        } else {
-            self.max
-        } as u32;
-        if lo <= hi { (lo, hi - lo + 1) } else { (lo, 0) }
-    }
-
     /// Number of ports the NAT may use.
     #[inline(always)]
     pub fn len(&self) -> u32 {
         if self.min > self.max {
             return 0;
         }
-        (self.max as u32 - self.min as u32 + 1) - self.skipped().1
+        self.max as u32 - self.min as u32 + 1
     }
 
     #[inline(always)]
@@ -64,18 +46,13 @@ impl NatPortRange {
 
     #[inline(always)]
     pub fn contains(&self, port: u16) -> bool {
-        let (lo, n) = self.skipped();
-        port >= self.min
-            && port <= self.max
-            && !(n > 0 && port as u32 >= lo && (port as u32) < lo + n)
+        port >= self.min && port <= self.max
     }
 
-    /// The `i`-th usable port (`i < len()`), skipping the excluded window.
+    /// The `i`-th usable port (`i < len()`).
     #[inline(always)]
     pub fn nth(&self, i: u32) -> u16 {
-        let (lo, n) = self.skipped();
-        let p = self.min as u32 + i;
-        (if n > 0 && p >= lo { p + n } else { p }) as u16
+        (self.min as u32 + i) as u16
     }
 
     /// The port to try on `attempt` (0-based) for a connection from `orig_port`, given a
@@ -100,14 +77,13 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
-    fn default_skips_linux_ephemeral_range() {
+    fn default_is_every_unprivileged_port() {
         let r = NatPortRange::default();
-        assert_eq!(r.len(), (65535 - 1024 + 1) - (60999 - 32768 + 1));
-        assert!(r.contains(1024) && r.contains(32767) && r.contains(61000) && r.contains(65535));
-        assert!(!r.contains(1023) && !r.contains(32768) && !r.contains(60999));
+        assert_eq!(r.len(), 65535 - 1024 + 1);
+        // Linux's ephemeral range included: a host's port there is kept when free.
+        assert!(r.contains(1024) && r.contains(32768) && r.contains(60999) && r.contains(65535));
+        assert!(!r.contains(1023));
         assert_eq!(r.nth(0), 1024);
-        assert_eq!(r.nth(32767 - 1024), 32767);
-        assert_eq!(r.nth(32768 - 1024), 61000);
         assert_eq!(r.nth(r.len() - 1), 65535);
     }
 
@@ -115,8 +91,13 @@ mod tests {
     fn keeps_original_port_when_allowed() {
         let r = NatPortRange::default();
         assert_eq!(r.candidate(5000, 0, 12345), 5000);
-        let p = r.candidate(40000, 0, 12345);
-        assert!(r.contains(p) && p != 40000);
+        assert_eq!(
+            r.candidate(40000, 0, 12345),
+            40000,
+            "an ephemeral port is kept too"
+        );
+        let p = r.candidate(80, 0, 12345);
+        assert!(r.contains(p) && p != 80, "a privileged port is not");
         assert!(r.contains(r.candidate(5000, 1, 999)));
     }
 
@@ -127,8 +108,6 @@ mod tests {
         let r = NatPortRange {
             min: 10000,
             max: 10099,
-            skip_min: 1,
-            skip_max: 0,
         };
         let mut taken = std::collections::HashSet::new();
         let mut seed = 1u32;
@@ -155,30 +134,19 @@ mod tests {
     }
 
     #[test]
-    fn empty_and_degenerate_ranges() {
+    fn empty_range() {
         let r = NatPortRange {
             min: 2000,
             max: 1000,
-            skip_min: 1,
-            skip_max: 0,
         };
         assert_eq!(r.len(), 0);
         assert_eq!(r.candidate(7, 3, 9), 7);
-        let all_skipped = NatPortRange {
-            min: 2000,
-            max: 3000,
-            skip_min: 1000,
-            skip_max: 4000,
-        };
-        assert_eq!(all_skipped.len(), 0);
     }
 
     proptest! {
         #[test]
-        fn nth_enumerates_exactly_the_allowed_ports(min in 1u16..4000, span in 0u16..3000,
-                                                     smin in 0u16..8000, sspan in 0u16..3000) {
-            let r = NatPortRange { min, max: min.saturating_add(span), skip_min: smin,
-                                   skip_max: smin.saturating_add(sspan) };
+        fn nth_enumerates_exactly_the_allowed_ports(min in 1u16..4000, span in 0u16..3000) {
+            let r = NatPortRange { min, max: min.saturating_add(span) };
             let by_nth: Vec<u16> = (0..r.len()).map(|i| r.nth(i)).collect();
             let by_filter: Vec<u16> = (r.min..=r.max).filter(|&p| r.contains(p)).collect();
             prop_assert_eq!(by_nth, by_filter);

@@ -190,8 +190,8 @@ pub struct UpArgs {
     /// peer-to-peer apps).
     #[arg(long, value_enum, default_value = "address-and-port-dependent")]
     pub nat_filtering: NatFilteringArg,
-    /// Source NAT port range. The router's own ephemeral range
-    /// (net.ipv4.ip_local_port_range) is always left out of it.
+    /// Source NAT port range, the hosts' ephemeral ports included. The router's own sockets
+    /// keep their tuples: the TC egress hook on each WAN records them.
     #[arg(long, value_parser = parse_port_range, default_value = "1024-65535", value_name = "MIN-MAX")]
     pub nat_ports: (u16, u16),
     /// Seed of the classifier hash (same seed, same WAN for the same connection).

@@ -1,12 +1,13 @@
-//! Loading the XDP programs and attaching them to the ports.
+//! Loading the XDP programs and attaching them to the ports, and the TC egress hook to the WANs.
 use anyhow::{Context as _, Result, anyhow};
 use std::path::Path;
 
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        ProgramError, Xdp, XdpMode,
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
         xdp::XdpLink,
     },
 };
@@ -31,6 +32,10 @@ impl Role {
         }
     }
 }
+
+/// The TC egress program on every WAN, which records the router's own connections
+/// (`pcc-ebpf/src/local.rs`).
+pub const WAN_EGRESS: &str = "pcc_wan_egress";
 
 /// How a port got its program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,6 +93,13 @@ impl Dataplane {
             prog.load()
                 .with_context(|| format!("the kernel refused program {}", role.program()))?;
         }
+        let egress: &mut SchedClassifier = ebpf
+            .program_mut(WAN_EGRESS)
+            .with_context(|| format!("program {WAN_EGRESS} missing"))?
+            .try_into()?;
+        egress
+            .load()
+            .with_context(|| format!("the kernel refused program {WAN_EGRESS}"))?;
         let maps = Maps::take(&mut ebpf)?;
         Ok((
             Self {
@@ -109,19 +121,10 @@ impl Dataplane {
         pin: &Path,
     ) -> Result<Attached> {
         let prog = self.xdp(role)?;
-        if pin.exists() {
-            let link = PinnedLink::from_pin(pin)
-                .with_context(|| format!("cannot open the pinned link {}", pin.display()))?;
-            let link = XdpLink::try_from(FdLink::from(link))
-                .with_context(|| format!("{} is not an XDP link", pin.display()))?;
+        if let Some(link) = pinned_link::<XdpLink>(pin, "an XDP link")? {
             match prog.attach_to_link(link) {
                 Ok(_) => return Ok(Attached::Adopted),
-                Err(e) => {
-                    log::warn!(
-                        "{interface}: the pinned link no longer works ({e}); attaching afresh"
-                    );
-                    let _ = std::fs::remove_file(pin);
-                }
+                Err(e) => stale_pin(interface, pin, &e),
             }
         }
         let id = prog
@@ -131,12 +134,32 @@ impl Dataplane {
         let link = FdLink::try_from(link).with_context(|| {
             format!("{interface}: the kernel gave no bpf_link to pin (XDP links need Linux 5.9)")
         })?;
-        let pinned = link.pin(pin).with_context(|| {
-            format!(
-                "cannot pin the XDP link of {interface} at {}",
-                pin.display()
-            )
-        })?;
+        self.pin(link, interface, pin)
+    }
+
+    /// Attaches the TC egress hook to WAN `interface` through a tcx link pinned at `pin`, with
+    /// the same adoption as [`attach_pinned`](Self::attach_pinned): the WAN never runs without
+    /// it across a restart. A tcx link needs no clsact qdisc, and goes with its pin.
+    pub fn attach_egress_pinned(&mut self, interface: &str, pin: &Path) -> Result<Attached> {
+        let prog = self.egress_program()?;
+        if let Some(link) = pinned_link::<SchedClassifierLink>(pin, "a tcx link")? {
+            match prog.attach_to_link(link) {
+                Ok(_) => return Ok(Attached::Adopted),
+                Err(e) => stale_pin(interface, pin, &e),
+            }
+        }
+        let options = TcAttachOptions::TcxOrder(LinkOrder::default());
+        let id = prog
+            .attach_with_options(interface, TcAttachType::Egress, options)
+            .map_err(|e| egress_error(interface, e))?;
+        let link = FdLink::try_from(prog.take_link(id)?)?;
+        self.pin(link, interface, pin)
+    }
+
+    fn pin(&mut self, link: FdLink, interface: &str, pin: &Path) -> Result<Attached> {
+        let pinned = link
+            .pin(pin)
+            .with_context(|| format!("cannot pin the link of {interface} at {}", pin.display()))?;
         self.pinned.push(pinned);
         Ok(Attached::Fresh)
     }
@@ -152,6 +175,15 @@ impl Dataplane {
     /// The program's file descriptor-backed handle, for tests and benchmarks (TestRun).
     pub fn program_mut(&mut self, role: Role) -> Result<&mut Xdp> {
         self.named_program(role.program())
+    }
+
+    /// The TC egress hook, for tests (TestRun).
+    pub fn egress_program(&mut self) -> Result<&mut SchedClassifier> {
+        Ok(self
+            .ebpf
+            .program_mut(WAN_EGRESS)
+            .context("program missing")?
+            .try_into()?)
     }
 
     /// Any program of the object by name, loaded on first use (the benchmark-only ones are
@@ -170,6 +202,28 @@ impl Dataplane {
     }
 }
 
+/// The link a previous controller pinned at `pin`, if there is one.
+fn pinned_link<L: TryFrom<FdLink>>(pin: &Path, kind: &str) -> Result<Option<L>>
+where
+    L::Error: std::error::Error + Send + Sync + 'static,
+{
+    if !pin.exists() {
+        return Ok(None);
+    }
+    let link = PinnedLink::from_pin(pin)
+        .with_context(|| format!("cannot open the pinned link {}", pin.display()))?;
+    let link = L::try_from(FdLink::from(link))
+        .with_context(|| format!("{} is not {kind}", pin.display()))?;
+    Ok(Some(link))
+}
+
+/// A pinned link that no longer works (its interface was re-created) goes; a fresh one
+/// replaces it.
+fn stale_pin(interface: &str, pin: &Path, e: &ProgramError) {
+    log::warn!("{interface}: the pinned link no longer works ({e}); attaching afresh");
+    let _ = std::fs::remove_file(pin);
+}
+
 fn xdp_mode(mode: XdpModeArg) -> XdpMode {
     match mode {
         XdpModeArg::Native => XdpMode::Driver,
@@ -186,6 +240,17 @@ fn errno_of(e: &ProgramError) -> Option<i32> {
         source = err.source();
     }
     None
+}
+
+fn egress_error(interface: &str, e: ProgramError) -> anyhow::Error {
+    match errno_of(&e) {
+        Some(libc::ENODEV) => anyhow!("unknown interface {interface}"),
+        // tcx (bpf_mprog) came with Linux 6.6; before it the kernel refuses the attach type.
+        Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => anyhow!(
+            "cannot attach the TC egress hook to WAN {interface}: the kernel has no tcx links (Linux 6.6+)"
+        ),
+        _ => anyhow!("cannot attach the TC egress hook to WAN {interface}: {e}"),
+    }
 }
 
 fn attach_error(interface: &str, mode: XdpModeArg, e: ProgramError) -> anyhow::Error {

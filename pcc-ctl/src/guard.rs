@@ -4,9 +4,11 @@
 //! address, or let unsolicited traffic from a WAN into the LAN. An nftables table of pcc's own
 //! closes both holes for as long as pcc runs:
 //!
-//! - LAN sources leaving a WAN through the kernel are masqueraded, TCP and UDP to ports inside
-//!   the router's own ephemeral range (`net.ipv4.ip_local_port_range`), which pcc's NAT never
-//!   hands out, so the kernel's mappings and pcc's can never collide on a WAN address;
+//! - LAN sources leaving a WAN through the kernel are masqueraded, to whatever port the kernel
+//!   picks: masquerading happens in POSTROUTING, before the TC egress hook on the WAN, which
+//!   records the translated tuple as the router's own (`lan_id == LAN_ROUTER`), so pcc's NAT
+//!   never hands it out and its replies reach the kernel, which translates them back. A tuple
+//!   one of pcc's mappings already holds is kept in by the hook (counted), never sent;
 //! - from a WAN to a LAN only replies the kernel itself tracks pass (`ct state
 //!   established,related`), everything else is dropped and counted;
 //! - towards a WAN, what conntrack calls invalid is dropped: NAT only applies to tracked
@@ -30,8 +32,6 @@ use crate::netlink::Ipv4Net;
 pub struct GuardSpec<'a> {
     pub wans: &'a [String],
     pub lans: &'a [(String, Ipv4Net)],
-    /// Masquerade ports: the router's ephemeral range.
-    pub ports: (u16, u16),
 }
 
 /// The installed table; removed by [`ForwardGuard::remove`].
@@ -40,7 +40,6 @@ pub struct ForwardGuard {
     /// What it was installed for (a LAN that is renumbered changes it).
     wans: Vec<String>,
     lans: Vec<(String, Ipv4Net)>,
-    ports: (u16, u16),
 }
 
 /// The table name for a set of LANs: one pcc instance per LAN port, so the first LAN names
@@ -76,7 +75,6 @@ pub fn ruleset(table: &str, spec: &GuardSpec) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ");
-    let (lo, hi) = spec.ports;
     format!(
         "table ip {table}\n\
          delete table ip {table}\n\
@@ -90,8 +88,7 @@ pub fn ruleset(table: &str, spec: &GuardSpec) -> String {
          \t}}\n\
          \tchain postrouting {{\n\
          \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
-         \t\toifname {{ {wans} }} ip saddr {{ {nets} }} meta l4proto {{ tcp, udp }} counter masquerade to :{lo}-{hi} comment \"LAN traffic the XDP path passed to the kernel\"\n\
-         \t\toifname {{ {wans} }} ip saddr {{ {nets} }} counter masquerade\n\
+         \t\toifname {{ {wans} }} ip saddr {{ {nets} }} counter masquerade comment \"LAN traffic the XDP path passed to the kernel\"\n\
          \t}}\n\
          }}\n"
     )
@@ -130,7 +127,6 @@ impl ForwardGuard {
             table,
             wans: spec.wans.to_vec(),
             lans: spec.lans.to_vec(),
-            ports: spec.ports,
         })
     }
 
@@ -145,7 +141,6 @@ impl ForwardGuard {
         let spec = GuardSpec {
             wans: &self.wans,
             lans: &self.lans,
-            ports: self.ports,
         };
         nft(&ruleset(&self.table, &spec)).with_context(|| {
             format!(
@@ -191,16 +186,13 @@ mod tests {
         let spec = GuardSpec {
             wans: &wans,
             lans: &lans,
-            ports: (32768, 60999),
         };
         let r = ruleset(&table_name("lan0"), &spec);
         assert!(r.starts_with("table ip pcc_guard_lan0\ndelete table ip pcc_guard_lan0\n"));
         assert!(r.contains("iifname { \"wan0\", \"wan1\" } oifname { \"lan0\" } ct state"));
         assert!(r.contains("oifname { \"wan0\", \"wan1\" } ct state invalid counter drop"));
         assert!(r.contains("ct state new tcp flags & (fin | syn | rst | ack) != syn counter drop"));
-        assert!(r.contains(
-            "ip saddr { 198.19.10.0/24 } meta l4proto { tcp, udp } counter masquerade to :32768-60999"
-        ));
+        assert!(r.contains("ip saddr { 198.19.10.0/24 } counter masquerade comment"));
         assert_eq!(table_name("br-lan.10"), "pcc_guard_br_lan_10");
     }
 }

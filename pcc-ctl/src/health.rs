@@ -2,9 +2,10 @@
 //!
 //! Uses `surge-ping` (maintained async ICMP on tokio) over a raw socket bound to the WAN
 //! (SO_BINDTODEVICE) and to the WAN's address, so a probe can never leave by another WAN
-//! and a dead line cannot be masked by a live one. The echo identifier is taken from the
-//! router's own ephemeral port range, which the NAT never hands out, so a LAN host's ping
-//! translated by the dataplane can never be mistaken for a probe reply or steal one.
+//! and a dead line cannot be masked by a live one. The echo identifier lies below the NAT port
+//! range, which no mapping has, and the TC egress hook records the probes as the router's own,
+//! so a LAN host's ping translated by the dataplane can never be mistaken for a probe reply or
+//! steal one.
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::{Arc, Mutex},

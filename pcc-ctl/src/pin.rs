@@ -113,6 +113,12 @@ impl Pins {
         self.dir.join(format!("link_{interface}"))
     }
 
+    /// The TC egress hook's link of WAN `interface` (`:` is in no interface name, and bpffs
+    /// refuses `.` in a pin's name).
+    pub fn egress_link_path(&self, interface: &str) -> PathBuf {
+        self.dir.join(format!("link_{interface}:egress"))
+    }
+
     /// Whether a previous controller left pinned maps here.
     pub fn exist(&self) -> bool {
         self.map_path("CT_OUT").exists()

@@ -214,7 +214,8 @@ pub struct Ports<'a> {
 
 impl Ports<'_> {
     /// Turns off the offloads that would hide frames from the program (see `offload`), then
-    /// attaches `role`'s program to the interface through its pinned link.
+    /// attaches `role`'s program to the interface through its pinned link, and on a WAN the
+    /// TC egress hook that records the router's own connections.
     pub fn attach(
         &mut self,
         role: Role,
@@ -223,6 +224,10 @@ impl Ports<'_> {
         mode: XdpModeArg,
     ) -> anyhow::Result<Attached> {
         self.offloads.turn_off(name, ifindex, Offload::RxVlan)?;
+        if role == Role::Wan {
+            self.dataplane
+                .attach_egress_pinned(name, &self.pins.egress_link_path(name))?;
+        }
         self.dataplane
             .attach_pinned(role, name, mode, &self.pins.link_path(name))
     }

@@ -198,6 +198,20 @@ impl TestBed {
         Ok((result.return_value, out, result.duration))
     }
 
+    /// Runs the TC egress hook once on `frame` leaving `lo` (where the WANs are): the TC action.
+    pub fn run_egress(&mut self, frame: &[u8]) -> Result<i32> {
+        let mut out = vec![0u8; frame.len() + 256];
+        let options = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat: 1,
+            ..TestRunOptions::default()
+        };
+        let prog = self.dataplane.egress_program()?;
+        let result = prog.test_run(options).context("BPF_PROG_TEST_RUN")?;
+        Ok(result.return_value as i32)
+    }
+
     /// The WAN the slot table gives a client/server pair (both-addresses classifier).
     pub fn expected_wan(&self, src: Ipv4Addr, dst: Ipv4Addr) -> usize {
         let h = Classifier::BothAddresses.hash(SEED, be(src), be(dst), 0, 0);

@@ -167,17 +167,6 @@ fn ensure_bpffs() -> Result<()> {
     Ok(())
 }
 
-/// The router's own ephemeral source ports, which the NAT must not hand out.
-fn local_port_range() -> (u16, u16) {
-    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| {
-            let mut it = s.split_whitespace().map(|p| p.parse::<u16>());
-            Some((it.next()?.ok()?, it.next()?.ok()?))
-        })
-        .unwrap_or((32768, 60999))
-}
-
 struct Learned {
     wans: Vec<(Link, Ipv4Net, Ipv4Addr)>,
     lans: Vec<(Link, Ipv4Net)>,
@@ -297,20 +286,12 @@ pub async fn run(args: UpArgs) -> Result<()> {
             return Err(e);
         }
     };
-    let (skip_min, skip_max) = local_port_range();
+    // The whole range: the router's own tuples are recorded by the TC egress hook, so a
+    // mapping never takes one (`local` in pcc-ebpf).
     let nat_ports = NatPortRange {
         min: args.nat_ports.0,
         max: args.nat_ports.1,
-        skip_min,
-        skip_max,
     };
-    if nat_ports.is_empty() {
-        bail!(
-            "NAT port range {}-{} lies inside the router's own ephemeral ports {skip_min}-{skip_max}",
-            args.nat_ports.0,
-            args.nat_ports.1
-        );
-    }
     let config = Config {
         classifier: args.classifier as u8,
         lan_count: learned.lans.len() as u8,
@@ -374,7 +355,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         if !args.no_forward_guard {
             let wan_names: Vec<String> = learned.wans.iter().map(|(l, _, _)| l.name.clone()).collect();
             let lans: Vec<(String, Ipv4Net)> = learned.lans.iter().map(|(l, n)| (l.name.clone(), *n)).collect();
-            let spec = GuardSpec { wans: &wan_names, lans: &lans, ports: (skip_min, skip_max) };
+            let spec = GuardSpec { wans: &wan_names, lans: &lans };
             let g = ForwardGuard::install(&spec)?;
             log::debug!("kernel forwarding guarded by nftables table ip {}", g.table());
             guard = Some(g);
@@ -471,7 +452,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         let (health_tx, health_rx) = tokio::sync::mpsc::unbounded_channel();
         let mut probers = Probers::new(params, shared.health.clone(), shared.clock, health_tx);
         for wan in &wans {
-            probers.ensure(wan.wan_id as usize, &wan.name, wan_addr(wan), probe_ident(wan.wan_id))?;
+            probers.ensure(wan.wan_id as usize, &wan.name, wan_addr(wan), probe_ident(wan.wan_id, args.nat_ports.0))?;
         }
         let events = Netlink::events()?;
         tokio::spawn(server);
@@ -527,13 +508,19 @@ fn wan_addr(wan: &WanView) -> Ipv4Addr {
     Ipv4Addr::from(wan.info.addr.to_ne_bytes())
 }
 
-/// The ICMP identifier of a WAN's probes: inside the router's own ephemeral port range,
-/// which the NAT never hands out, so no translated LAN ping can carry it.
-fn probe_ident(wan_id: u8) -> u16 {
-    let (lo, hi) = local_port_range();
-    let span = u32::from(hi.saturating_sub(lo)).max(1);
-    let base = (std::process::id().wrapping_mul(8) + u32::from(wan_id)) % span;
-    lo + base as u16
+/// The ICMP identifier of a WAN's probes. The TC egress hook records the probes like any
+/// socket of the router's, but a LAN host's ping holding the same target and identifier first
+/// would keep them in, and a good WAN would look down: below the NAT range no mapping holds
+/// one. A NAT range that starts at port 1 leaves no room; any identifier then, as the hook
+/// records it at the first probe.
+fn probe_ident(wan_id: u8, nat_min: u16) -> u16 {
+    let seed = std::process::id().wrapping_mul(8) + u32::from(wan_id);
+    let span = if nat_min > 1 {
+        u32::from(nat_min) - 1
+    } else {
+        u32::from(u16::MAX)
+    };
+    (1 + seed % span) as u16
 }
 
 /// What the controller put into the kernel and keeps in step while it runs, and the signals
@@ -647,7 +634,7 @@ async fn serve(
                     wan.wan_id as usize,
                     &wan.name,
                     wan_addr(wan),
-                    probe_ident(wan.wan_id),
+                    probe_ident(wan.wan_id, args.nat_ports.0),
                 ) {
                     log::warn!("WAN {}: {e:#}", wan.name);
                 }

@@ -171,11 +171,10 @@ fn a_lan_endpoint_keeps_its_public_endpoint_for_every_remote_one() {
     // Another host holds port 40000 first on every WAN: the client's endpoint gets another
     // port, the same one towards every server through a WAN.
     for wan in 0..2usize {
-        let server = wans
-            .iter()
-            .find(|(_, w)| *w == wan)
-            .expect("a server on each WAN")
-            .0;
+        let server = (0..8u8)
+            .map(|i| Ipv4Addr::new(203, 0, 113, 20 + i))
+            .find(|s| rig.expected_wan(CLIENT2, *s) == wan)
+            .expect("a server on each WAN");
         let frame = from_client(CLIENT2, CLIENT2_MAC, udp(40000, 3478));
         let frame = pcc_common::packet::Frame {
             dst: server,

@@ -26,8 +26,6 @@ impl Rig {
         config.nat_ports = NatPortRange {
             min: 61000,
             max: 61000,
-            skip_min: 1,
-            skip_max: 0,
         };
         rig.maps.config.set(0, config, 0).unwrap();
         rig

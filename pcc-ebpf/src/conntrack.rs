@@ -19,7 +19,7 @@ use crate::{
     WAN_STATS, parse,
 };
 
-const EEXIST: i32 = 17;
+pub const EEXIST: i32 = 17;
 const NOEXIST: u64 = BPF_NOEXIST as u64;
 
 /// CLOCK_MONOTONIC at jiffy resolution: plenty for idle timeouts in seconds, and cheaper

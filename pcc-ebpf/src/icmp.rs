@@ -7,7 +7,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use pcc_common::{
-    Counter, CtIn, CtOut, FlowKey, LAN_DEVMAP_BASE, csum,
+    Counter, CtIn, CtOut, FlowKey, LAN_DEVMAP_BASE, LAN_ROUTER, csum,
     icmp::{self, ICMP_ERROR_LEN, QUOTE_LEN},
     ratelimit::{ICMP_ANSWER_BURST, ICMP_ANSWER_INTERVAL_NS},
 };
@@ -189,6 +189,10 @@ pub fn error_to_lan(ctx: &XdpContext, eth: *mut EthHdr, ip: *mut Ipv4Hdr) -> Ver
     let entry = CT_IN.get_ptr(&key).ok_or(Counter::PassUntracked)?;
     // SAFETY: a live entry of our map, copied once.
     let entry: CtIn = unsafe { *entry };
+    // About a packet of the router's own socket: the kernel's to deliver.
+    if entry.lan_id == LAN_ROUTER {
+        return Err(Counter::PassRouterOwn);
+    }
     let lan = LANS
         .get(entry.lan_id as u32)
         .ok_or(Counter::PassUntracked)?;

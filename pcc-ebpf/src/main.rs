@@ -1,4 +1,5 @@
-//! pcc's XDP dataplane: `pcc_lan` on every LAN port, `pcc_wan` on every WAN port.
+//! pcc's XDP dataplane: `pcc_lan` on every LAN port, `pcc_wan` on every WAN port, and the TC
+//! egress hook `pcc_wan_egress` on every WAN, which records the router's own connections.
 #![no_std]
 #![no_main]
 // `atomic_xadd`: Rust's BPF target has no compare-and-swap, so `AtomicU64::fetch_add` is
@@ -12,6 +13,7 @@ mod fib;
 mod frag;
 mod hairpin;
 mod icmp;
+mod local;
 mod nat;
 mod parse;
 mod route;
@@ -21,9 +23,9 @@ mod tcp;
 use aya_ebpf::{
     bindings::xdp_action,
     btf_maps::HashMap as BtfHashMap,
-    macros::{btf_map, map, xdp},
+    macros::{btf_map, classifier, map, xdp},
     maps::{Array, DevMap, HashMap, LpmTrie, LruHashMap, PerCpuArray},
-    programs::XdpContext,
+    programs::{TcContext, XdpContext},
 };
 use pcc_common::{
     BindKey, Binding, Config, Counter, CtEvent, CtIn, CtOut, DEFAULT_MAX_CONNECTIONS, DEVMAP_SIZE,
@@ -108,7 +110,8 @@ static WAN_STATS: PerCpuArray<WanCounters> = PerCpuArray::with_max_entries(MAX_W
 #[inline(always)]
 fn count(counter: Counter) {
     if let Some(c) = STATS.get_ptr_mut(counter as u32) {
-        // SAFETY: per-CPU slot, and XDP programs do not preempt each other on one CPU.
+        // SAFETY: per-CPU slot. XDP programs do not preempt each other on one CPU, and TC
+        // egress runs with bottom halves off (`__dev_queue_xmit`), so no XDP run interleaves.
         unsafe { *c += 1 };
     }
 }
@@ -142,6 +145,12 @@ pub fn pcc_lan(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn pcc_wan(ctx: XdpContext) -> u32 {
     finish(nat::wan_to_lan(&ctx))
+}
+
+/// WAN egress (TC): records the router's own connections, so no mapping takes their tuples.
+#[classifier]
+pub fn pcc_wan_egress(ctx: TcContext) -> i32 {
+    local::egress(&ctx)
 }
 
 #[cfg(not(test))]

@@ -6,7 +6,7 @@ use pcc_common::{
 };
 
 use crate::{
-    CONFIG, CT_IN, CT_OUT, LANS, WAN_STATS, WANS, conntrack, fib, frag, hairpin, icmp,
+    CONFIG, CT_IN, CT_OUT, LANS, WAN_STATS, WANS, conntrack, fib, frag, hairpin, icmp, local,
     parse::{
         self, EthHdr, Fragment, ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST,
         ICMP_PARAM_PROBLEM, ICMP_TIME_EXCEEDED, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IcmpHdr,
@@ -398,6 +398,9 @@ pub fn wan_to_lan(ctx: &XdpContext) -> Verdict {
     // SAFETY: bounds-checked in parse::ipv4().
     if !same_mac(unsafe { &(*eth).dst }, &wan.mac) {
         return Err(Counter::PassOtherHost);
+    }
+    if local::owns(entry) {
+        return Err(local::arrived(entry, proto, seg.flags));
     }
     let bits = if proto == IPPROTO_TCP {
         conntrack::tcp_bits(seg.flags)

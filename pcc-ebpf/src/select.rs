@@ -41,18 +41,27 @@ pub fn lan_for(ifindex: u32, src: u32, dst: u32, cfg: &Config) -> Result<u8, Cou
             found = Some(i as u8);
         }
     }
+    if wan_with_addr(dst, cfg).is_some() {
+        return Err(Counter::PassLocal);
+    }
+    found.ok_or(Counter::DropSpoofed)
+}
+
+/// The WAN whose address `addr` is.
+#[inline(always)]
+pub fn wan_with_addr(addr: u32, cfg: &Config) -> Option<u8> {
     for i in 0..MAX_WANS as u32 {
         if i >= u32::from(cfg.wan_count) {
             break;
         }
         if let Some(wan) = WANS.get(i)
-            && wan.addr == dst
+            && wan.addr == addr
             && wan.ifindex != 0
         {
-            return Err(Counter::PassLocal);
+            return Some(i as u8);
         }
     }
-    found.ok_or(Counter::DropSpoofed)
+    None
 }
 
 /// The LAN served by port `ifindex`.

@@ -332,6 +332,37 @@ impl Lab {
             .with_context(|| format!("flows --json is not a list: {v}"))
     }
 
+    /// The TC egress hooks pcc-ctl attached to the WANs, as (WAN, BPF link id): read from
+    /// their pinned tcx links (the `bpftool net` of older distributions lists no tcx hooks).
+    pub fn egress_links(&self) -> Result<Vec<(String, u64)>> {
+        let dir = self.bpffs_dir().join("pcc/lan0");
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(wan) = name
+                .strip_prefix("link_")
+                .and_then(|n| n.strip_suffix(":egress"))
+            else {
+                continue;
+            };
+            let path = entry.path().to_string_lossy().into_owned();
+            let link = bpftool_link(&["pinned", &path])?
+                .with_context(|| format!("{path} pins no link"))?;
+            let id = link["id"]
+                .as_u64()
+                .with_context(|| format!("bpftool: {link}"))?;
+            found.push((wan.to_owned(), id));
+        }
+        found.sort();
+        Ok(found)
+    }
+
+    /// Whether the BPF link `id` still exists (a detached link whose last holder closed it
+    /// does not).
+    pub fn link_exists(&self, id: u64) -> Result<bool> {
+        Ok(bpftool_link(&["id", &id.to_string()])?.is_some())
+    }
+
     /// What of pcc's could be left in the router after it exits: its routes, nftables rules,
     /// managed neighbour entries, pins, and files in /run/pcc (locks, pinned-state and offload
     /// records). Equal before and after a run when the run cleaned up.
@@ -402,4 +433,19 @@ impl Lab {
             "XDP still attached on {xdp:?}; bpftool net shows {bpf:?}"
         )))
     }
+}
+
+/// `bpftool -j link show WHICH…` as JSON, or `None` when there is no such link.
+fn bpftool_link(which: &[&str]) -> Result<Option<serde_json::Value>> {
+    let out = Command::new("bpftool")
+        .args(["-j", "link", "show"])
+        .args(which)
+        .output()
+        .context("running bpftool")?;
+    if !out.status.success() {
+        return Ok(None);
+    }
+    Ok(Some(
+        serde_json::from_slice(&out.stdout).context("bpftool -j link show")?,
+    ))
 }

@@ -19,10 +19,24 @@ fn guard_left(lab: &Lab) -> bool {
         .contains("pcc_guard_lan0")
 }
 
-fn assert_all_attached(lab: &Lab) {
+/// Every program attached; returns the TC egress hooks' links (WAN, link id).
+fn assert_all_attached(lab: &Lab) -> Vec<(String, u64)> {
     let mut xdp = lab.xdp_interfaces("router").unwrap();
     xdp.sort();
     assert_eq!(xdp, ["lan0", "wan0", "wan1"], "programs attached");
+    let egress = lab.egress_links().unwrap();
+    let wans: Vec<&str> = egress.iter().map(|(w, _)| w.as_str()).collect();
+    assert_eq!(wans, ["wan0", "wan1"], "TC egress hooks attached");
+    egress
+}
+
+fn assert_egress_detached(lab: &Lab, links: &[(String, u64)]) {
+    for (wan, id) in links {
+        assert!(
+            !lab.link_exists(*id).unwrap(),
+            "the TC egress hook of {wan} (link {id}) is still attached"
+        );
+    }
 }
 
 #[test]
@@ -47,7 +61,7 @@ fn a_killed_controller_keeps_forwarding_and_the_next_one_adopts_it() {
         let download = s.spawn(|| lab.download_paced("c2", lab.server_addr(1), &file, 2_000_000));
         std::thread::sleep(Duration::from_millis(700));
         pcc.kill();
-        assert_all_attached(&lab);
+        let egress = assert_all_attached(&lab);
         assert!(
             pins_left(&lab) && guard_left(&lab),
             "state kept for adoption"
@@ -85,6 +99,11 @@ fn a_killed_controller_keeps_forwarding_and_the_next_one_adopts_it() {
 
         let mut pcc = lab.start_pcc(&[]).expect("restarting pcc-ctl");
         same_mapping("after the adoption");
+        assert_eq!(
+            assert_all_attached(&lab),
+            egress,
+            "the TC egress hooks' links adopted, not replaced"
+        );
         let dl = download
             .join()
             .unwrap()
@@ -94,6 +113,7 @@ fn a_killed_controller_keeps_forwarding_and_the_next_one_adopts_it() {
         assert!(log.contains("adopted the running dataplane"), "{log}");
 
         pcc.stop().expect("SIGTERM");
+        assert_egress_detached(&lab, &egress);
     });
     assert!(lab.xdp_interfaces("router").unwrap().is_empty(), "detached");
     assert!(!pins_left(&lab), "pins removed");
@@ -110,8 +130,10 @@ fn down_removes_what_a_killed_controller_left() {
     assert!(!ok && text.contains("stop that one with SIGTERM"), "{text}");
     assert_all_attached(&lab);
     pcc.kill();
+    let egress = assert_all_attached(&lab);
     let (ok, text) = down();
     assert!(ok && text.contains("programs detached"), "{text}");
+    assert_egress_detached(&lab, &egress);
     assert!(lab.xdp_interfaces("router").unwrap().is_empty(), "detached");
     assert!(!pins_left(&lab) && !guard_left(&lab), "nothing left");
     let (ok, text) = down();

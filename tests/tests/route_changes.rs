@@ -7,7 +7,7 @@ use std::{net::Ipv4Addr, time::Duration};
 
 use pcc_tests::{Lab, PccHandle, UdpReply, require_root, wan_of_addr};
 
-/// Source ports of the probes: outside the router's ephemeral range, one per probe.
+/// Source ports of the probes, one per probe.
 const SPORT: u16 = 5100;
 
 fn probe(lab: &Lab, server: Ipv4Addr, sport: u16) -> anyhow::Result<UdpReply> {

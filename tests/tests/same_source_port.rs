@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use pcc_tests::{Lab, require_root};
 
-/// Outside Linux's ephemeral range 32768..=60999, so no local socket of the router takes it.
+/// No socket of the router's uses it towards the echo server.
 const SPORT: u16 = 5000;
 
 fn check(classifier: Option<&str>, clients: &[&str]) {

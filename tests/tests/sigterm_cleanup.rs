@@ -26,6 +26,9 @@ fn sigterm_detaches_and_exits_zero() {
         !attached.is_empty(),
         "no XDP program attached in the router while pcc-ctl runs"
     );
+    let egress = lab.egress_links().unwrap();
+    let wans: Vec<&str> = egress.iter().map(|(w, _)| w.as_str()).collect();
+    assert_eq!(wans, ["wan0", "wan1"], "the TC egress hook on every WAN");
 
     let exit = pcc.stop().expect("stopping pcc-ctl with SIGTERM");
     assert_eq!(
@@ -40,6 +43,12 @@ fn sigterm_detaches_and_exits_zero() {
         "`ip link show` in the router still shows xdp:\n{text}"
     );
     lab.assert_router_as_before(&before);
+    for (wan, id) in egress {
+        assert!(
+            !lab.link_exists(id).unwrap(),
+            "the TC egress hook of {wan} (link {id}) is still attached"
+        );
+    }
 }
 
 /// A signal while pcc-ctl is still starting (here: waiting for a gateway that has no

@@ -26,6 +26,7 @@ fn a_recreated_wan_is_relearned_without_a_restart() {
             r.seen_as.starts_with("198.18.2.2:").then_some((s, r))
         })
         .expect("some server is reached through wan1");
+    let egress_before = lab.egress_links().unwrap();
 
     lab.run("router", &["ip", "link", "del", "wan1"]).unwrap();
     std::thread::sleep(Duration::from_millis(1500));
@@ -81,6 +82,16 @@ fn a_recreated_wan_is_relearned_without_a_restart() {
             .iter()
             .any(|i| i == "wan1"),
         "the program is attached to the new wan1"
+    );
+    // The TC egress hook too: a fresh link on the new interface.
+    let link_of = |links: &[(String, u64)]| links.iter().find(|(w, _)| w == "wan1").map(|l| l.1);
+    let (old_link, new_link) = (
+        link_of(&egress_before),
+        link_of(&lab.egress_links().unwrap()),
+    );
+    assert!(
+        old_link.is_some() && new_link.is_some() && new_link != old_link,
+        "wan1's TC egress hook: {old_link:?} before, {new_link:?} after"
     );
     // The old flow's translation went with the old address: it starts afresh.
     let again = lab

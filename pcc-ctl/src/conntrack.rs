@@ -1,7 +1,7 @@
 //! Conntrack garbage collection: expired connections and broken halves are removed, which
 //! returns their NAT ports.
 use anyhow::Result;
-use pcc_common::{FlowKey, MAX_WANS, conntrack::Timeouts};
+use pcc_common::{CtOut, FlowKey, MAX_WANS, conntrack::Timeouts};
 
 use crate::maps::Maps;
 
@@ -36,21 +36,29 @@ pub fn monotonic_ns() -> u64 {
 /// and walking `CT_IN` doubles the cost of a pass (every entry costs syscalls).
 pub const ORPHAN_SCAN_EVERY: u64 = 8;
 
+/// Forgets one connection, both halves, reply half first as the dataplane's `close` does (a
+/// reply arriving in between finds no entry, rather than an entry whose forward twin is gone).
+/// Every removal of a connection by the controller goes through here.
+pub fn forget_connection(maps: &mut Maps, key: &FlowKey, out: &CtOut) {
+    let _ = maps
+        .ct_in
+        .remove(&key.reply_key(out.nat_addr, out.nat_port));
+    let _ = maps.ct_out.remove(key);
+}
+
 /// Forgets every connection translated to `nat_addr` (network byte order) on `wan_id`: the
 /// WAN lost that address, so their replies can never come back. The hosts' next packets
 /// open new connections from the current address (TCP peers then reset the old streams).
 /// Returns how many went.
 pub fn flush_address(maps: &mut Maps, wan_id: u8, nat_addr: u32) -> usize {
-    let gone: Vec<(FlowKey, FlowKey)> = maps
+    let gone: Vec<(FlowKey, CtOut)> = maps
         .ct_out
         .iter()
         .flatten()
         .filter(|(_, out)| out.wan_id == wan_id && out.nat_addr == nat_addr)
-        .map(|(key, out)| (key, key.reply_key(out.nat_addr, out.nat_port)))
         .collect();
-    for (key, reply_key) in &gone {
-        let _ = maps.ct_in.remove(reply_key);
-        let _ = maps.ct_out.remove(key);
+    for (key, out) in &gone {
+        forget_connection(maps, key, out);
     }
     gone.len()
 }
@@ -65,6 +73,7 @@ pub fn collect(
     scan_orphans: bool,
 ) -> Result<GcReport> {
     let mut report = GcReport::default();
+    let mut expired: Vec<(FlowKey, CtOut)> = Vec::new();
     let mut dead_out: Vec<FlowKey> = Vec::new();
     let mut dead_in: Vec<FlowKey> = Vec::new();
     let mut ports = std::collections::HashSet::new();
@@ -83,8 +92,7 @@ pub fn collect(
             }
             Ok(_) => {
                 report.expired += 1;
-                dead_out.push(key);
-                dead_in.push(reply_key);
+                expired.push((key, out));
             }
             Err(_) => {
                 report.orphans += 1;
@@ -102,6 +110,10 @@ pub fn collect(
             dead_in.push(key);
         }
     }
+    for (key, out) in &expired {
+        forget_connection(maps, key, out);
+    }
+    // Orphans: the half that is left.
     for key in &dead_out {
         let _ = maps.ct_out.remove(key);
     }

@@ -20,11 +20,11 @@ use crate::{conntrack::forget_connection, maps::Maps, up::Shared, wan::WanView};
 
 /// Default `--failover-grace` in seconds; see the README ("Health checking and failover").
 /// Longer than a blip pcc notices (down after 0.6 s without replies, up again only after 1 s
-/// of answers, so a 1 s outage reads as about 2 s down), than an LTE radio link's recovery or
-/// handover of a second or two, and than TCP's 1 s initial retransmission timeout (RFC 6298)
-/// plus its first doubled one, so a connection retransmitting through a blip gets through;
-/// short enough that an application on a line that really died reconnects within seconds,
-/// not after the minutes TCP retransmits before giving up.
+/// of answers, so a 1 s outage reads as about 2 s down), than an LTE radio link's recovery
+/// (RRC re-establishment) of a second or two, and than TCP's 1 s initial retransmission
+/// timeout (RFC 6298) plus its first doubled one, so a connection retransmitting through a
+/// blip gets through; short enough that an application on a line that really died
+/// reconnects within seconds, not after the minutes TCP retransmits before giving up.
 pub const DEFAULT_GRACE_SECS: u64 = 5;
 
 const IPPROTO_TCP: u8 = 6;

@@ -85,10 +85,16 @@ pub enum Counter {
     /// A reset from outside whose sequence number lies outside the window the LAN host
     /// advertised (RFC 5961 section 3): a blind spoof, which must not end the connection.
     DropRstOutOfWindow,
+    /// From the LAN: TCP of a connection that stays on its WAN while the WAN is down (see
+    /// `failover::stays_on_down_wan`), whose link is down too (no gateway MAC). The host
+    /// retransmits until the link returns or `--failover-grace` ends with a reset; passed to
+    /// the kernel instead, a forwarding router would send it out of another WAN, to a server
+    /// that answers an address it does not know with a reset.
+    DropWanLinkDown,
 }
 
 impl Counter {
-    pub const COUNT: usize = Counter::DropRstOutOfWindow as usize + 1;
+    pub const COUNT: usize = Counter::DropWanLinkDown as usize + 1;
     pub const ALL: [Counter; Self::COUNT] = [
         Counter::FwdOut,
         Counter::FwdIn,
@@ -121,6 +127,7 @@ impl Counter {
         Counter::DropRedirect,
         Counter::DropOverMtu,
         Counter::DropRstOutOfWindow,
+        Counter::DropWanLinkDown,
     ];
 
     /// Whether the packet is dropped (else forwarded or passed to the kernel).
@@ -188,6 +195,7 @@ impl Counter {
             Counter::DropRedirect => "redirect_failed",
             Counter::DropOverMtu => "over_mtu_no_df",
             Counter::DropRstOutOfWindow => "rst_out_of_window",
+            Counter::DropWanLinkDown => "wan_link_down",
         }
     }
 }

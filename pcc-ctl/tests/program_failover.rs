@@ -123,13 +123,15 @@ fn established_tcp_stays_on_a_down_wan_while_udp_moves() {
         "a TCP connection still opening moves"
     );
 
-    // The link goes too (no gateway MAC): the segment goes to the kernel, the connection stays.
+    // The link goes too (no gateway MAC): the segment is dropped, the connection stays.
     rig.set_wan(wan, |w| w.gateway_mac = [0; 6]);
-    rig.passed(
+    let cases = vec![(
         "TCP on a WAN without a gateway MAC",
-        &data,
-        Counter::PassNoNeighbour,
-    );
+        data.bytes(),
+        XDP_DROP,
+        Counter::DropWanLinkDown,
+    )];
+    rig.check_lan_cases(LO, cases);
     let key = FlowKey::new(be(CLIENT), be(SERVER), 40000u16.to_be(), 443u16.to_be(), 6);
     assert_eq!(rig.maps.ct_out.get(&key, 0).unwrap().wan_id as usize, wan);
 

@@ -57,10 +57,9 @@ pub fn established(entry: &CtOut, dst: u32, proto: u8) -> Result<Option<Exit>, C
         if wan.ifindex == 0 || !failover::stays_on_down_wan(proto, entry.tcp_flags) {
             return Ok(None);
         }
-        // A link down too has no gateway MAC: the segment goes to the kernel, which does not
-        // forward it (forwarding guard), and the host retransmits until the link is back.
+        // A link down too has no gateway MAC: the host retransmits until it is back.
         if wan.gateway_mac == [0; 6] {
-            return Err(Counter::PassNoNeighbour);
+            return Err(Counter::DropWanLinkDown);
         }
         return Ok(Some((wan, &wan.gateway_mac)));
     }

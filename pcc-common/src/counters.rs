@@ -118,10 +118,16 @@ pub enum Counter {
     /// address and port towards the same remote address and port): its replies would reach
     /// the LAN host, so it does not leave. The router's socket retries or picks another port.
     DropRouterTupleTaken,
+    /// From the LAN: TCP of a connection that stays on its WAN while the WAN is down (see
+    /// `failover::stays_on_down_wan`), whose link is down too (no gateway MAC). The host
+    /// retransmits until the link returns or `--failover-grace` ends with a reset; passed to
+    /// the kernel instead, a forwarding router would send it out of another WAN, to a server
+    /// that answers an address it does not know with a reset.
+    DropWanLinkDown,
 }
 
 impl Counter {
-    pub const COUNT: usize = Counter::DropRouterTupleTaken as usize + 1;
+    pub const COUNT: usize = Counter::DropWanLinkDown as usize + 1;
     pub const ALL: [Counter; Self::COUNT] = [
         Counter::FwdOut,
         Counter::FwdIn,
@@ -163,6 +169,7 @@ impl Counter {
         Counter::DropHostConnectionLimit,
         Counter::DropHairpinFiltered,
         Counter::DropRouterTupleTaken,
+        Counter::DropWanLinkDown,
     ];
 
     /// Whether the packet is dropped (else forwarded or passed to the kernel).
@@ -252,6 +259,7 @@ impl Counter {
             Counter::DropHostConnectionLimit => "host_connection_limit",
             Counter::DropHairpinFiltered => "hairpin_filtered",
             Counter::DropRouterTupleTaken => "router_tuple_taken",
+            Counter::DropWanLinkDown => "wan_link_down",
         }
     }
 }

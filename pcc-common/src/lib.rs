@@ -10,6 +10,7 @@ pub mod classify;
 pub mod conntrack;
 pub mod counters;
 pub mod csum;
+pub mod failover;
 pub mod generator;
 pub mod icmp;
 pub mod maps;

@@ -7,6 +7,8 @@ use pcc_common::{
     conntrack::Timeouts, health::ProbeParams,
 };
 
+use crate::failover;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "pcc-ctl",
@@ -197,6 +199,13 @@ pub struct UpArgs {
     /// Seed of the classifier hash (same seed, same WAN for the same connection).
     #[arg(long, default_value_t = 0x5eed_0001)]
     pub hash_seed: u32,
+    /// Seconds a WAN may stay down before pcc resets its TCP connections towards the LAN hosts
+    /// (so applications reconnect over a live WAN at once); until then they stay on it and
+    /// survive its return. Longer than the blips to survive (pcc needs ~0.6 s to see a dead
+    /// line and 1 s of answers to take it back) and than TCP's 1 s initial retransmission
+    /// timeout plus its first doubled one; short enough that apps reconnect within seconds.
+    #[arg(long, default_value_t = failover::DEFAULT_GRACE_SECS, value_parser = clap::value_parser!(u64).range(0..=3600), value_name = "SECONDS")]
+    pub failover_grace: u64,
     #[command(flatten)]
     pub timeouts: TimeoutArgs,
     #[command(flatten)]
@@ -429,6 +438,7 @@ mod tests {
         assert_eq!(u.nat_ports, (2000, 3000));
         assert_eq!(u.timeouts.timeouts().udp, 5);
         assert_eq!(u.health.params(), ProbeParams::default());
+        assert_eq!(u.failover_grace, failover::DEFAULT_GRACE_SECS);
         assert_eq!(
             u.metrics.ip().to_string(),
             "127.0.0.1",

@@ -49,12 +49,13 @@ pub fn monotonic_ns() -> u64 {
 /// and walking `CT_IN` doubles the cost of a pass (every entry costs syscalls).
 pub const ORPHAN_SCAN_EVERY: u64 = 8;
 
-/// Forgets one connection from the controller, as the dataplane's `forget` does: both
+/// Forgets one connection from the controller (every removal by the controller goes through
+/// here), as the dataplane's `forget` does: both
 /// halves, its host's count and its binding's reference. The counts are read, changed and
 /// written back (user space has no atomic add on a map value), so a packet of the same host
 /// opening a connection at that very moment may be miscounted by one; the controller only
 /// forgets connections in rare events.
-pub fn forget(maps: &mut Maps, key: &FlowKey, out: &CtOut) {
+pub fn forget_connection(maps: &mut Maps, key: &FlowKey, out: &CtOut) {
     let _ = maps
         .ct_in
         .remove(&key.reply_key(out.nat_addr, out.nat_port));
@@ -103,7 +104,7 @@ pub fn flush_address(maps: &mut Maps, wan_id: u8, nat_addr: u32) -> usize {
         .filter(|(_, out)| out.wan_id == wan_id && out.nat_addr == nat_addr)
         .collect();
     for (key, out) in &gone {
-        forget(maps, key, out);
+        forget_connection(maps, key, out);
     }
     gone.len()
 }

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod conntrack;
 pub mod dataplane;
 pub mod down;
+pub mod failover;
 pub mod generate;
 pub mod guard;
 pub mod health;

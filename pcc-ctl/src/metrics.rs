@@ -53,6 +53,7 @@ pub struct Metrics {
     quota_threshold: IntGaugeVec,
     routes_mirrored: IntGauge,
     route_neighbours: IntGauge,
+    failover_resets: IntCounterVec,
 }
 
 fn counter_vec(
@@ -298,8 +299,19 @@ impl Metrics {
                 "Quota thresholds crossed (0: none)",
                 &["wan"],
             )?,
+            failover_resets: counter_vec(
+                &registry,
+                "pcc_failover_resets_total",
+                "TCP resets sent to LAN hosts for connections of the WAN, which stayed down past --failover-grace",
+                &["wan"],
+            )?,
             registry,
         })
+    }
+
+    /// Counts `n` resets sent for the connections of WAN `wan` (`--failover-grace`).
+    pub fn count_failover_resets(&self, wan: &str, n: u64) {
+        self.failover_resets.with_label_values(&[wan]).inc_by(n);
     }
 
     /// Reads the dataplane and renders the exposition text.
@@ -395,6 +407,8 @@ impl Metrics {
                 set_counter(&self.rx_packets.with_label_values(&[n]), w.rx_packets);
                 set_counter(&self.tx_packets.with_label_values(&[n]), w.tx_packets);
                 set_counter(&self.flows_created.with_label_values(&[n]), w.flows_created);
+                // Exported from 0, before the first reset.
+                self.failover_resets.with_label_values(&[n]);
                 self.wan_up.with_label_values(&[n]).set(i64::from(wan.up));
                 self.wan_weight
                     .with_label_values(&[n])

@@ -19,6 +19,7 @@ use crate::{
     cli::{self, UpArgs, XdpModeArg},
     conntrack::{self, GcReport},
     dataplane::{Attached, Dataplane, Role},
+    failover::Failover,
     guard::{ForwardGuard, GuardSpec},
     health::{Clock, HealthTable, Probers, WanHealth},
     lock::InterfaceLocks,
@@ -450,6 +451,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         });
         let server = metrics::bind(args.metrics, shared.clone()).await?;
         let (health_tx, health_rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut failover = Failover::new(args.failover_grace)?;
         let mut probers = Probers::new(params, shared.health.clone(), shared.clock, health_tx);
         for wan in &wans {
             probers.ensure(wan.wan_id as usize, &wan.name, wan_addr(wan), probe_ident(wan.wan_id, args.nat_ports.0))?;
@@ -480,6 +482,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
             probers: &mut probers,
             managed: &mut managed,
             routing: &mut routing,
+            failover: &mut failover,
             stop: &mut stop,
         };
         serve(&nl, &shared, wans, owned, events, health_rx, &args).await
@@ -539,6 +542,8 @@ struct Owned<'a> {
     managed: &'a mut Vec<(u32, Ipv4Addr)>,
     /// The main routing table's mirror and the route next hops kept resolved.
     routing: &'a mut Routing,
+    /// The grace of WANs that went down, and the resets once it ends.
+    failover: &'a mut Failover,
     /// What ends it.
     stop: &'a mut Stop,
 }
@@ -589,6 +594,10 @@ async fn serve(
                 owned.routing.poll(nl, &shared.maps, &wans).await;
                 shared.routes_mirrored.store(owned.routing.routes_mirrored(), Ordering::Relaxed);
                 shared.neighbours_mirrored.store(owned.routing.neighbours_mirrored(), Ordering::Relaxed);
+                continue;
+            }
+            _ = at(owned.failover.next_end(&wans)) => {
+                owned.failover.reset_ended(shared, &wans);
                 continue;
             }
             _ = gc.tick() => {
@@ -669,6 +678,7 @@ async fn serve(
                 }
             }
         }
+        owned.failover.follow(&wans);
         for (ifindex, gateway) in resolve {
             let _ = nl.del_neighbour(ifindex, gateway).await;
             if let Err(e) = nl.add_managed_neighbour(ifindex, gateway).await {
@@ -709,6 +719,14 @@ async fn serve(
             .join(",")
     );
     Ok(())
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn at(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Counts quota usage, saves it every few seconds, and applies crossed thresholds; whether a

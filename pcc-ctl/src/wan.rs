@@ -204,10 +204,11 @@ impl DefaultRoutes {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn wan(id: u8, backup: bool, up: bool) -> WanView {
+    /// WAN `id` (weight `id + 1`), backup or not, up or down: for the tests of other modules too.
+    pub(crate) fn wan(id: u8, backup: bool, up: bool) -> WanView {
         WanView {
             name: format!("wan{id}"),
             wan_id: id,

@@ -232,9 +232,10 @@ pub fn error_to_wan(ctx: &XdpContext, p: &Ipv4) -> Verdict {
     let key = FlowKey::new(q.dst, q.src, q.dport, q.sport, q.proto);
     let entry = CT_OUT.get_ptr(&key).ok_or(Counter::PassUntracked)?;
     let entry: CtOut = conntrack::snapshot(entry);
-    // Out the way the connection's own packets go: its WAN (up, and still holding the
-    // connection's address) and next hop, the route's for a connection a route pinned.
-    let (wan, next_hop) = route::established(&entry, q.src)?
+    // Out the way the connection's own packets go: its WAN (up, or down under a TCP
+    // connection that stays on it, and still holding the connection's address) and next
+    // hop, the route's for a connection a route pinned.
+    let (wan, next_hop) = route::established(&entry, q.src, q.proto)?
         .filter(|(wan, _)| wan.addr == entry.nat_addr)
         .ok_or(Counter::DropNoWan)?;
     // SAFETY: every pointer was bounds-checked by quoted() and parse::ipv4().

@@ -151,7 +151,7 @@ pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
         select::same_lan(ifindex, src, cfg)?;
         // SAFETY: a live entry of our map; concurrent writers only touch counters.
         let e = unsafe { &mut *e };
-        match route::established(e, dst)? {
+        match route::established(e, dst, proto)? {
             // A WAN that lost the connection's address (DHCP renewal, a restart that adopted
             // pinned state) must never send from it again: start afresh like a dead WAN.
             Some(exit) if exit.0.addr == e.nat_addr && !conntrack::reopens(&key, e, bits) => {
@@ -170,8 +170,9 @@ pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
                 }
                 found = Some((e.nat_addr, e.nat_port, e.wan_id, exit, e.flags));
             }
-            // The WAN died (its upstream already broke the connection), the route that pinned
-            // it changed, or the tuple is being reused: start afresh.
+            // The WAN died (UDP, ICMP and TCP still opening move; established TCP stays, see
+            // route::established), the route that pinned it changed, or the tuple is being
+            // reused: start afresh.
             _ => conntrack::forget(&key, e),
         }
     }

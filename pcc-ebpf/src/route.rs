@@ -7,7 +7,7 @@
 //! Why a mirror and not `bpf_fib_lookup`: see `pcc_common::route`.
 use aya_ebpf::maps::lpm_trie::Key;
 use pcc_common::{
-    CT_FLAG_ROUTED, Config, Counter, CtOut, FlowKey, WanInfo,
+    CT_FLAG_ROUTED, Config, Counter, CtOut, FlowKey, WanInfo, failover,
     route::{NeighbourKey, ROUTE_WAN_GATEWAY, Route},
 };
 
@@ -40,15 +40,28 @@ pub fn choose(key: &FlowKey, cfg: &Config) -> Result<(u8, Exit, u8), Counter> {
 }
 
 /// The WAN and next hop of a known connection, or `None` when it must start afresh: a
-/// balanced one while its WAN is up (exactly the work it did before routes were consulted);
-/// a routed one while the route for its destination still pins it to the same WAN.
+/// balanced one while its WAN is up (exactly the work it did before routes were consulted),
+/// or while it is down if it is TCP the host has acknowledged something on (see
+/// `failover::stays_on_down_wan`; the controller resets it after `--failover-grace`); a routed
+/// one while the route for its destination still pins it to the same WAN. `proto` is the
+/// connection's.
 #[inline(always)]
-pub fn established(entry: &CtOut, dst: u32) -> Result<Option<Exit>, Counter> {
+pub fn established(entry: &CtOut, dst: u32, proto: u8) -> Result<Option<Exit>, Counter> {
     if entry.flags & CT_FLAG_ROUTED == 0 {
-        return Ok(WANS
-            .get(u32::from(entry.wan_id))
-            .filter(|w| w.is_up())
-            .map(|w| (w, &w.gateway_mac)));
+        let Some(wan) = WANS.get(u32::from(entry.wan_id)) else {
+            return Ok(None);
+        };
+        if wan.is_up() {
+            return Ok(Some((wan, &wan.gateway_mac)));
+        }
+        if wan.ifindex == 0 || !failover::stays_on_down_wan(proto, entry.tcp_flags) {
+            return Ok(None);
+        }
+        // A link down too has no gateway MAC: the host retransmits until it is back.
+        if wan.gateway_mac == [0; 6] {
+            return Err(Counter::DropWanLinkDown);
+        }
+        return Ok(Some((wan, &wan.gateway_mac)));
     }
     match lookup(dst) {
         Some(route) if route.through_wan() && route.wan_id == entry.wan_id => {

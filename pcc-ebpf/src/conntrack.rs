@@ -9,9 +9,9 @@ use aya_ebpf::{
 use core::{ffi::c_void, intrinsics::AtomicOrdering};
 
 use pcc_common::{
-    BindKey, Binding, CT_FLAG_INBOUND, CT_FLAG_UNBOUND, CT_TCP_ACK, CT_TCP_FIN, CT_TCP_RST,
-    CT_TCP_SYN, Config, Counter, CtEvent, CtIn, CtOut, FlowKey, NatFiltering, Owner, PublicKey,
-    WanInfo, natport::NAT_PORT_TRIES, tcp,
+    BindKey, Binding, CT_FLAG_HAIRPIN, CT_FLAG_INBOUND, CT_FLAG_UNBOUND, CT_TCP_ACK, CT_TCP_FIN,
+    CT_TCP_RST, CT_TCP_SYN, Config, Counter, CtEvent, CtIn, CtOut, FlowKey, NatFiltering, Owner,
+    PublicKey, WanInfo, natport::NAT_PORT_TRIES, tcp,
 };
 
 use crate::{
@@ -354,7 +354,12 @@ pub fn accept(inbound: &FlowKey, tcp_bits: u8, flags: u8) -> Result<(), Counter>
         parse::IPPROTO_TCP => tcp_bits & (CT_TCP_SYN | CT_TCP_ACK | CT_TCP_RST) == CT_TCP_SYN,
         _ => false,
     };
-    if cfg.nat_filtering != NatFiltering::EndpointIndependent as u8 || !opens {
+    // Hairpinned packets come from inside: filtering keeps out what the internet sends
+    // unasked, and a LAN host reaching another's mapping is what the NAT must allow (RFC 4787
+    // REQ-9; RFC 5780's hairpinning test sends from a port the receiver never talked to).
+    let filtered = flags & CT_FLAG_HAIRPIN == 0
+        && cfg.nat_filtering != NatFiltering::EndpointIndependent as u8;
+    if filtered || !opens {
         return Err(Counter::PassUntracked);
     }
     let public = PublicKey {

@@ -1,8 +1,9 @@
 //! Hairpinning (RFC 4787 REQ-9, RFC 5382 REQ-8, RFC 5508 REQ-7): a LAN host sending to the
 //! public endpoint of another LAN host's mapping reaches it, from its own mapping, as two
 //! peers behind the same NAT find each other through a STUN server. The packet is translated
-//! out like any other, then in like a packet arriving on the WAN (so the receiving mapping's
-//! filtering applies), and delivered on the LAN: it never leaves through the WAN.
+//! out like any other, then in like a packet arriving on the WAN, and delivered on the LAN: it
+//! never leaves through the WAN. Filtering does not apply (it keeps the internet out, and
+//! this comes from inside), so the receiver need not have sent to the sender first.
 use aya_ebpf::programs::XdpContext;
 use pcc_common::{CT_FLAG_HAIRPIN, Counter, CtIn, FlowKey, LAN_ROUTER, PublicKey, csum};
 
@@ -30,8 +31,8 @@ pub fn target(key: &FlowKey, fragment: Fragment) -> Option<u8> {
 }
 
 /// Delivers a LAN packet whose source was already translated to the sender's mapping to the
-/// LAN endpoint behind its destination: through the connection that expects it, or, with
-/// endpoint-independent filtering, a new one.
+/// LAN endpoint behind its destination: through the connection that expects it, or a new one
+/// (a UDP datagram or a TCP SYN).
 #[inline(always)]
 pub fn deliver(ctx: &XdpContext, tcp_bits: u8) -> Verdict {
     let p = parse::ipv4(ctx)?;

@@ -103,7 +103,7 @@ fn lan_segment(ctx: &XdpContext, p: &Ipv4, cfg: &Config) -> Result<Segment, Verd
 /// the LAN port must own its source (BCP 38).
 #[inline(always)]
 fn lan_icmp_error(ctx: &XdpContext, p: &Ipv4, cfg: &Config) -> Verdict {
-    select::lan_for(ctx.ingress_ifindex() as u32, p.src, p.dst, cfg)?;
+    select::lan_for(ctx.ingress_ifindex() as u32, p.src, p.dst, false, cfg)?;
     icmp::error_to_wan(ctx, p)
 }
 
@@ -190,8 +190,9 @@ pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
             {
                 return Err(Counter::PassTcpNotSyn);
             }
-            let lan_id = select::lan_for(ifindex, src, dst, cfg)?;
-            let (wan_id, (wan, next_hop), flags) = match hairpin::target(&key, p.fragment) {
+            let hairpin_wan = hairpin::target(&key, p.fragment);
+            let lan_id = select::lan_for(ifindex, src, dst, hairpin_wan.is_some(), cfg)?;
+            let (wan_id, (wan, next_hop), flags) = match hairpin_wan {
                 Some(wan_id) => {
                     let wan = WANS.get(u32::from(wan_id)).ok_or(Counter::DropNoWan)?;
                     (wan_id, (wan, &wan.gateway_mac), CT_FLAG_HAIRPIN)

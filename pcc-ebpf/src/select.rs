@@ -24,9 +24,16 @@ fn next_turn() -> u32 {
 }
 
 /// The LAN a new connection comes from: the port it arrived on must own the source subnet
-/// (BCP 38), and the destination must lie outside every LAN and the router itself.
+/// (BCP 38), and the destination must lie outside every LAN and the router itself, but for a
+/// `hairpin` to a public endpoint a LAN endpoint holds on a WAN address.
 #[inline(always)]
-pub fn lan_for(ifindex: u32, src: u32, dst: u32, cfg: &Config) -> Result<u8, Counter> {
+pub fn lan_for(
+    ifindex: u32,
+    src: u32,
+    dst: u32,
+    hairpin: bool,
+    cfg: &Config,
+) -> Result<u8, Counter> {
     let mut found = None;
     for i in 0..MAX_LANS as u32 {
         if i >= u32::from(cfg.lan_count) {
@@ -41,7 +48,7 @@ pub fn lan_for(ifindex: u32, src: u32, dst: u32, cfg: &Config) -> Result<u8, Cou
             found = Some(i as u8);
         }
     }
-    if wan_with_addr(dst, cfg).is_some() {
+    if !hairpin && wan_with_addr(dst, cfg).is_some() {
         return Err(Counter::PassLocal);
     }
     found.ok_or(Counter::DropSpoofed)

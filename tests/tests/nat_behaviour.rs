@@ -29,7 +29,6 @@ fn lab_with_pcc(extra: &[&str]) -> (Lab, PccHandle) {
 }
 
 #[test]
-#[ignore = "issue 12: needs endpoint-independent mapping and hairpinning"]
 fn a_stun_client_finds_endpoint_independent_mapping_and_hairpinning() {
     require_root!();
     let (lab, _pcc) = lab_with_pcc(&[]);
@@ -84,7 +83,6 @@ fn filtering_is_address_and_port_dependent_by_default() {
 }
 
 #[test]
-#[ignore = "issue 12: needs --nat-filtering endpoint-independent"]
 fn nat_filtering_endpoint_independent_is_found_by_a_stun_client() {
     require_root!();
     let (lab, _pcc) = lab_with_pcc(&["--nat-filtering", "endpoint-independent"]);
@@ -137,14 +135,12 @@ fn hairpin(extra: &[&str], open_first: bool) {
 }
 
 #[test]
-#[ignore = "issue 12: needs hairpinning and --nat-filtering endpoint-independent"]
 fn udp_hairpin_reaches_the_other_host_with_endpoint_independent_filtering() {
     require_root!();
     hairpin(&["--nat-filtering", "endpoint-independent"], false);
 }
 
 #[test]
-#[ignore = "issue 12: needs hairpinning"]
 fn udp_hairpin_reaches_the_other_host_once_it_sent_there_first() {
     require_root!();
     hairpin(&[], true);

@@ -110,8 +110,8 @@ pub enum Counter {
     /// A new connection from a LAN host that already holds `--max-connections-per-host`:
     /// refused, so one host (a scanner, a worm) cannot fill the table for everyone.
     DropHostConnectionLimit,
-    /// LAN -> LAN through a public endpoint, of no connection and unable to open one (a TCP
-    /// segment that is no SYN), a fragment, or to a tuple of the router's own.
+    /// LAN -> LAN through a public endpoint, unable to reach its holder: a fragment, a tuple
+    /// of the router's own, a TCP segment whose receiver's connection is gone.
     DropHairpinFiltered,
     /// TC egress: the router's own packet on a tuple a LAN host's mapping holds (same WAN
     /// address and port towards the same remote address and port): its replies would reach

@@ -57,7 +57,8 @@ impl NatPortRange {
 
     /// The port to try on `attempt` (0-based) for a connection from `orig_port`, given a
     /// fresh random number: first the host's own port when allowed (as Cilium and Linux do,
-    /// so port-sensitive protocols see what the host chose), then random ports.
+    /// so port-sensitive protocols see what the host chose), then random ports of the same
+    /// parity (RFC 4787 REQ-4: RTP on an even port, RTCP on the next odd one), then any.
     #[inline(always)]
     pub fn candidate(&self, orig_port: u16, attempt: u32, random: u32) -> u16 {
         if attempt == 0 && self.contains(orig_port) {
@@ -67,7 +68,15 @@ impl NatPortRange {
         if len == 0 {
             return orig_port;
         }
-        self.nth(random % len)
+        let port = self.nth(random % len);
+        let same_parity = port ^ ((port ^ orig_port) & 1);
+        // Parity first; the later tries take any port, so a range whose ports of one parity
+        // are gone still has the others.
+        if attempt < NAT_PORT_TRIES / 2 && self.contains(same_parity) {
+            same_parity
+        } else {
+            port
+        }
     }
 }
 
@@ -131,6 +140,24 @@ mod tests {
             taken.contains(&10000),
             "the first connection keeps its port"
         );
+    }
+
+    #[test]
+    fn random_ports_keep_the_hosts_parity() {
+        let r = NatPortRange::default();
+        for orig in [5004u16, 5005] {
+            for random in 0..2000u32 {
+                let p = r.candidate(orig, 1, random.wrapping_mul(2_654_435_761));
+                assert!(r.contains(p));
+                assert_eq!(p & 1, orig & 1, "{orig} mapped to {p}");
+            }
+        }
+        // A one-port range of the other parity still yields its port.
+        let one = NatPortRange {
+            min: 7000,
+            max: 7000,
+        };
+        assert_eq!(one.candidate(5005, 1, 3), 7000);
     }
 
     #[test]

@@ -6,9 +6,9 @@ mod rig;
 use std::{net::Ipv4Addr, thread::sleep, time::Duration};
 
 use pcc_common::{
-    BindKey, Counter, CtEvent, FlowKey,
+    BindKey, Counter, CtEvent, FlowKey, NatFiltering,
     conntrack::Timeouts,
-    packet::{L4, TCP_ACK, TCP_FIN, TCP_SYN, parse},
+    packet::{Frame, L4, TCP_ACK, TCP_FIN, TCP_SYN, parse},
 };
 use pcc_ctl::{dataplane::Role, testbed::*};
 use rig::*;
@@ -247,4 +247,105 @@ fn a_host_over_its_connection_limit_is_refused_and_others_are_not() {
         &from_client(CLIENT, CLIENT_MAC, tcp(30000, 80, TCP_ACK)).bytes(),
     );
     assert_eq!(action, XDP_REDIRECT, "the limited host's connections go on");
+}
+
+impl Rig {
+    fn set_filtering(&mut self, filtering: NatFiltering) {
+        let mut config = self.maps.config.get(&0, 0).unwrap();
+        config.nat_filtering = filtering as u8;
+        self.maps.config.set(0, config, 0).unwrap();
+    }
+}
+
+/// `frame` with its destination (and nothing else) replaced.
+fn to(dst: Ipv4Addr, frame: Frame) -> Frame {
+    Frame { dst, ..frame }
+}
+
+/// The translated frame's addresses and ports, after checking its checksums.
+fn endpoints(out: &[u8]) -> (Ipv4Addr, u16, Ipv4Addr, u16) {
+    let p = parse(out).expect("an IPv4 frame");
+    assert!(p.ip_checksum_ok && p.l4_checksum_ok, "checksums: {p:?}");
+    (p.src, p.sport, p.dst, p.dport)
+}
+
+#[test]
+fn endpoint_independent_filtering_lets_anyone_reach_a_live_mapping() {
+    let mut rig = Rig::new(1024);
+    let wan = rig.expected_wan(CLIENT, SERVER);
+    let (_, out) = rig.run(
+        Role::Lan,
+        &from_client(CLIENT, CLIENT_MAC, udp(40000, 3478)).bytes(),
+    );
+    assert_eq!(endpoints(&out).1, 40000, "the host's port is kept");
+    let stranger = Ipv4Addr::new(203, 0, 113, 99);
+    let probe = Frame {
+        src: stranger,
+        ..from_server(wan, udp(9999, 40000))
+    };
+    assert_eq!(
+        rig.run(Role::Wan, &probe.bytes()).0,
+        XDP_PASS,
+        "address-and-port-dependent by default: the kernel's"
+    );
+    rig.set_filtering(NatFiltering::EndpointIndependent);
+    let (action, out) = rig.run(Role::Wan, &probe.bytes());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(endpoints(&out), (stranger, 9999, CLIENT, 40000));
+    assert_eq!(
+        rig.maps.ct_events().unwrap()[CtEvent::OpenedInbound as usize],
+        1
+    );
+    // The host answers through the connection the probe opened, from its one mapping.
+    let answer = to(stranger, from_client(CLIENT, CLIENT_MAC, udp(40000, 9999)));
+    let (action, out) = rig.run(Role::Lan, &answer.bytes());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(endpoints(&out), (WAN_ADDRS[wan], 40000, stranger, 9999));
+    // A port no LAN endpoint holds, and a TCP segment that is no SYN, open nothing.
+    let nobody = Frame {
+        src: stranger,
+        ..from_server(wan, udp(9999, 40001))
+    };
+    assert_eq!(rig.run(Role::Wan, &nobody.bytes()).0, XDP_PASS);
+    let ack = Frame {
+        src: stranger,
+        ..from_server(wan, tcp(9999, 40000, TCP_ACK))
+    };
+    assert_eq!(rig.run(Role::Wan, &ack.bytes()).0, XDP_PASS);
+}
+
+#[test]
+fn a_lan_host_reaches_another_through_its_public_endpoint() {
+    let mut rig = Rig::new(1024);
+    let wan = rig.expected_wan(CLIENT, SERVER);
+    let public = WAN_ADDRS[wan];
+    // c1 learns its mapping from a server: port 40000 kept.
+    rig.run(
+        Role::Lan,
+        &from_client(CLIENT, CLIENT_MAC, udp(40000, 3478)).bytes(),
+    );
+    // c2 sends to that public endpoint: delivered to c1, from c2's own mapping, on the LAN.
+    let sent = to(public, from_client(CLIENT2, CLIENT2_MAC, udp(5000, 40000)));
+    let (action, out) = rig.run(Role::Lan, &sent.bytes());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(endpoints(&out), (public, 5000, CLIENT, 40000));
+    let p = parse(&out).unwrap();
+    assert_eq!((p.dst_mac, p.src_mac, p.ttl), (CLIENT_MAC, LAN_MAC, 63));
+    // c1 answers c2's public endpoint: back to c2.
+    let answer = to(public, from_client(CLIENT, CLIENT_MAC, udp(40000, 5000)));
+    let (action, out) = rig.run(Role::Lan, &answer.bytes());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(endpoints(&out), (public, 40000, CLIENT2, 5000));
+    assert_eq!(rig.counter(Counter::FwdHairpin), 2);
+    assert_eq!(
+        rig.counter(Counter::FwdOut),
+        1,
+        "only the STUN request left"
+    );
+    // TCP that opens nothing towards a held public endpoint is dropped, not sent out.
+    let stray = to(
+        public,
+        from_client(CLIENT2, CLIENT2_MAC, tcp(5001, 40000, TCP_ACK)),
+    );
+    assert_eq!(rig.run(Role::Lan, &stray.bytes()).0, XDP_PASS, "not a SYN");
 }

@@ -97,6 +97,14 @@ impl Timeouts {
     /// a FIN of either side counts as half-closed (the opening timeout, longer than the
     /// socket's own TIME_WAIT) and only a reset ends it at once.
     pub fn router_tuple_expired(&self, proto: u8, entry: &CtIn, now_ns: u64) -> bool {
+        self.router_tuple_remaining_ns(proto, entry, now_ns)
+            .is_none()
+    }
+
+    /// Nanoseconds until a tuple of the router's own expires (see
+    /// [`Self::router_tuple_expired`]), or `None` once it has: what its timer waits for.
+    #[inline(always)]
+    pub fn router_tuple_remaining_ns(&self, proto: u8, entry: &CtIn, now_ns: u64) -> Option<u64> {
         debug_assert_eq!(entry.lan_id, LAN_ROUTER);
         let limit = match proto {
             PROTO_TCP if entry.tcp_flags & CT_TCP_RST != 0 => self.tcp_close,
@@ -108,7 +116,12 @@ impl Timeouts {
             PROTO_UDP => self.udp,
             _ => self.icmp,
         };
-        now_ns.saturating_sub(entry.last_seen_ns) > u64::from(limit).saturating_mul(1_000_000_000)
+        let deadline = entry.last_seen_ns + limit as u64 * 1_000_000_000;
+        if now_ns > deadline {
+            None
+        } else {
+            Some(deadline - now_ns + 1)
+        }
     }
 }
 

@@ -306,6 +306,14 @@ pub struct CtOut {
     pub timer: bpf_timer,
 }
 
+/// `ROUTER_TIMERS` value: the expiry timer of a tuple of the router's own (its `CT_IN` entry
+/// stays a plain value, which the controller and the TC hook read and write whole).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RouterTimer {
+    pub timer: bpf_timer,
+}
+
 /// The kernel's `struct bpf_timer`, opaque. The verifier finds a timer in a map value by this
 /// BTF type name and size, so the name must stay as the kernel spells it.
 #[repr(C, align(8))]

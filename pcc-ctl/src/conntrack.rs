@@ -29,8 +29,6 @@ pub struct GcReport {
     pub orphans: usize,
     /// Endpoint-independent mappings in use.
     pub bindings: usize,
-    /// The router's own tuples idle past their timeout, removed.
-    pub router_expired: usize,
 }
 
 /// `CLOCK_MONOTONIC` in ns: the clock `bpf_ktime_get_coarse_ns` reads.
@@ -142,12 +140,9 @@ pub fn collect(
     let mut dead_in: Vec<FlowKey> = Vec::new();
     for item in maps.ct_in.iter().take_while(|_| scan_orphans) {
         let Ok((key, reply)) = item else { continue };
-        // The router's own tuple (TC egress hook) has no forward twin: it goes when idle.
+        // The router's own tuple (TC egress hook) has no forward twin: its own timer
+        // removes it when idle.
         if reply.lan_id == LAN_ROUTER {
-            if timeouts.router_tuple_expired(key.proto, &reply, now_ns) {
-                report.router_expired += 1;
-                dead_in.push(key);
-            }
             continue;
         }
         let original = key.original_key(reply.lan_addr, reply.lan_port);

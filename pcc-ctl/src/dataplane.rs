@@ -76,7 +76,8 @@ impl Dataplane {
             .map_max_entries("CT_IN", max_connections)
             .map_max_entries("NAT_BIND_OUT", max_connections)
             .map_max_entries("NAT_BIND_IN", max_connections)
-            .map_max_entries("HOST_CONNECTIONS", max_connections);
+            .map_max_entries("HOST_CONNECTIONS", max_connections)
+            .map_max_entries("ROUTER_TIMERS", max_connections);
         if let Some(pins) = pins {
             for name in crate::pin::PINNED_MAPS {
                 loader.map_pin_path(name, pins.map_path(name));

@@ -17,7 +17,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use pcc_common::{
     BindKey, Binding, Config, Counter, CtEvent, CtIn, CtOut, FlowKey, FragKey, FragPorts, LanInfo,
-    Owner, PublicKey, SlotTable, WanCounters, WanInfo,
+    Owner, PublicKey, RouterTimer, SlotTable, WanCounters, WanInfo,
     route::{Neighbour, NeighbourKey, Route},
 };
 use serde::{Deserialize, Serialize};
@@ -27,7 +27,7 @@ pub const PIN_ROOT: &str = "/sys/fs/bpf/pcc";
 const STATE_DIR: &str = "/run/pcc";
 
 /// The maps that are pinned (all of the dataplane's own; the benchmark programs' are not).
-pub const PINNED_MAPS: [&str; 20] = [
+pub const PINNED_MAPS: [&str; 21] = [
     "CONFIG",
     "WANS",
     "LANS",
@@ -48,6 +48,7 @@ pub const PINNED_MAPS: [&str; 20] = [
     "HOST_CONNECTIONS",
     "RECENT",
     "CT_EVENTS",
+    "ROUTER_TIMERS",
 ];
 
 /// What a set of pins was made for. Adoption needs all of it equal.
@@ -65,7 +66,7 @@ pub struct PinnedState {
 /// The map layout of this build.
 pub fn layout() -> String {
     format!(
-        "flow {} ct_out {} ct_in {} frag {}/{} config {} wan {} lan {} slots {} wan_counters {} counters {} route {} neighbour {}/{} binding {}/{}/{}/{} ct_events {}",
+        "flow {} ct_out {} ct_in {} frag {}/{} config {} wan {} lan {} slots {} wan_counters {} counters {} route {} neighbour {}/{} binding {}/{}/{}/{} ct_events {} router_timer {}",
         size_of::<FlowKey>(),
         size_of::<CtOut>(),
         size_of::<CtIn>(),
@@ -85,6 +86,7 @@ pub fn layout() -> String {
         size_of::<PublicKey>(),
         size_of::<Owner>(),
         CtEvent::COUNT,
+        size_of::<RouterTimer>(),
     )
 }
 

@@ -223,3 +223,25 @@ fn a_router_tcp_tuple_reopened_starts_afresh() {
     );
     assert_eq!(flags(&rig), CT_TCP_SYN);
 }
+
+/// A router tuple expires by its own timer, like a mapping, with no controller: the port is
+/// a mapping's to take again.
+#[test]
+fn a_router_tuple_expires_by_its_own_timer() {
+    let mut rig = Rig::new(1024);
+    let mut config = rig.maps.config.get(&0, 0).unwrap();
+    config.timeouts.udp = 1;
+    rig.maps.config.set(0, config, 0).unwrap();
+    assert_eq!(egress(&mut rig, &router_out(0, udp(40020, 53))), TC_ACT_OK);
+    let key = reply_key(0, 53, 40020, UDP);
+    assert!(rig.maps.ct_in.get(&key, 0).is_ok(), "recorded");
+    std::thread::sleep(std::time::Duration::from_millis(1600));
+    assert!(
+        rig.maps.ct_in.get(&key, 0).is_err(),
+        "gone after the UDP timeout"
+    );
+    assert_eq!(
+        rig.maps.ct_events().unwrap()[pcc_common::CtEvent::Expired as usize],
+        1
+    );
+}

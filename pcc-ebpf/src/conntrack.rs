@@ -10,13 +10,13 @@ use core::{ffi::c_void, intrinsics::AtomicOrdering};
 
 use pcc_common::{
     BindKey, Binding, CT_FLAG_HAIRPIN, CT_FLAG_INBOUND, CT_FLAG_UNBOUND, CT_TCP_ACK, CT_TCP_FIN,
-    CT_TCP_RST, CT_TCP_SYN, Config, Counter, CtEvent, CtIn, CtOut, FlowKey, NatFiltering, Owner,
-    PublicKey, WanInfo, natport::NAT_PORT_TRIES, tcp,
+    CT_TCP_RST, CT_TCP_SYN, Config, Counter, CtEvent, CtIn, CtOut, FlowKey, LAN_ROUTER,
+    NatFiltering, Owner, PublicKey, RouterTimer, WanInfo, natport::NAT_PORT_TRIES, tcp,
 };
 
 use crate::{
-    CONFIG, CT_EVENTS, CT_IN, CT_OUT, HOST_CONNECTIONS, NAT_BIND_IN, NAT_BIND_OUT, RECENT, SCRATCH,
-    WAN_STATS, parse,
+    CONFIG, CT_EVENTS, CT_IN, CT_OUT, HOST_CONNECTIONS, NAT_BIND_IN, NAT_BIND_OUT, RECENT,
+    ROUTER_TIMERS, SCRATCH, WAN_STATS, parse,
 };
 
 pub const EEXIST: i32 = 17;
@@ -766,6 +766,70 @@ fn arm(entry: *mut CtOut, timeouts: &pcc_common::conntrack::Timeouts, proto: u8)
         let limit = timeouts.idle_limit(proto, &*entry, &CtIn::default());
         bpf_timer_start(timer, limit as u64 * 1_000_000_000, 0);
     }
+}
+
+/// Starts the expiry timer of a tuple of the router's own, just recorded by the TC hook, to
+/// fire in `ns`. Its `CT_IN` entry stays a plain value (the TC hook and the controller read
+/// and write it whole), so the timer lives in `ROUTER_TIMERS` under the same key. A tuple
+/// recorded again while an old timer is pending keeps that timer, which re-arms.
+#[inline(always)]
+pub fn arm_router(key: &FlowKey, ns: u64) {
+    if ROUTER_TIMERS
+        .insert(key, RouterTimer::default(), NOEXIST)
+        .is_err()
+    {
+        return;
+    }
+    let Some(entry) = ROUTER_TIMERS.get_ptr_mut(key) else {
+        return;
+    };
+    // SAFETY: a live entry of ROUTER_TIMERS; the timer lives and dies with it.
+    unsafe {
+        let timer = (&raw mut (*entry).timer).cast::<bpf_timer>();
+        let map = (&raw const ROUTER_TIMERS).cast_mut().cast::<c_void>();
+        if bpf_timer_init(timer, map, CLOCK_MONOTONIC) != 0 {
+            return;
+        }
+        bpf_timer_set_callback(timer, expire_router as *mut c_void);
+        bpf_timer_start(timer, ns, 0);
+    }
+}
+
+/// Timer callback of a tuple of the router's own: re-armed while the tuple is fresh, else
+/// the tuple goes (and with it the timer). A tuple no longer the router's (removed, then
+/// taken by a mapping) only loses its timer.
+extern "C" fn expire_router(_map: *mut c_void, key: *mut FlowKey, entry: *mut RouterTimer) -> i32 {
+    // SAFETY: the kernel passes the entry's own key.
+    let key = unsafe { *key };
+    let Some(cfg) = CONFIG.get(0) else {
+        return 0;
+    };
+    // SAFETY: copied out at once.
+    let tuple = unsafe { CT_IN.get(&key) }.copied();
+    match tuple {
+        Some(tuple) if tuple.lan_id == LAN_ROUTER => {
+            match cfg
+                .timeouts
+                .router_tuple_remaining_ns(key.proto, &tuple, now_ns())
+            {
+                Some(ns) => {
+                    // SAFETY: the timer of a live entry.
+                    unsafe {
+                        bpf_timer_start((&raw mut (*entry).timer).cast::<bpf_timer>(), ns, 0)
+                    };
+                }
+                None => {
+                    let _ = CT_IN.remove(&key);
+                    let _ = ROUTER_TIMERS.remove(&key);
+                    count_event(CtEvent::Expired);
+                }
+            }
+        }
+        _ => {
+            let _ = ROUTER_TIMERS.remove(&key);
+        }
+    }
+    0
 }
 
 /// Timer callback of a `CT_OUT` entry. The verifier wants 0 back.

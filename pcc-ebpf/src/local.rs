@@ -65,6 +65,13 @@ pub fn egress(ctx: &TcContext) -> i32 {
     };
     match CT_IN.insert(&key, &entry, BPF_NOEXIST as u64) {
         Ok(()) => {
+            // Expired by the dataplane like a mapping, controller or not.
+            if let Some(cfg) = CONFIG.get(0) {
+                let ns = cfg
+                    .timeouts
+                    .router_tuple_remaining_ns(key.proto, &entry, now);
+                conntrack::arm_router(&key, ns.unwrap_or(1));
+            }
             count(Counter::PassRouterOwnOut);
             TC_ACT_OK as i32
         }

@@ -30,7 +30,7 @@ use aya_ebpf::{
 use pcc_common::{
     BindKey, Binding, Config, Counter, CtEvent, CtIn, CtOut, DEFAULT_MAX_CONNECTIONS, DEVMAP_SIZE,
     FRAG_TRACK_SIZE, FlowKey, FragKey, FragPorts, LanInfo, MAX_LANS, MAX_POLICIES,
-    MAX_POLICY_SUBNETS, MAX_WANS, Owner, PublicKey, SlotTable, WanCounters, WanInfo,
+    MAX_POLICY_SUBNETS, MAX_WANS, Owner, PublicKey, RouterTimer, SlotTable, WanCounters, WanInfo,
     ratelimit::TokenBucket,
     route::{MAX_NEIGHBOURS, MAX_NEIGHBOURS_WANTED, MAX_ROUTES, Neighbour, NeighbourKey, Route},
 };
@@ -72,6 +72,10 @@ static CT_OUT: BtfHashMap<FlowKey, CtOut, { DEFAULT_MAX_CONNECTIONS as usize }> 
 /// Connections by their WAN-side tuple (remote, WAN address, NAT port).
 #[map]
 static CT_IN: HashMap<FlowKey, CtIn> = HashMap::with_max_entries(DEFAULT_MAX_CONNECTIONS, 0);
+/// Expiry timers of the router's own tuples in `CT_IN` (same key). Resized at load time.
+#[btf_map]
+static ROUTER_TIMERS: BtfHashMap<FlowKey, RouterTimer, { DEFAULT_MAX_CONNECTIONS as usize }> =
+    BtfHashMap::new();
 /// Endpoint-independent mappings by LAN endpoint and WAN. Resized at load time.
 #[map]
 static NAT_BIND_OUT: HashMap<BindKey, Binding> =

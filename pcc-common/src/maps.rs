@@ -391,6 +391,7 @@ mod pod {
     unsafe impl aya::Pod for super::Binding {}
     unsafe impl aya::Pod for super::PublicKey {}
     unsafe impl aya::Pod for super::Owner {}
+    unsafe impl aya::Pod for super::RouterTimer {}
 }
 
 impl FlowKey {

@@ -475,8 +475,16 @@ pub fn measure_all(samples: usize, fills: &[u32]) -> Result<Report> {
     drop(tb);
 
     let one_m = TestBed::new(1 << 20)?;
-    let map_bytes = map_bytes(IterableMap::map(&one_m.maps.ct_out))?
-        + map_bytes(IterableMap::map(&one_m.maps.ct_in))?;
+    // Every map sized by the connection count: the pair, the endpoint-independent bindings
+    // (one per LAN endpoint, so up to one per connection), the hosts' counts and the router's
+    // tuples' timers (both capped, see dataplane.rs).
+    let m = &one_m.maps;
+    let map_bytes = map_bytes(IterableMap::map(&m.ct_out))?
+        + map_bytes(IterableMap::map(&m.ct_in))?
+        + map_bytes(IterableMap::map(&m.bind_out))?
+        + map_bytes(IterableMap::map(&m.bind_in))?
+        + map_bytes(IterableMap::map(&m.host_connections))?
+        + map_bytes(IterableMap::map(&m.router_timers))?;
     drop(one_m);
     let per_conn = map_bytes / f64::from(1u32 << 20);
     let mut fill_levels = Vec::new();

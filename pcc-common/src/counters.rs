@@ -274,14 +274,17 @@ pub enum CtEvent {
     EarlyDropped,
     /// Opened from outside, by a packet to a live mapping (endpoint-independent filtering).
     OpenedInbound,
+    /// A connection's expiry timer could not be armed or re-armed (the kernel refused).
+    TimerFailed,
 }
 
 impl CtEvent {
-    pub const COUNT: usize = CtEvent::OpenedInbound as usize + 1;
+    pub const COUNT: usize = CtEvent::TimerFailed as usize + 1;
     pub const ALL: [CtEvent; Self::COUNT] = [
         CtEvent::Expired,
         CtEvent::EarlyDropped,
         CtEvent::OpenedInbound,
+        CtEvent::TimerFailed,
     ];
 
     /// The `event` label value.
@@ -290,6 +293,7 @@ impl CtEvent {
             CtEvent::Expired => "expired",
             CtEvent::EarlyDropped => "early_dropped",
             CtEvent::OpenedInbound => "opened_inbound",
+            CtEvent::TimerFailed => "timer_failed",
         }
     }
 }

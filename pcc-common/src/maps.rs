@@ -217,6 +217,11 @@ pub const CT_FLAG_ROUTED: u8 = 1;
 /// this remote by the router itself): closing it releases no binding.
 pub const CT_FLAG_UNBOUND: u8 = 2;
 
+/// `CtOut::flags`: the kernel could not arm the connection's expiry timer yet (its timers are
+/// allocated without locks, which fails now and then under load); it is retried on the
+/// following new connections and timers of its CPU.
+pub const CT_FLAG_UNTIMED: u8 = 16;
+
 /// `CtOut::flags`: opened from outside, by a packet to a live mapping (endpoint-independent
 /// filtering); unanswered until the LAN host sends.
 pub const CT_FLAG_INBOUND: u8 = 4;

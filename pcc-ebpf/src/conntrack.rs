@@ -9,14 +9,14 @@ use aya_ebpf::{
 use core::{ffi::c_void, intrinsics::AtomicOrdering};
 
 use pcc_common::{
-    BindKey, Binding, CT_FLAG_HAIRPIN, CT_FLAG_INBOUND, CT_FLAG_UNBOUND, CT_TCP_ACK, CT_TCP_FIN,
-    CT_TCP_RST, CT_TCP_SYN, Config, Counter, CtEvent, CtIn, CtOut, FlowKey, LAN_ROUTER,
-    NatFiltering, Owner, PublicKey, RouterTimer, WanInfo, natport::NAT_PORT_TRIES, tcp,
+    BindKey, Binding, CT_FLAG_HAIRPIN, CT_FLAG_INBOUND, CT_FLAG_UNBOUND, CT_FLAG_UNTIMED,
+    CT_TCP_ACK, CT_TCP_FIN, CT_TCP_RST, CT_TCP_SYN, Config, Counter, CtEvent, CtIn, CtOut, FlowKey,
+    LAN_ROUTER, NatFiltering, Owner, PublicKey, RouterTimer, WanInfo, natport::NAT_PORT_TRIES, tcp,
 };
 
 use crate::{
     CONFIG, CT_EVENTS, CT_IN, CT_OUT, HOST_CONNECTIONS, NAT_BIND_IN, NAT_BIND_OUT, RECENT,
-    ROUTER_TIMERS, SCRATCH, WAN_STATS, parse,
+    ROUTER_TIMERS, SCRATCH, UNTIMED, WAN_STATS, parse,
 };
 
 pub const EEXIST: i32 = 17;
@@ -112,17 +112,20 @@ pub fn snapshot(entry: *const CtOut) -> CtOut {
 /// subprogram that returns nothing: its outcomes do not multiply its callers' paths.
 #[inline(never)]
 pub fn forget(key: &FlowKey, entry: &CtOut) {
-    let _ = CT_IN.remove(&key.reply_key(entry.nat_addr, entry.nat_port));
+    // Read first: `entry` may be the map's own value, gone once removed.
+    let (nat_addr, nat_port, flags, wan_id) =
+        (entry.nat_addr, entry.nat_port, entry.flags, entry.wan_id);
+    let _ = CT_IN.remove(&key.reply_key(nat_addr, nat_port));
     if CT_OUT.remove(key).is_err() {
         return;
     }
     release_host(key.src_addr);
-    if entry.flags & CT_FLAG_UNBOUND == 0 {
+    if flags & CT_FLAG_UNBOUND == 0 {
         unbind(&BindKey {
             lan_addr: key.src_addr,
             lan_port: key.src_port,
             proto: key.proto,
-            wan_id: entry.wan_id,
+            wan_id,
         });
     }
 }
@@ -235,6 +238,7 @@ pub fn open(
     if status == CLAIM_FULL && pcc_early_drop() != 0 {
         status = pcc_claim_connection();
     }
+    pcc_retry_untimed();
     // SAFETY: as above; written by the claim.
     let opened = unsafe { (*scratch).opened };
     match status {
@@ -294,7 +298,7 @@ pub extern "C" fn pcc_claim_connection() -> u32 {
     match CT_OUT.insert(key, &*out, NOEXIST) {
         Ok(()) => {
             if let Some(e) = CT_OUT.get_ptr_mut(key) {
-                arm(e, &claim.timeouts, key.proto);
+                arm(key, e, &claim.timeouts);
             }
             remember(key);
             // Counted here, where the entry was created: a CPU that lost the race below
@@ -454,7 +458,7 @@ pub extern "C" fn pcc_accept_connection() -> u32 {
     match CT_OUT.insert(&key, &*out, NOEXIST) {
         Ok(()) => {
             if let Some(e) = CT_OUT.get_ptr_mut(&key) {
-                arm(e, &scratch.claim.timeouts, key.proto);
+                arm(&key, e, &scratch.claim.timeouts);
             }
             remember(&key);
             CLAIM_NEW
@@ -754,24 +758,121 @@ const CLOCK_MONOTONIC: u64 = 1;
 /// fires, from the timestamps of both halves at that moment: a packet refreshing the
 /// connection needs no timer call.
 #[inline(always)]
-fn arm(entry: *mut CtOut, timeouts: &pcc_common::conntrack::Timeouts, proto: u8) {
+fn arm(key: &FlowKey, entry: *mut CtOut, timeouts: &pcc_common::conntrack::Timeouts) {
+    if !try_arm(entry, timeouts, key.proto) {
+        // The kernel allocates each timer without locks (GFP_ATOMIC), which fails now and then
+        // under load: the connection is kept, flagged, and armed later (`retry_untimed`).
+        // SAFETY: a live entry; only this flag bit changes.
+        unsafe { (*entry).flags |= CT_FLAG_UNTIMED };
+        defer_timer(key);
+        count_event(CtEvent::TimerFailed);
+    }
+}
+
+/// Arms a connection's timer; false if the kernel could not.
+#[inline(always)]
+fn try_arm(entry: *mut CtOut, timeouts: &pcc_common::conntrack::Timeouts, proto: u8) -> bool {
     // SAFETY: a live entry of CT_OUT; the timer lives and dies with it.
     unsafe {
         let timer = (&raw mut (*entry).timer).cast::<bpf_timer>();
         let map = (&raw const CT_OUT).cast_mut().cast::<c_void>();
         if bpf_timer_init(timer, map, CLOCK_MONOTONIC) != 0 {
-            return;
+            return false;
         }
-        bpf_timer_set_callback(timer, expire as *mut c_void);
         let limit = timeouts.idle_limit(proto, &*entry, &CtIn::default());
-        bpf_timer_start(timer, limit as u64 * 1_000_000_000, 0);
+        bpf_timer_set_callback(timer, expire as *mut c_void) == 0
+            && bpf_timer_start(timer, limit as u64 * 1_000_000_000, 0) == 0
     }
+}
+
+/// Connections each CPU could not arm a timer for yet, oldest first from `tail`.
+pub const UNTIMED_SLOTS: u32 = 1024;
+/// Deferred connections looked at per new connection or timer that fires.
+const UNTIMED_RETRIES: u32 = 4;
+
+#[repr(C)]
+pub struct Untimed {
+    head: u32,
+    tail: u32,
+    keys: [FlowKey; UNTIMED_SLOTS as usize],
+}
+
+#[inline(always)]
+fn defer_timer(key: &FlowKey) {
+    let Some(ring) = UNTIMED.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot; softirq code on one CPU does not nest.
+    let ring = unsafe { &mut *ring };
+    if let Some(slot) = ring
+        .keys
+        .get_mut((ring.head & (UNTIMED_SLOTS - 1)) as usize)
+    {
+        *slot = *key;
+    }
+    ring.head = ring.head.wrapping_add(1);
+    // Full: the oldest is given up (it stays until early drop or the controller's restart).
+    if ring.head.wrapping_sub(ring.tail) > UNTIMED_SLOTS {
+        ring.tail = ring.head.wrapping_sub(UNTIMED_SLOTS);
+    }
+}
+
+/// Gives the connections whose timer could not be armed another chance, a few at a time, on
+/// each new connection and each timer that fires: one already idle past its timeout is
+/// forgotten at once, the others are armed now, or deferred again. A global function: the
+/// verifier checks it once, apart from its callers.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn pcc_retry_untimed() -> u32 {
+    let (Some(ring), Some(cfg)) = (UNTIMED.get_ptr_mut(0), CONFIG.get(0)) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot; softirq code on one CPU does not nest.
+    let ring = unsafe { &mut *ring };
+    for _ in 0..UNTIMED_RETRIES {
+        if ring.tail == ring.head {
+            break;
+        }
+        let Some(key) = ring
+            .keys
+            .get((ring.tail & (UNTIMED_SLOTS - 1)) as usize)
+            .copied()
+        else {
+            break;
+        };
+        ring.tail = ring.tail.wrapping_add(1);
+        let Some(entry) = CT_OUT.get_ptr_mut(&key) else {
+            continue;
+        };
+        // SAFETY: a live entry of our map, read in place (a copy would cost stack this
+        // function shares with the LAN program's frame).
+        let out = unsafe { &*entry };
+        if out.flags & CT_FLAG_UNTIMED == 0 {
+            continue;
+        }
+        // SAFETY: read in place, as above.
+        let reply = unsafe { CT_IN.get(&key.reply_key(out.nat_addr, out.nat_port)) };
+        let left = reply.and_then(|r| cfg.timeouts.remaining_ns(key.proto, out, r, now_ns()));
+        if left.is_none() {
+            forget(&key, out);
+            count_event(CtEvent::Expired);
+        } else if try_arm(entry, &cfg.timeouts, key.proto) {
+            // SAFETY: a live entry; only this flag bit changes.
+            unsafe { (*entry).flags &= !CT_FLAG_UNTIMED };
+        } else {
+            defer_timer(&key);
+            break;
+        }
+    }
+    0
 }
 
 /// Starts the expiry timer of a tuple of the router's own, just recorded by the TC hook, to
 /// fire in `ns`. Its `CT_IN` entry stays a plain value (the TC hook and the controller read
 /// and write it whole), so the timer lives in `ROUTER_TIMERS` under the same key. A tuple
-/// recorded again while an old timer is pending keeps that timer, which re-arms.
+/// recorded again while an old timer is pending keeps that timer, which re-arms. The TC hook
+/// calls it on each packet of the router's: a timer the kernel could not allocate (it fails
+/// now and then under load) is tried again with the next one.
 #[inline(always)]
 pub fn arm_router(key: &FlowKey, ns: u64) {
     if ROUTER_TIMERS
@@ -787,11 +888,13 @@ pub fn arm_router(key: &FlowKey, ns: u64) {
     unsafe {
         let timer = (&raw mut (*entry).timer).cast::<bpf_timer>();
         let map = (&raw const ROUTER_TIMERS).cast_mut().cast::<c_void>();
-        if bpf_timer_init(timer, map, CLOCK_MONOTONIC) != 0 {
-            return;
+        if bpf_timer_init(timer, map, CLOCK_MONOTONIC) != 0
+            || bpf_timer_set_callback(timer, expire_router as *mut c_void) != 0
+            || bpf_timer_start(timer, ns, 0) != 0
+        {
+            let _ = ROUTER_TIMERS.remove(key);
+            count_event(CtEvent::TimerFailed);
         }
-        bpf_timer_set_callback(timer, expire_router as *mut c_void);
-        bpf_timer_start(timer, ns, 0);
     }
 }
 
@@ -839,6 +942,7 @@ extern "C" fn expire(_map: *mut c_void, key: *mut FlowKey, entry: *mut CtOut) ->
     if !reschedule(&key, entry) {
         count_event(CtEvent::Expired);
     }
+    pcc_retry_untimed();
     0
 }
 
@@ -868,7 +972,11 @@ pub fn reschedule(key: &FlowKey, entry: *mut CtOut) -> bool {
     match left {
         Some(ns) => {
             // SAFETY: the timer of a live entry; starting an armed timer moves it.
-            unsafe { bpf_timer_start((&raw mut (*entry).timer).cast::<bpf_timer>(), ns, 0) };
+            let started =
+                unsafe { bpf_timer_start((&raw mut (*entry).timer).cast::<bpf_timer>(), ns, 0) };
+            if started != 0 {
+                count_event(CtEvent::TimerFailed);
+            }
             true
         }
         None => {

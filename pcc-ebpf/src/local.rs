@@ -44,7 +44,17 @@ pub fn egress(ctx: &TcContext) -> i32 {
     };
     let now = conntrack::now_ns();
     if let Some(e) = CT_IN.get_ptr_mut(&key) {
-        return refresh(e, bits, now);
+        let verdict = refresh(e, bits, now);
+        if verdict == TC_ACT_OK as i32
+            && let Some(cfg) = CONFIG.get(0)
+        {
+            // SAFETY: a live entry of our map, read in place.
+            let ns = cfg
+                .timeouts
+                .router_tuple_remaining_ns(key.proto, unsafe { &*e }, now);
+            conntrack::arm_router(&key, ns.unwrap_or(1));
+        }
+        return verdict;
     }
     // A reset with no tuple recorded answers a packet no socket wanted (a port scan): there is
     // nothing to keep apart, and recording it would let the internet fill the table.

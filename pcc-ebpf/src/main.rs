@@ -90,6 +90,9 @@ static HOST_CONNECTIONS: HashMap<u32, u64> = HashMap::with_max_entries(DEFAULT_M
 /// The latest connections each CPU opened, where early drop looks for unreplied ones.
 #[map]
 static RECENT: PerCpuArray<conntrack::Recent> = PerCpuArray::with_max_entries(1, 0);
+/// Connections whose expiry timer is still to be armed, per CPU.
+#[map]
+static UNTIMED: PerCpuArray<conntrack::Untimed> = PerCpuArray::with_max_entries(1, 0);
 /// Working memory of new connections, per CPU.
 #[map]
 static SCRATCH: PerCpuArray<conntrack::Scratch> = PerCpuArray::with_max_entries(1, 0);

@@ -307,6 +307,9 @@ mod tests {
         for (i, c) in Counter::ALL.iter().enumerate() {
             assert_eq!(*c as usize, i, "{c:?} out of order");
         }
+        for (i, e) in CtEvent::ALL.iter().enumerate() {
+            assert_eq!(*e as usize, i, "{e:?} out of order");
+        }
         let mut reasons: Vec<_> = Counter::ALL.iter().map(|c| c.reason()).collect();
         reasons.sort();
         reasons.dedup();

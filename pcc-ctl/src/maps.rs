@@ -39,6 +39,19 @@ pub struct Maps {
     pub ct_events: PerCpuArray<MapData, u64>,
 }
 
+/// Slots `0..N` of a per-CPU array of counts, each summed over CPUs (the counter enums are
+/// numbered from 0 in order, which their host tests check).
+fn sum_per_cpu<const N: usize>(array: &PerCpuArray<MapData, u64>, name: &str) -> Result<[u64; N]> {
+    let mut out = [0; N];
+    for (i, total) in out.iter_mut().enumerate() {
+        let per_cpu = array
+            .get(&(i as u32), 0)
+            .with_context(|| format!("cannot read {name}"))?;
+        *total = per_cpu.iter().sum();
+    }
+    Ok(out)
+}
+
 fn take<T: TryFrom<aya::maps::Map>>(ebpf: &mut Ebpf, name: &str) -> Result<T>
 where
     T::Error: std::error::Error + Send + Sync + 'static,
@@ -75,28 +88,12 @@ impl Maps {
 
     /// Every dataplane counter, summed over CPUs.
     pub fn counters(&self) -> Result<[u64; Counter::COUNT]> {
-        let mut out = [0; Counter::COUNT];
-        for c in Counter::ALL {
-            let per_cpu = self
-                .stats
-                .get(&(c as u32), 0)
-                .context("cannot read STATS")?;
-            out[c as usize] = per_cpu.iter().sum();
-        }
-        Ok(out)
+        sum_per_cpu(&self.stats, "STATS")
     }
 
     /// Every conntrack event count, summed over CPUs.
     pub fn ct_events(&self) -> Result<[u64; CtEvent::COUNT]> {
-        let mut out = [0; CtEvent::COUNT];
-        for e in CtEvent::ALL {
-            let per_cpu = self
-                .ct_events
-                .get(&(e as u32), 0)
-                .context("cannot read CT_EVENTS")?;
-            out[e as usize] = per_cpu.iter().sum();
-        }
-        Ok(out)
+        sum_per_cpu(&self.ct_events, "CT_EVENTS")
     }
 
     /// One WAN's traffic counters, summed over CPUs.

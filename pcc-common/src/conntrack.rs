@@ -1,5 +1,5 @@
-//! When a connection has ended. The dataplane decides, in each connection's expiry timer
-//! (`bpf_timer`); the controller only reads the same arithmetic for its census.
+//! When a connection has ended. The dataplane decides, in its sweep (`crate::expiry`); the
+//! controller only reads the same arithmetic for its census.
 use crate::{CT_TCP_FIN, CT_TCP_RST, CtIn, CtOut, LAN_ROUTER};
 
 pub const PROTO_ICMP: u8 = 1;
@@ -102,7 +102,7 @@ impl Timeouts {
     }
 
     /// Nanoseconds until a tuple of the router's own expires (see
-    /// [`Self::router_tuple_expired`]), or `None` once it has: what its timer waits for.
+    /// [`Self::router_tuple_expired`]), or `None` once it has.
     #[inline(always)]
     pub fn router_tuple_remaining_ns(&self, proto: u8, entry: &CtIn, now_ns: u64) -> Option<u64> {
         debug_assert_eq!(entry.lan_id, LAN_ROUTER);

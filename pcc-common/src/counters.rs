@@ -267,14 +267,15 @@ impl Counter {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CtEvent {
-    /// Idle past its timeout: removed by its own timer, and its NAT port returned.
+    /// Idle past its timeout: removed by the dataplane's sweep, and its NAT port returned.
     Expired = 0,
     /// The table was full: a connection that never got a reply was removed to make room
     /// (nf_conntrack's early drop).
     EarlyDropped,
     /// Opened from outside, by a packet to a live mapping (endpoint-independent filtering).
     OpenedInbound,
-    /// A connection's expiry timer could not be armed or re-armed (the kernel refused).
+    /// The sweep's timer could not be started (the kernel allocates it without locks, which
+    /// fails now and then under load); the next new tuple tries again.
     TimerFailed,
 }
 

@@ -10,6 +10,7 @@ pub mod classify;
 pub mod conntrack;
 pub mod counters;
 pub mod csum;
+pub mod expiry;
 pub mod failover;
 pub mod generator;
 pub mod icmp;

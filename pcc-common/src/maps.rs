@@ -65,8 +65,10 @@ pub struct Config {
     pub _pad: [u8; 2],
     /// Connections one LAN host may hold at once (`HOST_CONNECTIONS`).
     pub max_connections_per_host: u32,
-    /// Idle timeouts, enforced by each connection's own timer.
+    /// Idle timeouts, enforced by the dataplane's sweep.
     pub timeouts: crate::conntrack::Timeouts,
+    /// The sweep's sizes (`EXPIRY_SLOTS`), from the table's.
+    pub sweep: crate::expiry::Sweep,
 }
 
 pub const WAN_FLAG_UP: u16 = 1;
@@ -217,11 +219,6 @@ pub const CT_FLAG_ROUTED: u8 = 1;
 /// this remote by the router itself): closing it releases no binding.
 pub const CT_FLAG_UNBOUND: u8 = 2;
 
-/// `CtOut::flags`: the kernel could not arm the connection's expiry timer yet (its timers are
-/// allocated without locks, which fails now and then under load); it is retried on the
-/// following new connections and timers of its CPU.
-pub const CT_FLAG_UNTIMED: u8 = 16;
-
 /// `CtOut::flags`: opened from outside, by a packet to a live mapping (endpoint-independent
 /// filtering); unanswered until the LAN host sends.
 pub const CT_FLAG_INBOUND: u8 = 4;
@@ -307,16 +304,33 @@ pub struct CtOut {
     pub last_seen_ns: u64,
     pub packets: u64,
     pub bytes: u64,
-    /// Expires the connection in the dataplane itself (see `conntrack` in pcc-ebpf).
-    pub timer: bpf_timer,
+    /// The connection's slot in `EXPIRY_SLOTS`, where the dataplane's sweep finds it.
+    pub expiry_slot: u32,
+    /// The token of that slot's owner word (`crate::expiry::slot_owner`): whoever forgets the
+    /// connection frees the slot only while it still holds this token.
+    pub expiry_token: u32,
 }
 
-/// `ROUTER_TIMERS` value: the expiry timer of a tuple of the router's own (its `CT_IN` entry
-/// stays a plain value, which the controller and the TC hook read and write whole).
+/// `EXPIRY_SLOTS` value: a tuple the sweep looks at. `owner` is [`crate::expiry::SLOT_FREE`],
+/// [`crate::expiry::SLOT_BUSY`] or a ready owner word; the dataplane claims a slot with a
+/// compare-and-exchange on it, as CPUs open connections at once.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RouterTimer {
+pub struct ExpirySlot {
+    pub owner: u64,
+    /// A `CT_OUT` key, or a `CT_IN` key for a router tuple.
+    pub key: FlowKey,
+}
+
+/// `SWEEP[0]`: the sweep's timer and where it goes on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SweepState {
     pub timer: bpf_timer,
+    /// The next slot to look at.
+    pub cursor: u32,
+    /// 1 once the timer runs (the first new tuple starts it).
+    pub armed: u32,
 }
 
 /// The kernel's `struct bpf_timer`, opaque. The verifier finds a timer in a map value by this
@@ -365,7 +379,7 @@ pub struct WanCounters {
 }
 
 const _: () = {
-    assert!(size_of::<Config>() == 44);
+    assert!(size_of::<Config>() == 52);
     assert!(size_of::<BindKey>() == 8);
     assert!(size_of::<Binding>() == 16);
     assert!(size_of::<PublicKey>() == 8);
@@ -373,7 +387,8 @@ const _: () = {
     assert!(size_of::<WanInfo>() == 24);
     assert!(size_of::<LanInfo>() == 20);
     assert!(size_of::<FlowKey>() == 16);
-    assert!(size_of::<CtOut>() == 72);
+    assert!(size_of::<CtOut>() == 64);
+    assert!(size_of::<ExpirySlot>() == 24);
     assert!(size_of::<CtIn>() == 40);
     assert!(size_of::<SlotTable>().is_multiple_of(4));
 };
@@ -396,7 +411,8 @@ mod pod {
     unsafe impl aya::Pod for super::Binding {}
     unsafe impl aya::Pod for super::PublicKey {}
     unsafe impl aya::Pod for super::Owner {}
-    unsafe impl aya::Pod for super::RouterTimer {}
+    unsafe impl aya::Pod for super::ExpirySlot {}
+    unsafe impl aya::Pod for super::SweepState {}
 }
 
 impl FlowKey {

@@ -476,15 +476,15 @@ pub fn measure_all(samples: usize, fills: &[u32]) -> Result<Report> {
 
     let one_m = TestBed::new(1 << 20)?;
     // Every map sized by the connection count: the pair, the endpoint-independent bindings
-    // (one per LAN endpoint, so up to one per connection), the hosts' counts and the router's
-    // tuples' timers (both capped, see dataplane.rs).
+    // (one per LAN endpoint, so up to one per connection), the hosts' counts (capped, see
+    // dataplane.rs) and the sweep's expiry slots (two per connection).
     let m = &one_m.maps;
     let map_bytes = map_bytes(IterableMap::map(&m.ct_out))?
         + map_bytes(IterableMap::map(&m.ct_in))?
         + map_bytes(IterableMap::map(&m.bind_out))?
         + map_bytes(IterableMap::map(&m.bind_in))?
         + map_bytes(IterableMap::map(&m.host_connections))?
-        + map_bytes(IterableMap::map(&m.router_timers))?;
+        + map_bytes(IterableMap::map(&m.expiry_slots))?;
     drop(one_m);
     let per_conn = map_bytes / f64::from(1u32 << 20);
     let mut fill_levels = Vec::new();

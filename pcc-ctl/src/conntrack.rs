@@ -22,8 +22,8 @@ pub struct GcReport {
     /// Distinct NAT ports in use per WAN (a port serves one LAN endpoint, towards any number
     /// of remote endpoints).
     pub nat_ports_per_wan: [usize; MAX_WANS],
-    /// Connections past their idle timeout that their timer has not removed yet (it fires
-    /// within a jiffy; more than a few means timers are not armed).
+    /// Connections past their idle timeout that the dataplane's sweep has not removed yet
+    /// (it passes every slot within `Sweep::pass_ns`: 2 s up to 131 072 connections).
     pub overdue: usize,
     /// Reply halves without a forward half, removed.
     pub orphans: usize,
@@ -140,7 +140,7 @@ pub fn collect(
     let mut dead_in: Vec<FlowKey> = Vec::new();
     for item in maps.ct_in.iter().take_while(|_| scan_orphans) {
         let Ok((key, reply)) = item else { continue };
-        // The router's own tuple (TC egress hook) has no forward twin: its own timer
+        // The router's own tuple (TC egress hook) has no forward twin: the dataplane's sweep
         // removes it when idle.
         if reply.lan_id == LAN_ROUTER {
             continue;

@@ -12,6 +12,8 @@ use aya::{
     },
 };
 
+use pcc_common::expiry;
+
 use crate::{cli::XdpModeArg, maps::Maps, pin::Pins};
 
 /// The compiled `pcc-ebpf` object, embedded at build time by `build.rs` (aya-build).
@@ -49,10 +51,6 @@ pub enum Attached {
 /// LAN hosts whose connections are counted (`HOST_CONNECTIONS`): a /16 of hosts. Beyond it a
 /// new host is not held to `--max-connections-per-host` (the table's own limit still holds).
 pub const MAX_TRACKED_HOSTS: u32 = 65_536;
-/// The router's own tuples with an expiry timer (`ROUTER_TIMERS`): a resolver busy for a
-/// whole office keeps a few thousand. Beyond it a tuple is expired by nothing until the table
-/// needs the room; the router's own traffic never fills it in practice.
-pub const MAX_ROUTER_TUPLES: u32 = 65_536;
 
 /// The loaded programs. Dropping it closes this process's handles: an unpinned attachment
 /// goes with them, a pinned one stays until its pin is removed.
@@ -85,7 +83,7 @@ impl Dataplane {
             .map_max_entries("NAT_BIND_OUT", max_connections)
             .map_max_entries("NAT_BIND_IN", max_connections)
             .map_max_entries("HOST_CONNECTIONS", max_connections.min(MAX_TRACKED_HOSTS))
-            .map_max_entries("ROUTER_TIMERS", max_connections.min(MAX_ROUTER_TUPLES));
+            .map_max_entries("EXPIRY_SLOTS", expiry::slot_count(max_connections));
         if let Some(pins) = pins {
             for name in crate::pin::PINNED_MAPS {
                 loader.map_pin_path(name, pins.map_path(name));

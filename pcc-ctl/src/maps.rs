@@ -5,8 +5,8 @@ use aya::{
     maps::{Array, DevMap, HashMap, MapData, PerCpuArray, lpm_trie::LpmTrie},
 };
 use pcc_common::{
-    BindKey, Binding, Config, Counter, CtEvent, CtIn, CtOut, FlowKey, LanInfo, Owner, PublicKey,
-    RouterTimer, SlotTable, WanCounters, WanInfo,
+    BindKey, Binding, Config, Counter, CtEvent, CtIn, CtOut, ExpirySlot, FlowKey, LanInfo, Owner,
+    PublicKey, SlotTable, WanCounters, WanInfo,
     route::{Neighbour, NeighbourKey, Route},
 };
 
@@ -34,8 +34,8 @@ pub struct Maps {
     pub bind_in: HashMap<MapData, PublicKey, Owner>,
     /// LAN host address -> connections it holds.
     pub host_connections: HashMap<MapData, u32, u64>,
-    /// Expiry timers of the router's own tuples in `ct_in` (opaque to user space).
-    pub router_timers: HashMap<MapData, FlowKey, RouterTimer>,
+    /// Every tracked tuple's place in the dataplane's sweep.
+    pub expiry_slots: Array<MapData, ExpirySlot>,
     pub ct_events: PerCpuArray<MapData, u64>,
 }
 
@@ -81,7 +81,7 @@ impl Maps {
             bind_out: take(ebpf, "NAT_BIND_OUT")?,
             bind_in: take(ebpf, "NAT_BIND_IN")?,
             host_connections: take(ebpf, "HOST_CONNECTIONS")?,
-            router_timers: take(ebpf, "ROUTER_TIMERS")?,
+            expiry_slots: take(ebpf, "EXPIRY_SLOTS")?,
             ct_events: take(ebpf, "CT_EVENTS")?,
         })
     }

@@ -260,7 +260,7 @@ impl Metrics {
             conntrack_events: counter_vec(
                 &registry,
                 "pcc_conntrack_events_total",
-                "Connections expired by their timers, dropped unanswered to make room, opened from outside",
+                "Connections expired by the dataplane's sweep, dropped unanswered to make room, opened from outside",
                 &["event"],
             )?,
             nat_bindings: gauge(

@@ -16,8 +16,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use pcc_common::{
-    BindKey, Binding, Config, Counter, CtEvent, CtIn, CtOut, FlowKey, FragKey, FragPorts, LanInfo,
-    Owner, PublicKey, RouterTimer, SlotTable, WanCounters, WanInfo,
+    BindKey, Binding, Config, Counter, CtEvent, CtIn, CtOut, ExpirySlot, FlowKey, FragKey,
+    FragPorts, LanInfo, Owner, PublicKey, SlotTable, SweepState, WanCounters, WanInfo,
     route::{Neighbour, NeighbourKey, Route},
 };
 use serde::{Deserialize, Serialize};
@@ -27,7 +27,7 @@ pub const PIN_ROOT: &str = "/sys/fs/bpf/pcc";
 const STATE_DIR: &str = "/run/pcc";
 
 /// The maps that are pinned (all of the dataplane's own; the benchmark programs' are not).
-pub const PINNED_MAPS: [&str; 21] = [
+pub const PINNED_MAPS: [&str; 22] = [
     "CONFIG",
     "WANS",
     "LANS",
@@ -48,7 +48,8 @@ pub const PINNED_MAPS: [&str; 21] = [
     "HOST_CONNECTIONS",
     "RECENT",
     "CT_EVENTS",
-    "ROUTER_TIMERS",
+    "EXPIRY_SLOTS",
+    "SWEEP",
 ];
 
 /// What a set of pins was made for. Adoption needs all of it equal.
@@ -66,7 +67,7 @@ pub struct PinnedState {
 /// The map layout of this build.
 pub fn layout() -> String {
     format!(
-        "flow {} ct_out {} ct_in {} frag {}/{} config {} wan {} lan {} slots {} wan_counters {} counters {} route {} neighbour {}/{} binding {}/{}/{}/{} ct_events {} router_timer {}",
+        "flow {} ct_out {} ct_in {} frag {}/{} config {} wan {} lan {} slots {} wan_counters {} counters {} route {} neighbour {}/{} binding {}/{}/{}/{} ct_events {} expiry_slot {} sweep {}",
         size_of::<FlowKey>(),
         size_of::<CtOut>(),
         size_of::<CtIn>(),
@@ -86,7 +87,8 @@ pub fn layout() -> String {
         size_of::<PublicKey>(),
         size_of::<Owner>(),
         CtEvent::COUNT,
-        size_of::<RouterTimer>(),
+        size_of::<ExpirySlot>(),
+        size_of::<SweepState>(),
     )
 }
 

@@ -70,6 +70,7 @@ impl TestBed {
             // Off: the test bed measures the table; a test of the host limit sets it.
             max_connections_per_host: u32::MAX,
             timeouts: Timeouts::default(),
+            sweep: pcc_common::expiry::Sweep::for_connections(max_connections),
         };
         maps.config.set(0, config, 0)?;
         let mut weights = [0; MAX_WANS];

@@ -305,6 +305,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         nat_ports,
         max_connections_per_host: args.max_connections_per_host,
         timeouts: args.timeouts.timeouts(),
+        sweep: pcc_common::expiry::Sweep::for_connections(args.max_connections),
     };
     maps.config
         .set(0, config, 0)

@@ -1,13 +1,18 @@
 //! The conntrack table run in the kernel on crafted frames (BPF_PROG_TEST_RUN): connections
-//! expire by their own timers with no controller, a LAN endpoint keeps one public endpoint
+//! expire by the dataplane's sweep with no controller, a LAN endpoint keeps one public endpoint
 //! whatever the remote one (RFC 4787 REQ-1), a host has a connection limit. Needs root.
 mod rig;
 
-use std::{net::Ipv4Addr, thread::sleep, time::Duration};
+use std::{
+    net::Ipv4Addr,
+    thread::sleep,
+    time::{Duration, Instant},
+};
 
 use pcc_common::{
     BindKey, Counter, CtEvent, FlowKey, NatFiltering,
     conntrack::Timeouts,
+    expiry::Sweep,
     packet::{Frame, L4, TCP_ACK, TCP_FIN, TCP_SYN, parse},
 };
 use pcc_ctl::{dataplane::Role, testbed::*};
@@ -44,8 +49,21 @@ fn key(sport: u16, dport: u16, proto: u8) -> FlowKey {
     FlowKey::new(be(CLIENT), be(SERVER), sport.to_be(), dport.to_be(), proto)
 }
 
+/// How long after `started` the connection `key` left the table (polled every 50 ms, for at
+/// most 10 s).
+fn gone_after(rig: &Rig, key: FlowKey, started: Instant) -> Duration {
+    while rig.maps.ct_out.get(&key, 0).is_ok() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{key:?} never expired"
+        );
+        sleep(Duration::from_millis(50));
+    }
+    started.elapsed()
+}
+
 #[test]
-fn connections_expire_by_their_own_timers_with_no_controller() {
+fn connections_expire_by_the_dataplanes_sweep_with_no_controller() {
     let mut rig = Rig::new(1024);
     rig.set_timeouts(Timeouts {
         tcp_established: 3600,
@@ -56,8 +74,7 @@ fn connections_expire_by_their_own_timers_with_no_controller() {
         icmp: 2,
     });
     let wan = rig.expected_wan(CLIENT, SERVER);
-    // A TCP connection answered, then closed both ways: its timer, armed for the opening
-    // timeout, is moved to `tcp_close` by the FINs.
+    // A TCP connection answered, then closed both ways: it goes after `tcp_close`.
     let (_, out) = rig.run(
         Role::Lan,
         &from_client(CLIENT, CLIENT_MAC, tcp(40000, 80, TCP_SYN)).bytes(),
@@ -92,23 +109,26 @@ fn connections_expire_by_their_own_timers_with_no_controller() {
         "one binding per LAN endpoint"
     );
 
-    sleep(Duration::from_millis(1600));
-    assert!(
-        rig.maps.ct_out.get(&key(40000, 80, 6), 0).is_err(),
-        "closed TCP went after tcp_close"
-    );
-    assert_eq!(rig.maps.ct_out.keys().count(), 2);
-    sleep(Duration::from_millis(1000));
-    assert!(
-        rig.maps.ct_out.get(&key(5000, 53, 17), 0).is_err(),
-        "unanswered UDP went after udp"
-    );
-    sleep(Duration::from_millis(1800));
-    assert_eq!(
-        rig.maps.ct_out.keys().count(),
-        0,
-        "unanswered SYN went after tcp_opening"
-    );
+    // The sweep walks every slot once per pass: each connection goes after its timeout and
+    // at most one pass (plus a tick of polling) later, never before.
+    let late =
+        Duration::from_nanos(Sweep::for_connections(1024).pass_ns()) + Duration::from_millis(300);
+    let started = Instant::now();
+    let closed = gone_after(&rig, key(40000, 80, 6), started);
+    let unanswered_udp = gone_after(&rig, key(5000, 53, 17), started);
+    let unanswered_syn = gone_after(&rig, key(40001, 80, 6), started);
+    for (what, gone, timeout) in [
+        ("closed TCP (tcp_close)", closed, 1),
+        ("unanswered UDP (udp)", unanswered_udp, 2),
+        ("unanswered SYN (tcp_opening)", unanswered_syn, 4),
+    ] {
+        let timeout = Duration::from_secs(timeout);
+        assert!(
+            gone >= timeout - Duration::from_millis(100) && gone <= timeout + late,
+            "{what} went after {gone:?}, not within {timeout:?} + {late:?}"
+        );
+    }
+    assert_eq!(rig.maps.ct_out.keys().count(), 0);
     assert_eq!(
         rig.maps.ct_in.keys().count(),
         0,
@@ -136,7 +156,7 @@ fn a_connection_in_use_is_not_expired() {
         udp_stream: 1,
         ..Timeouts::default()
     });
-    // Refreshed every 300 ms for 2.4 s: its timer fires, finds it fresh, and re-arms.
+    // Refreshed every 300 ms for 2.4 s: the sweep passes it and finds it fresh each time.
     for _ in 0..8 {
         let (action, _) = rig.run(
             Role::Lan,

@@ -1,22 +1,19 @@
 //! The conntrack pair: `CT_OUT` (LAN-side tuple) and `CT_IN` (WAN-side tuple).
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, bpf_timer},
-    helpers::{
-        bpf_get_prandom_u32, bpf_ktime_get_coarse_ns, bpf_timer_init, bpf_timer_set_callback,
-        bpf_timer_start,
-    },
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
 };
-use core::{ffi::c_void, intrinsics::AtomicOrdering};
+use core::intrinsics::AtomicOrdering;
 
 use pcc_common::{
-    BindKey, Binding, CT_FLAG_HAIRPIN, CT_FLAG_INBOUND, CT_FLAG_UNBOUND, CT_FLAG_UNTIMED,
-    CT_TCP_ACK, CT_TCP_FIN, CT_TCP_RST, CT_TCP_SYN, Config, Counter, CtEvent, CtIn, CtOut, FlowKey,
-    LAN_ROUTER, NatFiltering, Owner, PublicKey, RouterTimer, WanInfo, natport::NAT_PORT_TRIES, tcp,
+    BindKey, Binding, CT_FLAG_HAIRPIN, CT_FLAG_INBOUND, CT_FLAG_UNBOUND, CT_TCP_ACK, CT_TCP_FIN,
+    CT_TCP_RST, CT_TCP_SYN, Config, Counter, CtEvent, CtIn, CtOut, FlowKey, NatFiltering, Owner,
+    PublicKey, WanInfo, expiry, natport::NAT_PORT_TRIES, tcp,
 };
 
 use crate::{
-    CONFIG, CT_EVENTS, CT_IN, CT_OUT, HOST_CONNECTIONS, NAT_BIND_IN, NAT_BIND_OUT, RECENT,
-    ROUTER_TIMERS, SCRATCH, UNTIMED, WAN_STATS, parse,
+    CONFIG, CT_EVENTS, CT_IN, CT_OUT, HOST_CONNECTIONS, NAT_BIND_IN, NAT_BIND_OUT, RECENT, SCRATCH,
+    WAN_STATS, parse, sweep,
 };
 
 pub const EEXIST: i32 = 17;
@@ -83,42 +80,21 @@ pub fn reset_in_window(key: &FlowKey, reply: *mut CtIn, seq: u32) -> bool {
     out.tcp_flags & CT_TCP_ACK == 0 || tcp::rst_in_window(seq, out.lan_ack, out.lan_window)
 }
 
-/// A copy of a `CT_OUT` entry without its timer, which the verifier forbids reading.
-#[inline(always)]
-pub fn snapshot(entry: *const CtOut) -> CtOut {
-    // SAFETY: a live entry of our map; field by field, never the timer.
-    let e = unsafe { &*entry };
-    CtOut {
-        nat_addr: e.nat_addr,
-        nat_port: e.nat_port,
-        wan_id: e.wan_id,
-        tcp_flags: e.tcp_flags,
-        lan_mac: e.lan_mac,
-        flags: e.flags,
-        lan_wscale: e.lan_wscale,
-        lan_ack: e.lan_ack,
-        lan_window: e.lan_window,
-        created_ns: e.created_ns,
-        last_seen_ns: e.last_seen_ns,
-        packets: e.packets,
-        bytes: e.bytes,
-        timer: Default::default(),
-    }
-}
-
-/// Forgets a connection: both halves, its place in its host's count and its reference to
-/// its binding. Only the caller whose delete removed the forward half releases, so a
-/// connection forgotten at once by its timer and by a packet is released once. A
+/// Forgets a connection: both halves, its expiry slot, its place in its host's count and its
+/// reference to its binding. Only the caller whose delete removed the forward half releases,
+/// so a connection forgotten at once by the sweep and by a packet is released once. A
 /// subprogram that returns nothing: its outcomes do not multiply its callers' paths.
 #[inline(never)]
 pub fn forget(key: &FlowKey, entry: &CtOut) {
     // Read first: `entry` may be the map's own value, gone once removed.
     let (nat_addr, nat_port, flags, wan_id) =
         (entry.nat_addr, entry.nat_port, entry.flags, entry.wan_id);
+    let (slot, token) = (entry.expiry_slot, entry.expiry_token);
     let _ = CT_IN.remove(&key.reply_key(nat_addr, nat_port));
     if CT_OUT.remove(key).is_err() {
         return;
     }
+    sweep::free_slot(slot, expiry::slot_owner(token, false));
     release_host(key.src_addr);
     if flags & CT_FLAG_UNBOUND == 0 {
         unbind(&BindKey {
@@ -180,7 +156,7 @@ pub struct Claim {
     wan_id: u8,
     first: Opening,
     nat_ports: pcc_common::NatPortRange,
-    timeouts: pcc_common::conntrack::Timeouts,
+    sweep: expiry::Sweep,
 }
 
 /// Per-CPU working memory of a new connection (`SCRATCH[0]`). Kept out of the stack: the
@@ -231,14 +207,13 @@ pub fn open(
             wan_id,
             first: *first,
             nat_ports: cfg.nat_ports,
-            timeouts: cfg.timeouts,
+            sweep: cfg.sweep,
         };
     }
     let mut status = pcc_claim_connection();
     if status == CLAIM_FULL && pcc_early_drop() != 0 {
         status = pcc_claim_connection();
     }
-    pcc_retry_untimed();
     // SAFETY: as above; written by the claim.
     let opened = unsafe { (*scratch).opened };
     match status {
@@ -258,7 +233,7 @@ pub fn open(
     }
 }
 
-/// Inserts both halves of the new connection in `SCRATCH[0].claim` and arms its timer;
+/// Inserts both halves of the new connection in `SCRATCH[0].claim`, with its expiry slot;
 /// `SCRATCH[0].opened` says what it got. Returns a `CLAIM_*` status.
 ///
 /// Cilium's order: the reply entry goes in first with `BPF_NOEXIST`, so a public tuple is only
@@ -281,7 +256,15 @@ pub extern "C" fn pcc_claim_connection() -> u32 {
     // stack, and this frame adds to the LAN program's.
     let claim = &scratch.claim;
     let (key, nat_addr, wan_id, first) = (&claim.key, claim.nat_addr, claim.wan_id, &claim.first);
+    let Some(slot) = sweep::claim_slot(key, claim.sweep.slot_mask) else {
+        take_back(key, nat_addr, nat_port, wan_id, binding);
+        return CLAIM_FULL;
+    };
+    // SAFETY: helper without arguments.
+    let token = unsafe { bpf_get_prandom_u32() };
     let out = &mut scratch.out;
+    out.expiry_slot = slot;
+    out.expiry_token = token;
     out.nat_addr = nat_addr;
     out.nat_port = nat_port;
     out.wan_id = wan_id;
@@ -297,9 +280,7 @@ pub extern "C" fn pcc_claim_connection() -> u32 {
     out.bytes = first.len;
     match CT_OUT.insert(key, &*out, NOEXIST) {
         Ok(()) => {
-            if let Some(e) = CT_OUT.get_ptr_mut(key) {
-                arm(key, e, &claim.timeouts);
-            }
+            sweep::publish_slot(slot, expiry::slot_owner(token, false));
             remember(key);
             // Counted here, where the entry was created: a CPU that lost the race below
             // opened nothing.
@@ -316,19 +297,12 @@ pub extern "C" fn pcc_claim_connection() -> u32 {
             CLAIM_NEW
         }
         Err(e) => {
-            let _ = CT_IN.remove(&key.reply_key(nat_addr, nat_port));
-            if binding == 0 {
-                unbind(&BindKey {
-                    lan_addr: key.src_addr,
-                    lan_port: key.src_port,
-                    proto: key.proto,
-                    wan_id,
-                });
-            }
+            sweep::free_slot(slot, expiry::SLOT_BUSY);
+            take_back(key, nat_addr, nat_port, wan_id, binding);
             if e as i32 == -EEXIST
                 && let Some(winner) = CT_OUT.get_ptr(key)
             {
-                // SAFETY: a live entry of our map; field by field, never the timer.
+                // SAFETY: a live entry of our map, read once.
                 scratch.opened = unsafe {
                     Opened {
                         nat_addr: (*winner).nat_addr,
@@ -341,6 +315,21 @@ pub extern "C" fn pcc_claim_connection() -> u32 {
             }
             CLAIM_FULL
         }
+    }
+}
+
+/// Undoes `map_endpoint` for a connection that did not open: its reply half, and its
+/// reference to its binding unless it was unbound (`binding` is `CT_FLAG_UNBOUND` or 0).
+#[inline(always)]
+fn take_back(key: &FlowKey, nat_addr: u32, nat_port: u16, wan_id: u8, binding: u8) {
+    let _ = CT_IN.remove(&key.reply_key(nat_addr, nat_port));
+    if binding == 0 {
+        unbind(&BindKey {
+            lan_addr: key.src_addr,
+            lan_port: key.src_port,
+            proto: key.proto,
+            wan_id,
+        });
     }
 }
 
@@ -383,7 +372,7 @@ pub fn accept(inbound: &FlowKey, tcp_bits: u8, flags: u8) -> Result<(), Counter>
         (*scratch).inbound = *inbound;
         (*scratch).inbound_flags = flags;
         (*scratch).owner = owner;
-        (*scratch).claim.timeouts = cfg.timeouts;
+        (*scratch).claim.sweep = cfg.sweep;
     }
     match pcc_accept_connection() {
         CLAIM_NEW => {
@@ -402,7 +391,7 @@ pub fn accept(inbound: &FlowKey, tcp_bits: u8, flags: u8) -> Result<(), Counter>
 }
 
 /// Inserts both halves of the inbound connection `SCRATCH[0].inbound` to the endpoint of
-/// `SCRATCH[0].owner`, with a reference to its binding, and arms its timer. A global
+/// `SCRATCH[0].owner`, with a reference to its binding and an expiry slot. A global
 /// function, like the claim.
 #[unsafe(no_mangle)]
 #[inline(never)]
@@ -429,6 +418,12 @@ pub extern "C" fn pcc_accept_connection() -> u32 {
         Err(_) => return CLAIM_FULL,
     }
     let key = inbound.original_key(owner.lan_addr, owner.lan_port);
+    let Some(slot) = sweep::claim_slot(&key, scratch.claim.sweep.slot_mask) else {
+        let _ = CT_IN.remove(inbound);
+        return CLAIM_FULL;
+    };
+    // SAFETY: helper without arguments.
+    let token = unsafe { bpf_get_prandom_u32() };
     let endpoint = BindKey {
         lan_addr: owner.lan_addr,
         lan_port: owner.lan_port,
@@ -442,6 +437,8 @@ pub extern "C" fn pcc_accept_connection() -> u32 {
         None => flags |= CT_FLAG_UNBOUND,
     }
     let out = &mut scratch.out;
+    out.expiry_slot = slot;
+    out.expiry_token = token;
     out.nat_addr = inbound.dst_addr;
     out.nat_port = inbound.dst_port;
     out.wan_id = owner.wan_id;
@@ -457,13 +454,12 @@ pub extern "C" fn pcc_accept_connection() -> u32 {
     out.bytes = 0;
     match CT_OUT.insert(&key, &*out, NOEXIST) {
         Ok(()) => {
-            if let Some(e) = CT_OUT.get_ptr_mut(&key) {
-                arm(&key, e, &scratch.claim.timeouts);
-            }
+            sweep::publish_slot(slot, expiry::slot_owner(token, false));
             remember(&key);
             CLAIM_NEW
         }
         Err(e) => {
+            sweep::free_slot(slot, expiry::SLOT_BUSY);
             let _ = CT_IN.remove(inbound);
             if flags & CT_FLAG_UNBOUND == 0 {
                 unbind(&endpoint);
@@ -652,9 +648,8 @@ fn release_host(lan_addr: u32) {
     }
 }
 
-/// `*p += v` as one atomic instruction (BPF_XADD): the counts are shared by all CPUs. The
-/// fetching variant, which would return the value before, needs BPF v3 (`--cpu v3`); pcc
-/// builds for the baseline, so callers read the value again where they need it.
+/// `*p += v` as one atomic instruction (BPF_XADD): the counts are shared by all CPUs. Callers
+/// read the value again where they need it.
 ///
 /// # Safety
 /// `p` points into a live map value.
@@ -723,7 +718,8 @@ fn early_drop() -> bool {
         let Some(key) = recent.keys.get(i as usize).copied() else {
             return false;
         };
-        let Some(out) = CT_OUT.get_ptr(&key).map(snapshot) else {
+        // SAFETY: copied out at once.
+        let Some(out) = (unsafe { CT_OUT.get(&key) }).copied() else {
             continue;
         };
         // SAFETY: copied out at once.
@@ -744,244 +740,9 @@ fn early_drop() -> bool {
 }
 
 #[inline(always)]
-fn count_event(event: CtEvent) {
+pub fn count_event(event: CtEvent) {
     if let Some(c) = CT_EVENTS.get_ptr_mut(event as u32) {
         // SAFETY: per-CPU slot.
         unsafe { *c += 1 };
-    }
-}
-
-const CLOCK_MONOTONIC: u64 = 1;
-
-/// Starts a new connection's expiry timer (einat's design: a `bpf_timer` per entry, so the
-/// table empties by itself even with the controller dead). The callback decides when it
-/// fires, from the timestamps of both halves at that moment: a packet refreshing the
-/// connection needs no timer call.
-#[inline(always)]
-fn arm(key: &FlowKey, entry: *mut CtOut, timeouts: &pcc_common::conntrack::Timeouts) {
-    if !try_arm(entry, timeouts, key.proto) {
-        // The kernel allocates each timer without locks (GFP_ATOMIC), which fails now and then
-        // under load: the connection is kept, flagged, and armed later (`retry_untimed`).
-        // SAFETY: a live entry; only this flag bit changes.
-        unsafe { (*entry).flags |= CT_FLAG_UNTIMED };
-        defer_timer(key);
-        count_event(CtEvent::TimerFailed);
-    }
-}
-
-/// Arms a connection's timer; false if the kernel could not.
-#[inline(always)]
-fn try_arm(entry: *mut CtOut, timeouts: &pcc_common::conntrack::Timeouts, proto: u8) -> bool {
-    // SAFETY: a live entry of CT_OUT; the timer lives and dies with it.
-    unsafe {
-        let timer = (&raw mut (*entry).timer).cast::<bpf_timer>();
-        let map = (&raw const CT_OUT).cast_mut().cast::<c_void>();
-        if bpf_timer_init(timer, map, CLOCK_MONOTONIC) != 0 {
-            return false;
-        }
-        let limit = timeouts.idle_limit(proto, &*entry, &CtIn::default());
-        bpf_timer_set_callback(timer, expire as *mut c_void) == 0
-            && bpf_timer_start(timer, limit as u64 * 1_000_000_000, 0) == 0
-    }
-}
-
-/// Connections each CPU could not arm a timer for yet, oldest first from `tail`.
-pub const UNTIMED_SLOTS: u32 = 1024;
-/// Deferred connections looked at per new connection or timer that fires.
-const UNTIMED_RETRIES: u32 = 4;
-
-#[repr(C)]
-pub struct Untimed {
-    head: u32,
-    tail: u32,
-    keys: [FlowKey; UNTIMED_SLOTS as usize],
-}
-
-#[inline(always)]
-fn defer_timer(key: &FlowKey) {
-    let Some(ring) = UNTIMED.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: this CPU's slot; softirq code on one CPU does not nest.
-    let ring = unsafe { &mut *ring };
-    if let Some(slot) = ring
-        .keys
-        .get_mut((ring.head & (UNTIMED_SLOTS - 1)) as usize)
-    {
-        *slot = *key;
-    }
-    ring.head = ring.head.wrapping_add(1);
-    // Full: the oldest is given up (it stays until early drop or the controller's restart).
-    if ring.head.wrapping_sub(ring.tail) > UNTIMED_SLOTS {
-        ring.tail = ring.head.wrapping_sub(UNTIMED_SLOTS);
-    }
-}
-
-/// Gives the connections whose timer could not be armed another chance, a few at a time, on
-/// each new connection and each timer that fires: one already idle past its timeout is
-/// forgotten at once, the others are armed now, or deferred again. A global function: the
-/// verifier checks it once, apart from its callers.
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn pcc_retry_untimed() -> u32 {
-    let (Some(ring), Some(cfg)) = (UNTIMED.get_ptr_mut(0), CONFIG.get(0)) else {
-        return 0;
-    };
-    // SAFETY: this CPU's slot; softirq code on one CPU does not nest.
-    let ring = unsafe { &mut *ring };
-    for _ in 0..UNTIMED_RETRIES {
-        if ring.tail == ring.head {
-            break;
-        }
-        let Some(key) = ring
-            .keys
-            .get((ring.tail & (UNTIMED_SLOTS - 1)) as usize)
-            .copied()
-        else {
-            break;
-        };
-        ring.tail = ring.tail.wrapping_add(1);
-        let Some(entry) = CT_OUT.get_ptr_mut(&key) else {
-            continue;
-        };
-        // SAFETY: a live entry of our map, read in place (a copy would cost stack this
-        // function shares with the LAN program's frame).
-        let out = unsafe { &*entry };
-        if out.flags & CT_FLAG_UNTIMED == 0 {
-            continue;
-        }
-        // SAFETY: read in place, as above.
-        let reply = unsafe { CT_IN.get(&key.reply_key(out.nat_addr, out.nat_port)) };
-        let left = reply.and_then(|r| cfg.timeouts.remaining_ns(key.proto, out, r, now_ns()));
-        if left.is_none() {
-            forget(&key, out);
-            count_event(CtEvent::Expired);
-        } else if try_arm(entry, &cfg.timeouts, key.proto) {
-            // SAFETY: a live entry; only this flag bit changes.
-            unsafe { (*entry).flags &= !CT_FLAG_UNTIMED };
-        } else {
-            defer_timer(&key);
-            break;
-        }
-    }
-    0
-}
-
-/// Starts the expiry timer of a tuple of the router's own, just recorded by the TC hook, to
-/// fire in `ns`. Its `CT_IN` entry stays a plain value (the TC hook and the controller read
-/// and write it whole), so the timer lives in `ROUTER_TIMERS` under the same key. A tuple
-/// recorded again while an old timer is pending keeps that timer, which re-arms. The TC hook
-/// calls it on each packet of the router's: a timer the kernel could not allocate (it fails
-/// now and then under load) is tried again with the next one.
-#[inline(always)]
-pub fn arm_router(key: &FlowKey, ns: u64) {
-    if ROUTER_TIMERS
-        .insert(key, RouterTimer::default(), NOEXIST)
-        .is_err()
-    {
-        return;
-    }
-    let Some(entry) = ROUTER_TIMERS.get_ptr_mut(key) else {
-        return;
-    };
-    // SAFETY: a live entry of ROUTER_TIMERS; the timer lives and dies with it.
-    unsafe {
-        let timer = (&raw mut (*entry).timer).cast::<bpf_timer>();
-        let map = (&raw const ROUTER_TIMERS).cast_mut().cast::<c_void>();
-        if bpf_timer_init(timer, map, CLOCK_MONOTONIC) != 0
-            || bpf_timer_set_callback(timer, expire_router as *mut c_void) != 0
-            || bpf_timer_start(timer, ns, 0) != 0
-        {
-            let _ = ROUTER_TIMERS.remove(key);
-            count_event(CtEvent::TimerFailed);
-        }
-    }
-}
-
-/// Timer callback of a tuple of the router's own: re-armed while the tuple is fresh, else
-/// the tuple goes (and with it the timer). A tuple no longer the router's (removed, then
-/// taken by a mapping) only loses its timer.
-extern "C" fn expire_router(_map: *mut c_void, key: *mut FlowKey, entry: *mut RouterTimer) -> i32 {
-    // SAFETY: the kernel passes the entry's own key.
-    let key = unsafe { *key };
-    let Some(cfg) = CONFIG.get(0) else {
-        return 0;
-    };
-    // SAFETY: copied out at once.
-    let tuple = unsafe { CT_IN.get(&key) }.copied();
-    match tuple {
-        Some(tuple) if tuple.lan_id == LAN_ROUTER => {
-            match cfg
-                .timeouts
-                .router_tuple_remaining_ns(key.proto, &tuple, now_ns())
-            {
-                Some(ns) => {
-                    // SAFETY: the timer of a live entry.
-                    unsafe {
-                        bpf_timer_start((&raw mut (*entry).timer).cast::<bpf_timer>(), ns, 0)
-                    };
-                }
-                None => {
-                    let _ = CT_IN.remove(&key);
-                    let _ = ROUTER_TIMERS.remove(&key);
-                    count_event(CtEvent::Expired);
-                }
-            }
-        }
-        _ => {
-            let _ = ROUTER_TIMERS.remove(&key);
-        }
-    }
-    0
-}
-
-/// Timer callback of a `CT_OUT` entry. The verifier wants 0 back.
-extern "C" fn expire(_map: *mut c_void, key: *mut FlowKey, entry: *mut CtOut) -> i32 {
-    // SAFETY: the kernel passes the entry's own key.
-    let key = unsafe { *key };
-    if !reschedule(&key, entry) {
-        count_event(CtEvent::Expired);
-    }
-    pcc_retry_untimed();
-    0
-}
-
-/// A FIN or a reset shortens the connection's timeout (to `tcp_close` once closed both ways
-/// or reset): its timer, armed for the longer one, is moved so the NAT port comes back in
-/// seconds, not days. A subprogram that returns nothing, so its outcomes do not multiply the
-/// packet's paths.
-#[inline(never)]
-pub fn hasten(key: &FlowKey) {
-    if let Some(entry) = CT_OUT.get_ptr_mut(key) {
-        reschedule(key, entry);
-    }
-}
-
-/// Re-arms a connection's timer for when it will have been idle too long in its current
-/// state, or forgets it now if it has (or lost its reply half). Also called when a FIN or a
-/// reset shortens the timeout. Returns whether it lives on.
-#[inline(always)]
-pub fn reschedule(key: &FlowKey, entry: *mut CtOut) -> bool {
-    let Some(cfg) = CONFIG.get(0) else {
-        return true;
-    };
-    let out = snapshot(entry);
-    // SAFETY: copied out at once.
-    let reply = unsafe { CT_IN.get(&key.reply_key(out.nat_addr, out.nat_port)) }.copied();
-    let left = reply.and_then(|r| cfg.timeouts.remaining_ns(key.proto, &out, &r, now_ns()));
-    match left {
-        Some(ns) => {
-            // SAFETY: the timer of a live entry; starting an armed timer moves it.
-            let started =
-                unsafe { bpf_timer_start((&raw mut (*entry).timer).cast::<bpf_timer>(), ns, 0) };
-            if started != 0 {
-                count_event(CtEvent::TimerFailed);
-            }
-            true
-        }
-        None => {
-            forget(key, &out);
-            false
-        }
     }
 }

@@ -13,7 +13,7 @@ use pcc_common::{
 };
 
 use crate::{
-    CT_IN, CT_OUT, DEVMAP, ICMP_BUCKET, LANS, conntrack, count, fib,
+    CT_IN, CT_OUT, DEVMAP, ICMP_BUCKET, LANS, count, fib,
     nat::{Verdict, count_rx, count_tx, to_host},
     parse::{
         ETH_LEN, ETH_P_IP, EthHdr, Fragment, ICMP_ECHO_REQUEST, IP_LEN, IPPROTO_ICMP, IPPROTO_TCP,
@@ -230,8 +230,10 @@ pub fn error_to_wan(ctx: &XdpContext, p: &Ipv4) -> Verdict {
         return Err(Counter::PassUntracked);
     }
     let key = FlowKey::new(q.dst, q.src, q.dport, q.sport, q.proto);
-    let entry = CT_OUT.get_ptr(&key).ok_or(Counter::PassUntracked)?;
-    let entry: CtOut = conntrack::snapshot(entry);
+    // SAFETY: copied out at once.
+    let entry: CtOut = unsafe { CT_OUT.get(&key) }
+        .copied()
+        .ok_or(Counter::PassUntracked)?;
     // Out the way the connection's own packets go: its WAN (up, or down under a TCP
     // connection that stays on it, and still holding the connection's address) and next
     // hop, the route's for a connection a route pinned.

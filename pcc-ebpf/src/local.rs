@@ -12,7 +12,7 @@
 //! part of a socket's buffer and needs no bounds proofs; the router's own packets are not the
 //! fast path.
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
     programs::TcContext,
 };
 use pcc_common::{CT_TCP_ACK, CT_TCP_RST, CT_TCP_SYN, Counter, CtIn, FlowKey, LAN_ROUTER};
@@ -25,7 +25,7 @@ use crate::{
         ETH_LEN, ETH_P_IP, ICMP_ECHO_REQUEST, IP_OFFSET, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
         IcmpHdr, Ipv4Hdr, L4_OFF,
     },
-    select,
+    select, sweep,
 };
 
 /// Offset of the EtherType in the Ethernet header.
@@ -44,17 +44,7 @@ pub fn egress(ctx: &TcContext) -> i32 {
     };
     let now = conntrack::now_ns();
     if let Some(e) = CT_IN.get_ptr_mut(&key) {
-        let verdict = refresh(e, bits, now);
-        if verdict == TC_ACT_OK as i32
-            && let Some(cfg) = CONFIG.get(0)
-        {
-            // SAFETY: a live entry of our map, read in place.
-            let ns = cfg
-                .timeouts
-                .router_tuple_remaining_ns(key.proto, unsafe { &*e }, now);
-            conntrack::arm_router(&key, ns.unwrap_or(1));
-        }
-        return verdict;
+        return refresh(e, bits, now);
     }
     // A reset with no tuple recorded answers a packet no socket wanted (a port scan): there is
     // nothing to keep apart, and recording it would let the internet fill the table.
@@ -73,15 +63,9 @@ pub fn egress(ctx: &TcContext) -> i32 {
         packets: 0,
         bytes: 0,
     };
-    match CT_IN.insert(&key, &entry, BPF_NOEXIST as u64) {
+    // Expired by the dataplane's sweep like a mapping, controller or not.
+    match sweep::record_router_tuple(&key, &entry) {
         Ok(()) => {
-            // Expired by the dataplane like a mapping, controller or not.
-            if let Some(cfg) = CONFIG.get(0) {
-                let ns = cfg
-                    .timeouts
-                    .router_tuple_remaining_ns(key.proto, &entry, now);
-                conntrack::arm_router(&key, ns.unwrap_or(1));
-            }
             count(Counter::PassRouterOwnOut);
             TC_ACT_OK as i32
         }

@@ -2,9 +2,9 @@
 //! egress hook `pcc_wan_egress` on every WAN, which records the router's own connections.
 #![no_std]
 #![no_main]
-// `atomic_xadd`: Rust's BPF target has no compare-and-swap, so `AtomicU64::fetch_add` is
-// missing, while the instruction (BPF_ATOMIC | BPF_ADD | BPF_FETCH) exists.
-#![expect(internal_features, reason = "the BPF atomic add")]
+// `atomic_xadd`, `atomic_cxchg`: Rust's `AtomicU64` is not available on the BPF target, while
+// the instructions (BPF_ATOMIC with BPF_ADD, BPF_CMPXCHG) exist.
+#![expect(internal_features, reason = "the BPF atomics")]
 #![feature(core_intrinsics)]
 
 mod bench;
@@ -18,19 +18,20 @@ mod nat;
 mod parse;
 mod route;
 mod select;
+mod sweep;
 mod tcp;
 
 use aya_ebpf::{
     bindings::xdp_action,
-    btf_maps::HashMap as BtfHashMap,
+    btf_maps::Array as BtfArray,
     macros::{btf_map, classifier, map, xdp},
     maps::{Array, DevMap, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     programs::{TcContext, XdpContext},
 };
 use pcc_common::{
     BindKey, Binding, Config, Counter, CtEvent, CtIn, CtOut, DEFAULT_MAX_CONNECTIONS, DEVMAP_SIZE,
-    FRAG_TRACK_SIZE, FlowKey, FragKey, FragPorts, LanInfo, MAX_LANS, MAX_POLICIES,
-    MAX_POLICY_SUBNETS, MAX_WANS, Owner, PublicKey, RouterTimer, SlotTable, WanCounters, WanInfo,
+    ExpirySlot, FRAG_TRACK_SIZE, FlowKey, FragKey, FragPorts, LanInfo, MAX_LANS, MAX_POLICIES,
+    MAX_POLICY_SUBNETS, MAX_WANS, Owner, PublicKey, SlotTable, SweepState, WanCounters, WanInfo,
     ratelimit::TokenBucket,
     route::{MAX_NEIGHBOURS, MAX_NEIGHBOURS_WANTED, MAX_ROUTES, Neighbour, NeighbourKey, Route},
 };
@@ -63,19 +64,21 @@ static NEIGHBOURS_WANTED: LruHashMap<NeighbourKey, u64> =
 #[map]
 static DEVMAP: DevMap = DevMap::with_max_entries(DEVMAP_SIZE, 0);
 /// Connections by their LAN-side tuple. A plain hash (not LRU): evicting one half of a NAT
-/// pair would silently break a live connection. Each entry carries its own expiry timer, so
-/// the table empties without the controller; a full table drops an unreplied connection
-/// first. A BTF map: the verifier finds the `bpf_timer` in the value through BTF. Resized at
-/// load time.
-#[btf_map]
-static CT_OUT: BtfHashMap<FlowKey, CtOut, { DEFAULT_MAX_CONNECTIONS as usize }> = BtfHashMap::new();
+/// pair would silently break a live connection. Each entry holds a slot of `EXPIRY_SLOTS`,
+/// so the table empties without the controller; a full table drops an unreplied connection
+/// first. Resized at load time.
+#[map]
+static CT_OUT: HashMap<FlowKey, CtOut> = HashMap::with_max_entries(DEFAULT_MAX_CONNECTIONS, 0);
 /// Connections by their WAN-side tuple (remote, WAN address, NAT port).
 #[map]
 static CT_IN: HashMap<FlowKey, CtIn> = HashMap::with_max_entries(DEFAULT_MAX_CONNECTIONS, 0);
-/// Expiry timers of the router's own tuples in `CT_IN` (same key). Resized at load time.
+/// Every tracked tuple's place in the dataplane's sweep (`sweep.rs`): twice the table's size,
+/// resized at load time (`pcc_common::expiry::slot_count`).
+#[map]
+static EXPIRY_SLOTS: Array<ExpirySlot> = Array::with_max_entries(2 * DEFAULT_MAX_CONNECTIONS, 0);
+/// The sweep's timer. A BTF map: the verifier finds the `bpf_timer` in the value through BTF.
 #[btf_map]
-static ROUTER_TIMERS: BtfHashMap<FlowKey, RouterTimer, { DEFAULT_MAX_CONNECTIONS as usize }> =
-    BtfHashMap::new();
+static SWEEP: BtfArray<SweepState, 1> = BtfArray::new();
 /// Endpoint-independent mappings by LAN endpoint and WAN. Resized at load time.
 #[map]
 static NAT_BIND_OUT: HashMap<BindKey, Binding> =
@@ -90,9 +93,6 @@ static HOST_CONNECTIONS: HashMap<u32, u64> = HashMap::with_max_entries(DEFAULT_M
 /// The latest connections each CPU opened, where early drop looks for unreplied ones.
 #[map]
 static RECENT: PerCpuArray<conntrack::Recent> = PerCpuArray::with_max_entries(1, 0);
-/// Connections whose expiry timer is still to be armed, per CPU.
-#[map]
-static UNTIMED: PerCpuArray<conntrack::Untimed> = PerCpuArray::with_max_entries(1, 0);
 /// Working memory of new connections, per CPU.
 #[map]
 static SCRATCH: PerCpuArray<conntrack::Scratch> = PerCpuArray::with_max_entries(1, 0);

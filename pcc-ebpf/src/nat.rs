@@ -165,9 +165,6 @@ pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
                     e.lan_ack = seg.ack;
                     e.lan_window = scaled_window(seg.window, e.lan_wscale);
                 }
-                if bits & (CT_TCP_FIN | CT_TCP_RST) != 0 {
-                    conntrack::hasten(&key);
-                }
                 found = Some((e.nat_addr, e.nat_port, e.wan_id, exit, e.flags));
             }
             // The WAN died (UDP, ICMP and TCP still opening move; established TCP stays, see
@@ -422,9 +419,6 @@ pub fn wan_to_lan(ctx: &XdpContext) -> Verdict {
         e.bytes += len;
         *e
     };
-    if bits & (CT_TCP_FIN | CT_TCP_RST) != 0 {
-        conntrack::hasten(&key.original_key(entry.lan_addr, entry.lan_port));
-    }
     let lan = LANS
         .get(entry.lan_id as u32)
         .ok_or(Counter::PassUntracked)?;

@@ -173,8 +173,8 @@ impl Lab {
     pub fn pinned_map_len(&self, map: &str) -> Result<usize> {
         let path = self.bpffs_dir().join("pcc/lan0").join(map);
         let mut cmd = std::process::Command::new("bpftool");
-        // JSON: a map with BTF (CT_OUT carries a timer) dumps formatted values, with no
-        // "Found N elements" line; an array of entries either way.
+        // JSON: a map with BTF dumps formatted values, with no "Found N elements" line; an
+        // array of entries either way.
         cmd.args(["--json", "map", "dump", "pinned"]).arg(&path);
         let text = proc::host_stdout(cmd)?;
         let entries: serde_json::Value = serde_json::from_str(&text)

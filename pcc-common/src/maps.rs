@@ -4,6 +4,10 @@
 pub const MAX_WANS: usize = 8;
 /// Most LAN ports one router handles.
 pub const MAX_LANS: usize = 4;
+/// Hosts of each LAN whose connections are counted (`HOST_CONNECTIONS`): a /16 of hosts.
+pub const HOSTS_PER_LAN: u32 = 65_536;
+/// `HOST_CONNECTIONS`'s size: [`HOSTS_PER_LAN`] counts for each LAN.
+pub const HOST_COUNT_SLOTS: u32 = MAX_LANS as u32 * HOSTS_PER_LAN;
 /// Entries of the weighted slot table new connections are hashed into. A prime, so
 /// `hash % SLOT_TABLE_SIZE` uses every bit of the hash; with 8 WANs each still owns hundreds
 /// of slots, so weights resolve to better than 1 %.
@@ -114,6 +118,22 @@ impl LanInfo {
     #[inline(always)]
     pub fn contains(&self, ip: u32) -> bool {
         self.ifindex != 0 && ip & self.netmask == self.addr & self.netmask
+    }
+
+    /// Where `ip` (network byte order), a host of LAN `lan_id` (this one), is counted in
+    /// `HOST_CONNECTIONS`: by its offset in the subnet, so the count is an array element and
+    /// not a hash lookup on every new connection. `None` for an address outside the subnet or
+    /// beyond its first [`HOSTS_PER_LAN`] (not held to the per-host limit).
+    #[inline(always)]
+    pub fn host_index(&self, lan_id: u8, ip: u32) -> Option<u32> {
+        if !self.contains(ip) {
+            return None;
+        }
+        let offset = u32::from_be(ip & !self.netmask);
+        if offset >= HOSTS_PER_LAN || usize::from(lan_id) >= MAX_LANS {
+            return None;
+        }
+        Some(u32::from(lan_id) * HOSTS_PER_LAN + offset)
     }
 
     /// Whether `ip` (network byte order) names one host of this LAN: inside the subnet and
@@ -494,5 +514,33 @@ mod tests {
         let slash31 = lan([255, 255, 255, 254]);
         assert!(slash31.is_host(ip(0)) && slash31.is_host(ip(1)));
         assert!(lan([255; 4]).is_host(ip(1)));
+    }
+
+    #[test]
+    fn hosts_are_counted_by_their_offset_in_the_subnet() {
+        let lan = |addr: [u8; 4], mask: [u8; 4]| LanInfo {
+            ifindex: 3,
+            addr: u32::from_ne_bytes(addr),
+            netmask: u32::from_ne_bytes(mask),
+            ..Default::default()
+        };
+        let slash24 = lan([198, 19, 10, 1], [255, 255, 255, 0]);
+        let host = u32::from_ne_bytes([198, 19, 10, 11]);
+        assert_eq!(slash24.host_index(2, host), Some(2 * HOSTS_PER_LAN + 11));
+        assert_eq!(
+            slash24.host_index(0, u32::from_ne_bytes([198, 19, 11, 11])),
+            None
+        );
+        let slash8 = lan([10, 0, 0, 1], [255, 0, 0, 0]);
+        let near = u32::from_ne_bytes([10, 0, 255, 255]);
+        let far = u32::from_ne_bytes([10, 1, 0, 0]);
+        assert_eq!(slash8.host_index(3, near), Some(3 * HOSTS_PER_LAN + 0xffff));
+        assert_eq!(
+            slash8.host_index(3, far),
+            None,
+            "beyond the first /16: not counted"
+        );
+        assert_eq!(slash24.host_index(MAX_LANS as u8, host), None);
+        assert!(3 * HOSTS_PER_LAN + 0xffff < HOST_COUNT_SLOTS);
     }
 }

@@ -60,10 +60,10 @@ pub fn forget_connection(maps: &mut Maps, key: &FlowKey, out: &CtOut) {
     if maps.ct_out.remove(key).is_err() {
         return;
     }
-    if let Ok(n) = maps.host_connections.get(&key.src_addr, 0) {
-        let _ = maps
-            .host_connections
-            .insert(key.src_addr, n.saturating_sub(1), 0);
+    if let Some(i) = maps.host_index(key.src_addr)
+        && let Ok(n) = maps.host_connections.get(&i, 0)
+    {
+        let _ = maps.host_connections.set(i, n.saturating_sub(1), 0);
     }
     if out.flags & CT_FLAG_UNBOUND != 0 {
         return;

@@ -48,10 +48,6 @@ pub enum Attached {
     Adopted,
 }
 
-/// LAN hosts whose connections are counted (`HOST_CONNECTIONS`): a /16 of hosts. Beyond it a
-/// new host is not held to `--max-connections-per-host` (the table's own limit still holds).
-pub const MAX_TRACKED_HOSTS: u32 = 65_536;
-
 /// The loaded programs. Dropping it closes this process's handles: an unpinned attachment
 /// goes with them, a pinned one stays until its pin is removed.
 pub struct Dataplane {
@@ -82,7 +78,6 @@ impl Dataplane {
             .map_max_entries("CT_IN", max_connections)
             .map_max_entries("NAT_BIND_OUT", max_connections)
             .map_max_entries("NAT_BIND_IN", max_connections)
-            .map_max_entries("HOST_CONNECTIONS", max_connections.min(MAX_TRACKED_HOSTS))
             .map_max_entries("EXPIRY_SLOTS", expiry::slot_count(max_connections));
         if let Some(pins) = pins {
             for name in crate::pin::PINNED_MAPS {

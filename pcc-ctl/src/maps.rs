@@ -5,8 +5,8 @@ use aya::{
     maps::{Array, DevMap, HashMap, MapData, PerCpuArray, lpm_trie::LpmTrie},
 };
 use pcc_common::{
-    BindKey, Binding, Config, Counter, CtEvent, CtIn, CtOut, ExpirySlot, FlowKey, LanInfo, Owner,
-    PublicKey, SlotTable, WanCounters, WanInfo,
+    BindKey, Binding, Config, Counter, CtEvent, CtIn, CtOut, ExpirySlot, FlowKey, LanInfo,
+    MAX_LANS, Owner, PublicKey, SlotTable, WanCounters, WanInfo,
     route::{Neighbour, NeighbourKey, Route},
 };
 
@@ -32,8 +32,8 @@ pub struct Maps {
     pub bind_out: HashMap<MapData, BindKey, Binding>,
     /// Public endpoint -> the LAN endpoint holding it.
     pub bind_in: HashMap<MapData, PublicKey, Owner>,
-    /// LAN host address -> connections it holds.
-    pub host_connections: HashMap<MapData, u32, u64>,
+    /// Connections each LAN host holds, by `LanInfo::host_index`.
+    pub host_connections: Array<MapData, u64>,
     /// Every tracked tuple's place in the dataplane's sweep.
     pub expiry_slots: Array<MapData, ExpirySlot>,
     pub ct_events: PerCpuArray<MapData, u64>,
@@ -84,6 +84,23 @@ impl Maps {
             expiry_slots: take(ebpf, "EXPIRY_SLOTS")?,
             ct_events: take(ebpf, "CT_EVENTS")?,
         })
+    }
+
+    /// Where a LAN host (network byte order) is counted in `host_connections`, if it is.
+    pub fn host_index(&self, lan_addr: u32) -> Option<u32> {
+        (0..MAX_LANS as u8).find_map(|lan_id| {
+            self.lans
+                .get(&u32::from(lan_id), 0)
+                .ok()?
+                .host_index(lan_id, lan_addr)
+        })
+    }
+
+    /// Connections a LAN host (network byte order) holds, as the dataplane counts them.
+    pub fn host_connections(&self, lan_addr: u32) -> u64 {
+        self.host_index(lan_addr)
+            .and_then(|i| self.host_connections.get(&i, 0).ok())
+            .unwrap_or(0)
     }
 
     /// Every dataplane counter, summed over CPUs.

@@ -32,7 +32,7 @@ impl Rig {
     }
 
     fn host_connections(&self, host: Ipv4Addr) -> u64 {
-        self.maps.host_connections.get(&be(host), 0).unwrap_or(0)
+        self.maps.host_connections(be(host))
     }
 }
 

@@ -7,13 +7,13 @@ use core::intrinsics::AtomicOrdering;
 
 use pcc_common::{
     BindKey, Binding, CT_FLAG_HAIRPIN, CT_FLAG_INBOUND, CT_FLAG_UNBOUND, CT_TCP_ACK, CT_TCP_FIN,
-    CT_TCP_RST, CT_TCP_SYN, Config, Counter, CtEvent, CtIn, CtOut, FlowKey, NatFiltering, Owner,
-    PublicKey, WanInfo, expiry, natport::NAT_PORT_TRIES, tcp,
+    CT_TCP_RST, CT_TCP_SYN, Config, Counter, CtEvent, CtIn, CtOut, FlowKey, MAX_LANS, NatFiltering,
+    Owner, PublicKey, WanInfo, expiry, natport::NAT_PORT_TRIES, tcp,
 };
 
 use crate::{
-    CONFIG, CT_EVENTS, CT_IN, CT_OUT, HOST_CONNECTIONS, NAT_BIND_IN, NAT_BIND_OUT, RECENT, SCRATCH,
-    WAN_STATS, parse, sweep,
+    CONFIG, CT_EVENTS, CT_IN, CT_OUT, HOST_CONNECTIONS, LANS, NAT_BIND_IN, NAT_BIND_OUT, RECENT,
+    SCRATCH, WAN_STATS, parse, sweep,
 };
 
 pub const EEXIST: i32 = 17;
@@ -95,7 +95,7 @@ pub fn forget(key: &FlowKey, entry: &CtOut) {
         return;
     }
     sweep::free_slot(slot, expiry::slot_owner(token, false));
-    release_host(key.src_addr);
+    release_host(host_count_any(key.src_addr));
     if flags & CT_FLAG_UNBOUND == 0 {
         unbind(&BindKey {
             lan_addr: key.src_addr,
@@ -198,7 +198,8 @@ pub fn open(
     first: &Opening,
 ) -> Result<Opened, Counter> {
     let scratch = SCRATCH.get_ptr_mut(0).ok_or(Counter::DropConntrackFull)?;
-    admit_host(key.src_addr, cfg)?;
+    let count = host_count(key.src_addr, first.lan_id);
+    admit_host(count, cfg)?;
     // SAFETY: this CPU's scratch; XDP programs do not preempt each other on one CPU.
     unsafe {
         (*scratch).claim = Claim {
@@ -219,15 +220,15 @@ pub fn open(
     match status {
         CLAIM_NEW => Ok(opened),
         CLAIM_LOST => {
-            release_host(key.src_addr);
+            release_host(count);
             Ok(opened)
         }
         CLAIM_FULL => {
-            release_host(key.src_addr);
+            release_host(count);
             Err(Counter::DropConntrackFull)
         }
         _ => {
-            release_host(key.src_addr);
+            release_host(count);
             Err(Counter::DropNatPortsExhausted)
         }
     }
@@ -366,7 +367,8 @@ pub fn accept(inbound: &FlowKey, tcp_bits: u8, flags: u8) -> Result<(), Counter>
         .copied()
         .ok_or(Counter::PassUntracked)?;
     let scratch = SCRATCH.get_ptr_mut(0).ok_or(Counter::PassUntracked)?;
-    admit_host(owner.lan_addr, cfg)?;
+    let count = host_count(owner.lan_addr, owner.lan_id);
+    admit_host(count, cfg)?;
     // SAFETY: this CPU's scratch; XDP programs do not preempt each other on one CPU.
     unsafe {
         (*scratch).inbound = *inbound;
@@ -380,11 +382,11 @@ pub fn accept(inbound: &FlowKey, tcp_bits: u8, flags: u8) -> Result<(), Counter>
             Ok(())
         }
         CLAIM_LOST => {
-            release_host(owner.lan_addr);
+            release_host(count);
             Ok(())
         }
         _ => {
-            release_host(owner.lan_addr);
+            release_host(count);
             Err(Counter::DropConntrackFull)
         }
     }
@@ -609,23 +611,33 @@ fn unbind(endpoint: &BindKey) {
     }
 }
 
-/// Counts a new connection against its host's limit.
+/// Where a host of LAN `lan_id` is counted, if it is (`LanInfo::host_index`).
 #[inline(always)]
-fn admit_host(lan_addr: u32, cfg: &Config) -> Result<(), Counter> {
-    let count = match HOST_CONNECTIONS.get_ptr_mut(&lan_addr) {
-        Some(count) => count,
-        None => {
-            // First connection of this host; a full host table counts nobody (fail open:
-            // the connection table's own limit still holds).
-            let _ = HOST_CONNECTIONS.insert(&lan_addr, &0u64, NOEXIST);
-            match HOST_CONNECTIONS.get_ptr_mut(&lan_addr) {
-                Some(count) => count,
-                None => return Ok(()),
-            }
+fn host_count(lan_addr: u32, lan_id: u8) -> Option<*mut u64> {
+    let index = LANS.get(u32::from(lan_id))?.host_index(lan_id, lan_addr)?;
+    HOST_CONNECTIONS.get_ptr_mut(index)
+}
+
+/// Where a LAN host is counted, whichever LAN it is on (a connection does not record it).
+#[inline(always)]
+fn host_count_any(lan_addr: u32) -> Option<*mut u64> {
+    for lan_id in 0..MAX_LANS as u8 {
+        if let Some(count) = host_count(lan_addr, lan_id) {
+            return Some(count);
         }
+    }
+    None
+}
+
+/// Counts a new connection against its host's limit. A host that is not counted (beyond the
+/// first /16 of its LAN) is not held to it; the table's own limit still holds.
+#[inline(always)]
+fn admit_host(count: Option<*mut u64>, cfg: &Config) -> Result<(), Counter> {
+    let Some(count) = count else {
+        return Ok(());
     };
-    // SAFETY: a live entry of our map; only changed atomically. Two CPUs may both pass at
-    // the limit: a host exceeds it by at most one connection per CPU.
+    // SAFETY: a live array element; only changed atomically. Two CPUs may both pass at the
+    // limit: a host exceeds it by at most one connection per CPU.
     unsafe {
         if core::ptr::read_volatile(count) >= u64::from(cfg.max_connections_per_host) {
             return Err(Counter::DropHostConnectionLimit);
@@ -637,9 +649,9 @@ fn admit_host(lan_addr: u32, cfg: &Config) -> Result<(), Counter> {
 
 /// Gives a host's connection back.
 #[inline(always)]
-fn release_host(lan_addr: u32) {
-    if let Some(count) = HOST_CONNECTIONS.get_ptr_mut(&lan_addr) {
-        // SAFETY: a live entry of our map; only changed atomically.
+fn release_host(count: Option<*mut u64>) {
+    if let Some(count) = count {
+        // SAFETY: a live array element; only changed atomically.
         unsafe {
             if core::ptr::read_volatile(count) > 0 {
                 atomic_add(count, u64::MAX);

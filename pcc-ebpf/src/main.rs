@@ -30,8 +30,9 @@ use aya_ebpf::{
 };
 use pcc_common::{
     BindKey, Binding, Config, Counter, CtEvent, CtIn, CtOut, DEFAULT_MAX_CONNECTIONS, DEVMAP_SIZE,
-    ExpirySlot, FRAG_TRACK_SIZE, FlowKey, FragKey, FragPorts, LanInfo, MAX_LANS, MAX_POLICIES,
-    MAX_POLICY_SUBNETS, MAX_WANS, Owner, PublicKey, SlotTable, SweepState, WanCounters, WanInfo,
+    ExpirySlot, FRAG_TRACK_SIZE, FlowKey, FragKey, FragPorts, HOST_COUNT_SLOTS, LanInfo, MAX_LANS,
+    MAX_POLICIES, MAX_POLICY_SUBNETS, MAX_WANS, Owner, PublicKey, SlotTable, SweepState,
+    WanCounters, WanInfo,
     ratelimit::TokenBucket,
     route::{MAX_NEIGHBOURS, MAX_NEIGHBOURS_WANTED, MAX_ROUTES, Neighbour, NeighbourKey, Route},
 };
@@ -87,9 +88,10 @@ static NAT_BIND_OUT: HashMap<BindKey, Binding> =
 #[map]
 static NAT_BIND_IN: HashMap<PublicKey, Owner> =
     HashMap::with_max_entries(DEFAULT_MAX_CONNECTIONS, 0);
-/// Connections each LAN host holds (`--max-connections-per-host`). Resized at load time.
+/// Connections each LAN host holds (`--max-connections-per-host`), by LAN and the host's
+/// offset in its subnet (`LanInfo::host_index`).
 #[map]
-static HOST_CONNECTIONS: HashMap<u32, u64> = HashMap::with_max_entries(DEFAULT_MAX_CONNECTIONS, 0);
+static HOST_CONNECTIONS: Array<u64> = Array::with_max_entries(HOST_COUNT_SLOTS, 0);
 /// The latest connections each CPU opened, where early drop looks for unreplied ones.
 #[map]
 static RECENT: PerCpuArray<conntrack::Recent> = PerCpuArray::with_max_entries(1, 0);

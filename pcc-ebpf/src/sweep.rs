@@ -166,10 +166,15 @@ fn visit(index: u32, now: u64) {
     let (Some(slot), Some(cfg)) = (EXPIRY_SLOTS.get_ptr_mut(index), CONFIG.get(0)) else {
         return;
     };
-    // SAFETY: a live array element. A compare-and-exchange that changes nothing reads the
-    // owner word with a barrier, so the key read after it is the one its owner wrote.
+    // SAFETY: a live array element. Most slots are free: a plain read passes them without
+    // writing their cache line. A ready one is read again by a compare-and-exchange that
+    // changes nothing, a barrier, so the key read after it is the one its owner wrote.
     let (owner, key) = unsafe {
-        let owner = compare_exchange(&raw mut (*slot).owner, SLOT_FREE, SLOT_FREE);
+        let owner = &raw mut (*slot).owner;
+        if !expiry::slot_ready(core::ptr::read_volatile(owner)) {
+            return;
+        }
+        let owner = compare_exchange(owner, SLOT_FREE, SLOT_FREE);
         (owner, (*slot).key)
     };
     if !expiry::slot_ready(owner) {

@@ -59,7 +59,7 @@ pub fn section(report: &Value, runs: usize, command: &str, when: &str) -> String
     }
     let _ = writeln!(
         s,
-        "\nConntrack map memory (CT_OUT + CT_IN, the NAT bindings NAT_BIND_OUT + NAT_BIND_IN, HOST_CONNECTIONS capped at 65536, and the sweep's EXPIRY_SLOTS, two per connection; preallocated, `bytes_memlock`): {:.0} bytes per connection, {:.0} MiB for 1M connections.\n",
+        "\nConntrack map memory (CT_OUT + CT_IN, the NAT bindings NAT_BIND_OUT + NAT_BIND_IN, HOST_CONNECTIONS (a fixed 2 MiB: 65536 hosts on each of 4 LANs), and the sweep's EXPIRY_SLOTS, two per connection; preallocated, `bytes_memlock`): {:.0} bytes per connection, {:.0} MiB for 1M connections.\n",
         report["map_bytes_per_connection"]
             .as_f64()
             .unwrap_or(f64::NAN),

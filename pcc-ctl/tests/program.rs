@@ -11,8 +11,9 @@ mod rig;
 use std::net::Ipv4Addr;
 
 use pcc_common::{
-    Counter, CtEvent, FlowKey, MAX_WANS,
-    packet::{Frame, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, ipv4_packet, parse},
+    Counter, CtEvent, MAX_WANS,
+    packet::{Frame, L4, ipv4_packet, parse},
+    proto::{IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     slots,
 };
 use pcc_ctl::{dataplane::Role, testbed::*};
@@ -53,7 +54,7 @@ fn tcp_connection_is_translated_both_ways() {
     assert_eq!(rig.counter(Counter::FwdIn), 1);
     let w = rig.maps.wan_counters(wan as u8).unwrap();
     assert_eq!((w.tx_packets, w.rx_packets, w.flows_created), (2, 1, 1));
-    let key = FlowKey::new(be(CLIENT), be(SERVER), 40000u16.to_be(), 80u16.to_be(), 6);
+    let key = client_key(40000, 80, IPPROTO_TCP);
     let entry = rig.maps.ct_out.get(&key, 0).unwrap();
     assert_eq!(entry.packets, 2, "the opening SYN counts too");
     assert_eq!(
@@ -471,7 +472,7 @@ fn a_full_table_drops_unanswered_connections_first_and_never_answered_ones() {
     );
     assert_eq!(rig.counter(Counter::DropConntrackFull), 0);
     for port in answered.clone() {
-        let key = FlowKey::new(be(CLIENT), be(SERVER), port.to_be(), 80u16.to_be(), 6);
+        let key = client_key(port, 80, IPPROTO_TCP);
         assert!(rig.maps.ct_out.get(&key, 0).is_ok(), "answered {port} kept");
     }
     let flows = |what: &'static str| -> Vec<Case> {
@@ -512,7 +513,7 @@ fn a_connection_on_a_dead_wan_moves_to_a_live_one() {
         Case::lan("re-pinned to the live WAN", &query)
             .sends(Counter::FwdOut, out_via(&query, 1 - wan, 5000)),
     ]);
-    let key = FlowKey::new(be(CLIENT), be(SERVER), 5000u16.to_be(), 53u16.to_be(), 17);
+    let key = client_key(5000, 53, IPPROTO_UDP);
     assert_eq!(
         rig.maps.ct_out.get(&key, 0).unwrap().wan_id as usize,
         1 - wan

@@ -2,16 +2,17 @@
 use aya_ebpf::programs::XdpContext;
 use pcc_common::{
     CT_FLAG_HAIRPIN, CT_FLAG_ROUTED, CT_TCP_ACK, CT_TCP_FIN, CT_TCP_RST, CT_TCP_SYN, Config,
-    Counter, CtIn, FlowKey, LAN_DEVMAP_BASE, LanInfo, csum, tcp::scaled_window,
+    Counter, CtIn, FlowKey, LAN_DEVMAP_BASE, LanInfo, csum,
+    proto::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+    tcp::scaled_window,
 };
 
 use crate::{
     CONFIG, CT_IN, CT_OUT, LANS, WAN_STATS, WANS, conntrack, fib, frag, hairpin, icmp, local,
     parse::{
         self, EthHdr, Fragment, ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST,
-        ICMP_PARAM_PROBLEM, ICMP_TIME_EXCEEDED, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IcmpHdr,
-        Ipv4, Ipv4Hdr, L4_OFF, TcpHdr, UdpHdr, frame_len, is_multicast_or_broadcast, ptr_at,
-        same_mac,
+        ICMP_PARAM_PROBLEM, ICMP_TIME_EXCEEDED, IcmpHdr, Ipv4, Ipv4Hdr, L4_OFF, TcpHdr, UdpHdr,
+        frame_len, is_multicast_or_broadcast, ptr_at, same_mac,
     },
     route, select, tcp,
 };

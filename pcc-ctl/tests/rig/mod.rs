@@ -4,8 +4,9 @@
 use std::net::Ipv4Addr;
 
 use pcc_common::{
-    Counter,
+    Counter, FlowKey,
     packet::{Frame, L4, TcpSegment},
+    proto::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
 };
 use pcc_ctl::{dataplane::Role, testbed::*};
 
@@ -251,6 +252,11 @@ pub const HOST2: Host = Host {
     lan_mac: LAN_MAC,
 };
 
+/// The `CT_OUT` key of a connection from `CLIENT` to `SERVER` (ports in host order).
+pub fn client_key(sport: u16, dport: u16, proto: u8) -> FlowKey {
+    FlowKey::new(be(CLIENT), be(SERVER), sport.to_be(), dport.to_be(), proto)
+}
+
 /// `l4` with its source (`src`) or destination port set to `port`; ICMP echo: its identifier.
 pub fn with_port(l4: &L4, src: bool, port: u16) -> L4 {
     let mut l4 = l4.clone();
@@ -363,9 +369,9 @@ impl std::fmt::Debug for Hex<'_> {
 pub fn sections(frame: &[u8]) -> Vec<(&'static str, &[u8])> {
     let mut cuts = vec![("ethernet", 14), ("ipv4", 20)];
     match frame.get(23) {
-        Some(6) => cuts.push(("tcp", 20)),
-        Some(17) => cuts.push(("udp", 8)),
-        Some(1) => {
+        Some(&IPPROTO_TCP) => cuts.push(("tcp", 20)),
+        Some(&IPPROTO_UDP) => cuts.push(("udp", 8)),
+        Some(&IPPROTO_ICMP) => {
             cuts.push(("icmp", 8));
             if matches!(frame.get(34), Some(3 | 11 | 12)) {
                 cuts.extend([("quoted ipv4", 20), ("quoted l4", 8)]);

@@ -1,10 +1,9 @@
 //! When a connection has ended. The dataplane decides, in its sweep (`crate::expiry`); the
 //! controller only reads the same arithmetic for its census.
-use crate::{CT_TCP_FIN, CT_TCP_RST, CtIn, CtOut, LAN_ROUTER};
-
-pub const PROTO_ICMP: u8 = 1;
-pub const PROTO_TCP: u8 = 6;
-pub const PROTO_UDP: u8 = 17;
+use crate::{
+    CT_TCP_FIN, CT_TCP_RST, CtIn, CtOut, LAN_ROUTER,
+    proto::{IPPROTO_TCP, IPPROTO_UDP},
+};
 
 /// Idle timeouts in seconds. A NAT that forgets a mapping too early breaks the connection
 /// behind it, so every default meets the floor the IETF set for NATs (RFC 5382 for TCP, RFC
@@ -49,7 +48,7 @@ impl Timeouts {
     #[inline(always)]
     pub fn idle_limit(&self, proto: u8, out: &CtOut, reply: &CtIn) -> u32 {
         match proto {
-            PROTO_TCP => {
+            IPPROTO_TCP => {
                 let flags = out.tcp_flags | reply.tcp_flags;
                 if flags & CT_TCP_RST != 0
                     || (out.tcp_flags & CT_TCP_FIN != 0 && reply.tcp_flags & CT_TCP_FIN != 0)
@@ -61,8 +60,8 @@ impl Timeouts {
                     self.tcp_established
                 }
             }
-            PROTO_UDP if reply.packets > 0 => self.udp_stream,
-            PROTO_UDP => self.udp,
+            IPPROTO_UDP if reply.packets > 0 => self.udp_stream,
+            IPPROTO_UDP => self.udp,
             _ => self.icmp,
         }
     }
@@ -107,13 +106,13 @@ impl Timeouts {
     pub fn router_tuple_remaining_ns(&self, proto: u8, entry: &CtIn, now_ns: u64) -> Option<u64> {
         debug_assert_eq!(entry.lan_id, LAN_ROUTER);
         let limit = match proto {
-            PROTO_TCP if entry.tcp_flags & CT_TCP_RST != 0 => self.tcp_close,
-            PROTO_TCP if entry.tcp_flags & CT_TCP_FIN != 0 || entry.packets == 0 => {
+            IPPROTO_TCP if entry.tcp_flags & CT_TCP_RST != 0 => self.tcp_close,
+            IPPROTO_TCP if entry.tcp_flags & CT_TCP_FIN != 0 || entry.packets == 0 => {
                 self.tcp_opening
             }
-            PROTO_TCP => self.tcp_established,
-            PROTO_UDP if entry.packets > 0 => self.udp_stream,
-            PROTO_UDP => self.udp,
+            IPPROTO_TCP => self.tcp_established,
+            IPPROTO_UDP if entry.packets > 0 => self.udp_stream,
+            IPPROTO_UDP => self.udp,
             _ => self.icmp,
         };
         let deadline = entry.last_seen_ns + limit as u64 * 1_000_000_000;
@@ -128,7 +127,7 @@ impl Timeouts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::CT_TCP_SYN;
+    use crate::{CT_TCP_SYN, proto::IPPROTO_ICMP};
 
     const S: u64 = 1_000_000_000;
 
@@ -153,37 +152,37 @@ mod tests {
     fn tcp_states() {
         let t = Timeouts::default();
         let (o, i) = pair(CT_TCP_SYN, 0, 0);
-        assert_eq!(t.idle_limit(PROTO_TCP, &o, &i), 240, "unanswered SYN");
+        assert_eq!(t.idle_limit(IPPROTO_TCP, &o, &i), 240, "unanswered SYN");
         let (o, i) = pair(CT_TCP_SYN, CT_TCP_SYN, 1);
-        assert_eq!(t.idle_limit(PROTO_TCP, &o, &i), 432_000, "established");
+        assert_eq!(t.idle_limit(IPPROTO_TCP, &o, &i), 432_000, "established");
         let (o, i) = pair(CT_TCP_FIN, 0, 3);
-        assert_eq!(t.idle_limit(PROTO_TCP, &o, &i), 240, "half closed");
+        assert_eq!(t.idle_limit(IPPROTO_TCP, &o, &i), 240, "half closed");
         let (o, i) = pair(CT_TCP_FIN, CT_TCP_FIN, 3);
-        assert_eq!(t.idle_limit(PROTO_TCP, &o, &i), 10, "closed both ways");
+        assert_eq!(t.idle_limit(IPPROTO_TCP, &o, &i), 10, "closed both ways");
         let (o, i) = pair(0, CT_TCP_RST, 3);
-        assert_eq!(t.idle_limit(PROTO_TCP, &o, &i), 10, "reset");
+        assert_eq!(t.idle_limit(IPPROTO_TCP, &o, &i), 10, "reset");
     }
 
     #[test]
     fn udp_and_icmp() {
         let t = Timeouts::default();
         let (o, i) = pair(0, 0, 0);
-        assert_eq!(t.idle_limit(PROTO_UDP, &o, &i), 120);
-        assert_eq!(t.idle_limit(PROTO_ICMP, &o, &i), 60);
+        assert_eq!(t.idle_limit(IPPROTO_UDP, &o, &i), 120);
+        assert_eq!(t.idle_limit(IPPROTO_ICMP, &o, &i), 60);
         let (o, i) = pair(0, 0, 2);
-        assert_eq!(t.idle_limit(PROTO_UDP, &o, &i), 300);
+        assert_eq!(t.idle_limit(IPPROTO_UDP, &o, &i), 300);
     }
 
     #[test]
     fn expiry_uses_the_latest_packet_of_either_side() {
         let t = Timeouts::default();
         let (o, mut i) = pair(0, 0, 1);
-        assert!(!t.expired(PROTO_UDP, &o, &i, 399 * S));
-        assert_eq!(t.remaining_ns(PROTO_UDP, &o, &i, 399 * S), Some(S));
-        assert!(t.expired(PROTO_UDP, &o, &i, 400 * S));
+        assert!(!t.expired(IPPROTO_UDP, &o, &i, 399 * S));
+        assert_eq!(t.remaining_ns(IPPROTO_UDP, &o, &i, 399 * S), Some(S));
+        assert!(t.expired(IPPROTO_UDP, &o, &i, 400 * S));
         i.last_seen_ns = 150 * S;
         assert!(
-            !t.expired(PROTO_UDP, &o, &i, 401 * S),
+            !t.expired(IPPROTO_UDP, &o, &i, 401 * S),
             "a recent reply keeps it alive"
         );
     }
@@ -192,7 +191,7 @@ mod tests {
 #[cfg(test)]
 mod router_tuples {
     use super::*;
-    use crate::{CT_TCP_ACK, CT_TCP_SYN};
+    use crate::{CT_TCP_ACK, CT_TCP_SYN, proto::IPPROTO_ICMP};
 
     const S: u64 = 1_000_000_000;
 
@@ -217,25 +216,25 @@ mod router_tuples {
     #[test]
     fn router_tuples_expire_like_mappings() {
         let t = Timeouts::default();
-        assert_eq!(lives_until(PROTO_UDP, &tuple(0, 0)), 100 + t.udp);
-        assert_eq!(lives_until(PROTO_UDP, &tuple(0, 3)), 100 + t.udp_stream);
-        assert_eq!(lives_until(PROTO_ICMP, &tuple(0, 1)), 100 + t.icmp);
+        assert_eq!(lives_until(IPPROTO_UDP, &tuple(0, 0)), 100 + t.udp);
+        assert_eq!(lives_until(IPPROTO_UDP, &tuple(0, 3)), 100 + t.udp_stream);
+        assert_eq!(lives_until(IPPROTO_ICMP, &tuple(0, 1)), 100 + t.icmp);
         assert_eq!(
-            lives_until(PROTO_TCP, &tuple(CT_TCP_SYN, 0)),
+            lives_until(IPPROTO_TCP, &tuple(CT_TCP_SYN, 0)),
             100 + t.tcp_opening,
             "no answer yet"
         );
         assert_eq!(
-            lives_until(PROTO_TCP, &tuple(CT_TCP_SYN | CT_TCP_ACK | CT_TCP_FIN, 9)),
+            lives_until(IPPROTO_TCP, &tuple(CT_TCP_SYN | CT_TCP_ACK | CT_TCP_FIN, 9)),
             100 + t.tcp_opening,
             "a FIN of either side: half-closed"
         );
         assert_eq!(
-            lives_until(PROTO_TCP, &tuple(CT_TCP_ACK | CT_TCP_RST, 9)),
+            lives_until(IPPROTO_TCP, &tuple(CT_TCP_ACK | CT_TCP_RST, 9)),
             100 + t.tcp_close
         );
         assert_eq!(
-            lives_until(PROTO_TCP, &tuple(CT_TCP_SYN | CT_TCP_ACK, 9)),
+            lives_until(IPPROTO_TCP, &tuple(CT_TCP_SYN | CT_TCP_ACK, 9)),
             100 + t.tcp_established
         );
     }

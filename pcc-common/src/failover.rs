@@ -1,9 +1,7 @@
 //! Failover of connections already open: which keep leaving by a WAN that went down, and the
 //! reset that tells a LAN host one of them is over once its WAN stayed down past the grace
 //! (`--failover-grace`).
-use crate::CT_TCP_ACK;
-
-const IPPROTO_TCP: u8 = 6;
+use crate::{CT_TCP_ACK, proto::IPPROTO_TCP};
 
 /// Whether a balanced connection keeps leaving by its WAN while the WAN is down, instead of
 /// being opened afresh on a live WAN at its next packet.
@@ -40,7 +38,10 @@ pub struct Endpoint {
 /// alone (RFC 9293 section 3.10.7.4).
 #[cfg(feature = "std")]
 pub fn reset_frame(host: Endpoint, remote: Endpoint, seq: u32) -> Vec<u8> {
-    use crate::packet::{Frame, L4, TCP_RST, TcpSegment};
+    use crate::{
+        packet::{Frame, L4, TcpSegment},
+        proto::TCP_RST,
+    };
     Frame {
         dst_mac: host.mac,
         src_mac: remote.mac,
@@ -68,15 +69,25 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::{CT_TCP_FIN, CT_TCP_SYN, packet::parse};
+    use crate::{
+        CT_TCP_FIN, CT_TCP_SYN,
+        packet::parse,
+        proto::{IPPROTO_ICMP, IPPROTO_UDP},
+    };
 
     #[test]
     fn only_tcp_the_host_acknowledged_stays() {
-        assert!(stays_on_down_wan(6, CT_TCP_SYN | CT_TCP_ACK));
-        assert!(stays_on_down_wan(6, CT_TCP_ACK | CT_TCP_FIN), "closing");
-        assert!(!stays_on_down_wan(6, CT_TCP_SYN), "SYN unanswered");
-        assert!(!stays_on_down_wan(17, CT_TCP_ACK), "UDP");
-        assert!(!stays_on_down_wan(1, 0), "ICMP");
+        assert!(stays_on_down_wan(IPPROTO_TCP, CT_TCP_SYN | CT_TCP_ACK));
+        assert!(
+            stays_on_down_wan(IPPROTO_TCP, CT_TCP_ACK | CT_TCP_FIN),
+            "closing"
+        );
+        assert!(
+            !stays_on_down_wan(IPPROTO_TCP, CT_TCP_SYN),
+            "SYN unanswered"
+        );
+        assert!(!stays_on_down_wan(IPPROTO_UDP, CT_TCP_ACK), "UDP");
+        assert!(!stays_on_down_wan(IPPROTO_ICMP, 0), "ICMP");
     }
 
     #[test]
@@ -99,7 +110,7 @@ mod tests {
             (p.src, p.sport, p.dst, p.dport),
             (remote.addr, 443, host.addr, 40000)
         );
-        assert_eq!(p.proto, 6);
+        assert_eq!(p.proto, IPPROTO_TCP);
         assert_eq!(p.l4[4..8], 0xfedc_ba98u32.to_be_bytes(), "seq");
         assert_eq!(p.l4[13], 0x04, "RST alone");
         assert_eq!(p.l4.len(), 20, "no options, no payload");

@@ -17,6 +17,7 @@ pub mod icmp;
 pub mod maps;
 pub mod method;
 pub mod natport;
+pub mod proto;
 pub mod ratelimit;
 pub mod route;
 pub mod tcp;

@@ -3,7 +3,10 @@
 //! are an independent check on the dataplane's RFC 1624 updates.
 use std::net::Ipv4Addr;
 
-use crate::csum;
+use crate::{
+    csum,
+    proto::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+};
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_ARP: u16 = 0x0806;
@@ -81,7 +84,7 @@ impl TcpSegment {
         s[14..16].copy_from_slice(&self.window.to_be_bytes());
         s.extend_from_slice(&options);
         s.extend_from_slice(&self.payload);
-        let c = csum::l4_checksum(src.octets(), dst.octets(), 6, &s);
+        let c = csum::l4_checksum(src.octets(), dst.octets(), IPPROTO_TCP, &s);
         s[16..18].copy_from_slice(&c.to_be_bytes());
         s
     }
@@ -93,17 +96,12 @@ pub fn mss_option(mss: u16) -> [u8; 4] {
     [2, 4, hi, lo]
 }
 
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_ACK: u8 = 0x10;
-
 impl L4 {
     pub fn proto(&self) -> u8 {
         match self {
-            L4::Tcp { .. } | L4::TcpFull(_) => 6,
-            L4::Udp { .. } => 17,
-            L4::Icmp { .. } => 1,
+            L4::Tcp { .. } | L4::TcpFull(_) => IPPROTO_TCP,
+            L4::Udp { .. } => IPPROTO_UDP,
+            L4::Icmp { .. } => IPPROTO_ICMP,
         }
     }
 
@@ -124,7 +122,7 @@ impl L4 {
                 s[13] = *flags;
                 s[14..16].copy_from_slice(&64240u16.to_be_bytes());
                 s.extend_from_slice(payload);
-                let c = csum::l4_checksum(src.octets(), dst.octets(), 6, &s);
+                let c = csum::l4_checksum(src.octets(), dst.octets(), IPPROTO_TCP, &s);
                 s[16..18].copy_from_slice(&c.to_be_bytes());
                 s
             }
@@ -141,7 +139,7 @@ impl L4 {
                 s[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
                 s.extend_from_slice(payload);
                 if *checksum {
-                    let c = match csum::l4_checksum(src.octets(), dst.octets(), 17, &s) {
+                    let c = match csum::l4_checksum(src.octets(), dst.octets(), IPPROTO_UDP, &s) {
                         0 => 0xffff,
                         c => c,
                     };
@@ -361,22 +359,22 @@ pub fn parse(frame: &[u8]) -> Option<Parsed> {
     let dst = Ipv4Addr::new(hdr[16], hdr[17], hdr[18], hdr[19]);
     let proto = hdr[9];
     let (sport, dport, l4_ok, zero) = match proto {
-        6 if l4.len() >= 20 => (
+        IPPROTO_TCP if l4.len() >= 20 => (
             be16(l4, 0),
             be16(l4, 2),
-            csum::l4_checksum(src.octets(), dst.octets(), 6, l4) == 0,
+            csum::l4_checksum(src.octets(), dst.octets(), IPPROTO_TCP, l4) == 0,
             false,
         ),
-        17 if l4.len() >= 8 => {
+        IPPROTO_UDP if l4.len() >= 8 => {
             let zero = be16(l4, 6) == 0;
             (
                 be16(l4, 0),
                 be16(l4, 2),
-                zero || csum::l4_checksum(src.octets(), dst.octets(), 17, l4) == 0,
+                zero || csum::l4_checksum(src.octets(), dst.octets(), IPPROTO_UDP, l4) == 0,
                 zero,
             )
         }
-        1 if l4.len() >= 8 => (be16(l4, 4), 0, csum::checksum(l4) == 0, false),
+        IPPROTO_ICMP if l4.len() >= 8 => (be16(l4, 4), 0, csum::checksum(l4) == 0, false),
         _ => (0, 0, false, false),
     };
     Some(Parsed {
@@ -398,6 +396,7 @@ pub fn parse(frame: &[u8]) -> Option<Parsed> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::TCP_SYN;
 
     #[test]
     fn built_frames_parse_back_with_valid_checksums() {

@@ -9,7 +9,7 @@ use axum::{
 };
 use pcc_common::{
     FlowKey,
-    conntrack::{PROTO_ICMP, PROTO_TCP, PROTO_UDP},
+    proto::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
 };
 use serde::{Deserialize, Serialize};
 
@@ -105,9 +105,9 @@ pub struct FlowFilter {
 
 fn proto_name(proto: u8) -> String {
     match proto {
-        PROTO_TCP => "tcp".into(),
-        PROTO_UDP => "udp".into(),
-        PROTO_ICMP => "icmp".into(),
+        IPPROTO_TCP => "tcp".into(),
+        IPPROTO_UDP => "udp".into(),
+        IPPROTO_ICMP => "icmp".into(),
         p => p.to_string(),
     }
 }

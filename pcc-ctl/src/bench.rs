@@ -13,7 +13,8 @@ use aya::maps::IterableMap;
 use anyhow::{Context as _, Result, bail, ensure};
 use pcc_common::{
     CtIn, CtOut, FlowKey, MAX_WANS,
-    packet::{Frame, L4, TCP_ACK, TCP_SYN},
+    packet::{Frame, L4},
+    proto::{TCP_ACK, TCP_SYN},
     route::{ROUTE_KERNEL, ROUTE_WAN_GATEWAY, Route},
     slots,
 };

@@ -14,6 +14,7 @@ use anyhow::{Result, bail};
 use pcc_common::{
     CT_FLAG_ROUTED, CT_TCP_ACK, CT_TCP_RST, CtOut, FlowKey, MAX_WANS,
     failover::{Endpoint, reset_frame},
+    proto::IPPROTO_TCP,
 };
 
 use crate::{conntrack::forget_connection, maps::Maps, up::Shared, wan::WanView};
@@ -26,8 +27,6 @@ use crate::{conntrack::forget_connection, maps::Maps, up::Shared, wan::WanView};
 /// blip gets through; short enough that an application on a line that really died
 /// reconnects within seconds, not after the minutes TCP retransmits before giving up.
 pub const DEFAULT_GRACE_SECS: u64 = 5;
-
-const IPPROTO_TCP: u8 = 6;
 
 /// Each WAN's grace: since when it is down, and whether its connections were reset since.
 #[derive(Debug)]

@@ -6,7 +6,8 @@
 //! failure repeats; `PCC_FUZZ_ITERATIONS` and `PCC_FUZZ_SEED` change the run. Needs root.
 use pcc_common::{
     csum,
-    packet::{Frame, L4, TCP_ACK, TCP_SYN, parse},
+    packet::{Frame, L4, parse},
+    proto::{IPPROTO_ICMP, IPPROTO_TCP, TCP_ACK, TCP_SYN},
 };
 use pcc_ctl::{dataplane::Role, testbed::*};
 
@@ -81,11 +82,11 @@ fn seeds(tb: &mut TestBed) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
             continue;
         };
         let Some(p) = parse(&out) else { continue };
-        if p.proto == 1 || p.l4.len() < 8 {
+        if p.proto == IPPROTO_ICMP || p.l4.len() < 8 {
             continue;
         }
         let wan_id = WAN_ADDRS.iter().position(|a| *a == p.src).expect("a WAN");
-        let l4 = if p.proto == 6 {
+        let l4 = if p.proto == IPPROTO_TCP {
             L4::Tcp {
                 sport: p.dport,
                 dport: p.sport,

@@ -6,7 +6,8 @@ use std::net::Ipv4Addr;
 
 use pcc_common::{
     Counter,
-    packet::{ETH_P_ARP, ETH_P_IPV6, Frame, L4, TCP_ACK, TCP_SYN, parse, reassemble},
+    packet::{ETH_P_ARP, ETH_P_IPV6, Frame, L4, parse, reassemble},
+    proto::{TCP_ACK, TCP_SYN},
 };
 use pcc_ctl::{
     dataplane::Role,

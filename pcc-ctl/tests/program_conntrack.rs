@@ -13,7 +13,8 @@ use pcc_common::{
     BindKey, Counter, CtEvent, FlowKey, NatFiltering,
     conntrack::Timeouts,
     expiry::Sweep,
-    packet::{Frame, L4, TCP_ACK, TCP_FIN, TCP_SYN, parse},
+    packet::{Frame, L4, parse},
+    proto::{TCP_ACK, TCP_FIN, TCP_SYN},
 };
 use pcc_ctl::{dataplane::Role, testbed::*};
 use rig::*;

@@ -8,9 +8,10 @@ mod rig;
 use std::net::Ipv4Addr;
 
 use pcc_common::{
-    Counter, FlowKey,
+    Counter,
     failover::{Endpoint, reset_frame},
-    packet::{Frame, L4, TCP_ACK, TCP_SYN, TcpSegment, parse},
+    packet::{Frame, L4, TcpSegment, parse},
+    proto::{IPPROTO_TCP, TCP_ACK, TCP_SYN},
 };
 use pcc_ctl::{
     dataplane::Role,
@@ -132,7 +133,7 @@ fn established_tcp_stays_on_a_down_wan_while_udp_moves() {
         Counter::DropWanLinkDown,
     )];
     rig.check_lan_cases(LO, cases);
-    let key = FlowKey::new(be(CLIENT), be(SERVER), 40000u16.to_be(), 443u16.to_be(), 6);
+    let key = client_key(40000, 443, IPPROTO_TCP);
     assert_eq!(rig.maps.ct_out.get(&key, 0).unwrap().wan_id as usize, wan);
 
     // Back: the connection carries on where it was.

@@ -8,7 +8,8 @@ use std::net::Ipv4Addr;
 
 use pcc_common::{
     CT_TCP_RST, CT_TCP_SYN, Counter, FlowKey,
-    packet::{Frame, L4, TCP_ACK, TCP_RST, TCP_SYN, TcpSegment, mss_option, parse},
+    packet::{Frame, L4, TcpSegment, mss_option, parse},
+    proto::{IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN},
 };
 use pcc_ctl::{dataplane::Role, testbed::*};
 use rig::*;
@@ -203,7 +204,7 @@ fn the_mss_of_syns_is_clamped_to_the_wan_mtu_both_ways() {
         };
         assert_frame(what, &out, &out_via(&want, wan, nat_port));
     }
-    let key = FlowKey::new(be(CLIENT), be(SERVER), 41000u16.to_be(), 443u16.to_be(), 6);
+    let key = client_key(41000, 443, IPPROTO_TCP);
     assert_eq!(
         rig.maps.ct_out.get(&key, 0).unwrap().lan_wscale,
         7,
@@ -275,7 +276,7 @@ fn a_reset_counts_only_inside_the_window_the_host_advertised() {
         be(WAN_ADDRS[wan]),
         443u16.to_be(),
         nat_port.to_be(),
-        6,
+        IPPROTO_TCP,
     );
     let reset_seen = |rig: &Rig| rig.maps.ct_in.get(&reply_key, 0).unwrap().tcp_flags & CT_TCP_RST;
 
@@ -299,7 +300,7 @@ fn a_reset_counts_only_inside_the_window_the_host_advertised() {
 
     // The host opens the same tuple again after the server's reset: a clean new connection.
     rig.run(Role::Lan, &host(syn_with(43000, TCP_SYN, vec![])));
-    let key = FlowKey::new(be(CLIENT), be(SERVER), 43000u16.to_be(), 443u16.to_be(), 6);
+    let key = client_key(43000, 443, IPPROTO_TCP);
     let out = rig.maps.ct_out.get(&key, 0).unwrap();
     assert_eq!(
         out.tcp_flags, CT_TCP_SYN,
@@ -506,7 +507,7 @@ fn a_connection_whose_wan_changed_address_is_never_sent_from_the_old_one() {
         renumbered,
         "re-pinned at its next packet, from the WAN's new address"
     );
-    let key = FlowKey::new(be(CLIENT), be(SERVER), 5000u16.to_be(), 53u16.to_be(), 17);
+    let key = client_key(5000, 53, IPPROTO_UDP);
     assert_eq!(
         rig.maps.ct_out.get(&key, 0).unwrap().nat_addr,
         be(renumbered)

@@ -8,7 +8,8 @@ use std::{net::Ipv4Addr, time::Instant};
 
 use pcc_common::{
     Counter, NatPortRange,
-    packet::{Frame, L4, TCP_SYN},
+    packet::{Frame, L4},
+    proto::TCP_SYN,
     ratelimit::ICMP_ANSWER_BURST,
 };
 use pcc_ctl::{dataplane::Role, testbed::*};

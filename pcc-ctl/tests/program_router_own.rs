@@ -8,7 +8,8 @@ use std::net::Ipv4Addr;
 
 use pcc_common::{
     CT_TCP_RST, CT_TCP_SYN, Counter, FlowKey, LAN_ROUTER,
-    packet::{Frame, L4, TCP_ACK, TCP_RST, TCP_SYN, parse},
+    packet::{Frame, L4, parse},
+    proto::{TCP_ACK, TCP_RST, TCP_SYN},
 };
 use pcc_ctl::{dataplane::Role, testbed::*};
 use rig::*;

@@ -8,7 +8,8 @@ use std::net::Ipv4Addr;
 
 use pcc_common::{
     Counter,
-    packet::{Frame, TCP_ACK, TCP_SYN, parse},
+    packet::{Frame, parse},
+    proto::{TCP_ACK, TCP_SYN},
     route::{NeighbourKey, ROUTE_KERNEL, ROUTE_WAN, ROUTE_WAN_GATEWAY, Route},
 };
 use pcc_ctl::{dataplane::Role, testbed::*};

@@ -5,12 +5,15 @@
 //! never leaves through the WAN. Filtering does not apply (it keeps the internet out, and
 //! this comes from inside), so the receiver need not have sent to the sender first.
 use aya_ebpf::programs::XdpContext;
-use pcc_common::{CT_FLAG_HAIRPIN, Counter, CtIn, FlowKey, LAN_ROUTER, PublicKey, csum};
+use pcc_common::{
+    CT_FLAG_HAIRPIN, Counter, CtIn, FlowKey, LAN_ROUTER, PublicKey, csum,
+    proto::{IPPROTO_TCP, IPPROTO_UDP},
+};
 
 use crate::{
     CT_IN, LANS, NAT_BIND_IN, conntrack,
     nat::{Verdict, rewrite_l4, to_host},
-    parse::{self, Fragment, IPPROTO_TCP, IPPROTO_UDP, frame_len},
+    parse::{self, Fragment, frame_len},
 };
 
 /// The WAN whose public endpoint a new LAN connection is addressed to, if a LAN endpoint

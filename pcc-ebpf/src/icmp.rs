@@ -9,6 +9,7 @@ use aya_ebpf::{
 use pcc_common::{
     Counter, CtIn, CtOut, FlowKey, LAN_DEVMAP_BASE, LAN_ROUTER, csum,
     icmp::{self, ICMP_ERROR_LEN, QUOTE_LEN},
+    proto::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
     ratelimit::{ICMP_ANSWER_BURST, ICMP_ANSWER_INTERVAL_NS},
 };
 
@@ -16,9 +17,8 @@ use crate::{
     CT_IN, CT_OUT, DEVMAP, ICMP_BUCKET, LANS, count, fib,
     nat::{Verdict, count_rx, count_tx, to_host},
     parse::{
-        ETH_LEN, ETH_P_IP, EthHdr, Fragment, ICMP_ECHO_REQUEST, IP_LEN, IPPROTO_ICMP, IPPROTO_TCP,
-        IPPROTO_UDP, IcmpHdr, Ipv4, Ipv4Hdr, L4_OFF, TcpHdr, UdpHdr, frame_len,
-        is_multicast_or_broadcast, ptr_at,
+        ETH_LEN, ETH_P_IP, EthHdr, Fragment, ICMP_ECHO_REQUEST, IP_LEN, IcmpHdr, Ipv4, Ipv4Hdr,
+        L4_OFF, TcpHdr, UdpHdr, frame_len, is_multicast_or_broadcast, ptr_at,
     },
     route,
 };

@@ -15,16 +15,16 @@ use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     programs::TcContext,
 };
-use pcc_common::{CT_TCP_ACK, CT_TCP_RST, CT_TCP_SYN, Counter, CtIn, FlowKey, LAN_ROUTER};
+use pcc_common::{
+    CT_TCP_ACK, CT_TCP_RST, CT_TCP_SYN, Counter, CtIn, FlowKey, LAN_ROUTER,
+    proto::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+};
 
 use crate::{
     CONFIG, CT_IN,
     conntrack::{self, EEXIST},
     count,
-    parse::{
-        ETH_LEN, ETH_P_IP, ICMP_ECHO_REQUEST, IP_OFFSET, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
-        IcmpHdr, Ipv4Hdr, L4_OFF,
-    },
+    parse::{ETH_LEN, ETH_P_IP, ICMP_ECHO_REQUEST, IP_OFFSET, IcmpHdr, Ipv4Hdr, L4_OFF},
     select, sweep,
 };
 

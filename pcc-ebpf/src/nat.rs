@@ -2,16 +2,17 @@
 use aya_ebpf::programs::XdpContext;
 use pcc_common::{
     CT_FLAG_HAIRPIN, CT_FLAG_ROUTED, CT_TCP_ACK, CT_TCP_FIN, CT_TCP_RST, CT_TCP_SYN, Config,
-    Counter, CtIn, FlowKey, LAN_DEVMAP_BASE, LanInfo, csum, tcp::scaled_window,
+    Counter, CtIn, FlowKey, LAN_DEVMAP_BASE, LanInfo, csum,
+    proto::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+    tcp::scaled_window,
 };
 
 use crate::{
     CONFIG, CT_IN, CT_OUT, LANS, WAN_STATS, WANS, conntrack, fib, frag, hairpin, icmp, local,
     parse::{
         self, EthHdr, Fragment, ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST,
-        ICMP_PARAM_PROBLEM, ICMP_TIME_EXCEEDED, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IcmpHdr,
-        Ipv4, Ipv4Hdr, L4_OFF, TcpHdr, UdpHdr, frame_len, is_multicast_or_broadcast, ptr_at,
-        same_mac,
+        ICMP_PARAM_PROBLEM, ICMP_TIME_EXCEEDED, IcmpHdr, Ipv4, Ipv4Hdr, L4_OFF, TcpHdr, UdpHdr,
+        frame_len, is_multicast_or_broadcast, ptr_at, same_mac,
     },
     route, select, tcp,
 };
@@ -49,6 +50,29 @@ impl Segment {
     }
 }
 
+/// What a packet's transport header makes of it, before its connection is looked up.
+enum Segmented {
+    /// A packet of a connection (or of one to open): its ports and flags, for the lookup.
+    Connection(Segment),
+    /// An ICMP error about one of our connections: `icmp` translated and forwarded it, or
+    /// gave the reason it did not. Either way the packet's fate is settled.
+    IcmpError(Verdict),
+    /// Nothing the NAT translates (another protocol or ICMP message, a damaged transport
+    /// header, a later fragment whose first one was not seen): passed to the kernel or
+    /// dropped, counted under this reason.
+    Untranslated(Counter),
+}
+
+impl From<Result<Segment, Counter>> for Segmented {
+    #[inline(always)]
+    fn from(segment: Result<Segment, Counter>) -> Self {
+        match segment {
+            Ok(segment) => Segmented::Connection(segment),
+            Err(reason) => Segmented::Untranslated(reason),
+        }
+    }
+}
+
 /// The segment of a TCP or UDP packet, whole or first fragment.
 #[inline(always)]
 fn transport(ctx: &XdpContext, p: &Ipv4) -> Result<Segment, Counter> {
@@ -71,31 +95,42 @@ fn transport(ctx: &XdpContext, p: &Ipv4) -> Result<Segment, Counter> {
     unsafe { Ok(Segment::ports((*uh).sport, (*uh).dport)) }
 }
 
+/// The segment of a later fragment: the ports its first fragment carried, if it was seen.
+#[inline(always)]
+fn later_fragment(p: &Ipv4, unseen: Counter) -> Segmented {
+    match frag::ports(p) {
+        Some(ports) => Segmented::Connection(Segment::ports(ports.src_port, ports.dst_port)),
+        None => Segmented::Untranslated(unseen),
+    }
+}
+
 /// The segment of a LAN packet; ICMP errors about our connections are translated here.
 #[inline(always)]
-fn lan_segment(ctx: &XdpContext, p: &Ipv4, cfg: &Config) -> Result<Segment, Verdict> {
+fn lan_segment(ctx: &XdpContext, p: &Ipv4, cfg: &Config) -> Segmented {
     if p.fragment == Fragment::Later {
-        let ports = frag::ports(p).ok_or(Err(Counter::DropFragmentUntracked))?;
-        return Ok(Segment::ports(ports.src_port, ports.dst_port));
+        return later_fragment(p, Counter::DropFragmentUntracked);
     }
     match p.proto {
-        IPPROTO_TCP | IPPROTO_UDP => transport(ctx, p).map_err(Err),
+        IPPROTO_TCP | IPPROTO_UDP => transport(ctx, p).into(),
         IPPROTO_ICMP => {
-            let ih = parse::icmp(ctx, p).map_err(Err)?;
+            let ih = match parse::icmp(ctx, p) {
+                Ok(ih) => ih,
+                Err(reason) => return Segmented::Untranslated(reason),
+            };
             // SAFETY: bounds-checked by parse::icmp.
             let (kind, id) = unsafe { ((*ih).kind, (*ih).id) };
             match kind {
-                ICMP_ECHO_REQUEST => Ok(Segment::ports(id, 0)),
+                ICMP_ECHO_REQUEST => Segmented::Connection(Segment::ports(id, 0)),
                 // An error is small; a fragmented one is not worth translating.
                 ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAM_PROBLEM
                     if p.fragment == Fragment::Whole =>
                 {
-                    Err(lan_icmp_error(ctx, p, cfg))
+                    Segmented::IcmpError(lan_icmp_error(ctx, p, cfg))
                 }
-                _ => Err(Err(Counter::PassUnsupported)),
+                _ => Segmented::Untranslated(Counter::PassUnsupported),
             }
         }
-        _ => Err(Err(Counter::PassUnsupported)),
+        _ => Segmented::Untranslated(Counter::PassUnsupported),
     }
 }
 
@@ -124,8 +159,9 @@ pub fn lan_to_wan(ctx: &XdpContext) -> Verdict {
         return Err(Counter::PassOtherHost);
     }
     let seg = match lan_segment(ctx, &p, cfg) {
-        Ok(seg) => seg,
-        Err(verdict) => return verdict,
+        Segmented::Connection(seg) => seg,
+        Segmented::IcmpError(verdict) => return verdict,
+        Segmented::Untranslated(reason) => return Err(reason),
     };
     let (sport, dport) = (seg.sport, seg.dport);
     let key = FlowKey::new(src, dst, sport, dport, proto);
@@ -331,29 +367,31 @@ pub unsafe fn rewrite_l4(
 /// The segment of a WAN packet (ICMP echo reply: the identifier as NAT port); ICMP errors
 /// about our connections are translated here.
 #[inline(always)]
-fn wan_segment(ctx: &XdpContext, p: &Ipv4) -> Result<Segment, Verdict> {
+fn wan_segment(ctx: &XdpContext, p: &Ipv4) -> Segmented {
     if p.fragment == Fragment::Later {
-        let ports = frag::ports(p).ok_or(Err(Counter::PassFragment))?;
-        return Ok(Segment::ports(ports.src_port, ports.dst_port));
+        return later_fragment(p, Counter::PassFragment);
     }
     match p.proto {
-        IPPROTO_TCP | IPPROTO_UDP => transport(ctx, p).map_err(Err),
+        IPPROTO_TCP | IPPROTO_UDP => transport(ctx, p).into(),
         IPPROTO_ICMP => {
-            let ih = parse::icmp(ctx, p).map_err(Err)?;
+            let ih = match parse::icmp(ctx, p) {
+                Ok(ih) => ih,
+                Err(reason) => return Segmented::Untranslated(reason),
+            };
             // SAFETY: bounds-checked by parse::icmp.
             let (kind, id) = unsafe { ((*ih).kind, (*ih).id) };
             match kind {
-                ICMP_ECHO_REPLY => Ok(Segment::ports(0, id)),
+                ICMP_ECHO_REPLY => Segmented::Connection(Segment::ports(0, id)),
                 // An error is small; a fragmented one is not worth translating.
                 ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAM_PROBLEM
                     if p.fragment == Fragment::Whole =>
                 {
-                    Err(icmp::error_to_lan(ctx, p.eth, p.ip))
+                    Segmented::IcmpError(icmp::error_to_lan(ctx, p.eth, p.ip))
                 }
-                _ => Err(Err(Counter::PassUntracked)),
+                _ => Segmented::Untranslated(Counter::PassUntracked),
             }
         }
-        _ => Err(Err(Counter::PassUntracked)),
+        _ => Segmented::Untranslated(Counter::PassUntracked),
     }
 }
 
@@ -363,8 +401,9 @@ pub fn wan_to_lan(ctx: &XdpContext) -> Verdict {
     let p = parse::ipv4(ctx)?;
     let (eth, ip, src, dst, proto) = (p.eth, p.ip, p.src, p.dst, p.proto);
     let seg = match wan_segment(ctx, &p) {
-        Ok(seg) => seg,
-        Err(verdict) => return verdict,
+        Segmented::Connection(seg) => seg,
+        Segmented::IcmpError(verdict) => return verdict,
+        Segmented::Untranslated(reason) => return Err(reason),
     };
     let key = FlowKey::new(src, dst, seg.sport, seg.dport, proto);
     let untracked = if p.fragment == Fragment::Whole {

@@ -14,9 +14,9 @@ pub const IP_MF_OFFSET: u16 = 0x3fff_u16.to_be();
 /// The fragment offset alone: non-zero in every fragment but the first.
 pub const IP_OFFSET: u16 = 0x1fff_u16.to_be();
 
-pub const IPPROTO_ICMP: u8 = 1;
-pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_UDP: u8 = 17;
+// Protocol numbers and TCP flags live in `pcc_common::proto`. conntrack.rs still names a few
+// as `parse::`: re-exported for it until the expiry rework that holds that file lands.
+pub use pcc_common::proto::{IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
 pub const ICMP_ECHO_REPLY: u8 = 0;
 pub const ICMP_DEST_UNREACH: u8 = 3;
@@ -58,11 +58,6 @@ pub struct TcpHdr {
     pub check: u16,
     pub urg: u16,
 }
-
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_ACK: u8 = 0x10;
 
 #[repr(C)]
 pub struct UdpHdr {

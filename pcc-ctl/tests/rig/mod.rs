@@ -4,8 +4,9 @@
 use std::net::Ipv4Addr;
 
 use pcc_common::{
-    Counter,
+    Counter, FlowKey,
     packet::{Frame, L4, TcpSegment},
+    proto::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
 };
 use pcc_ctl::{dataplane::Role, testbed::*};
 
@@ -46,20 +47,190 @@ impl Rig {
     /// Runs each case's LAN frame arriving on port `ifindex`: each must end in its XDP action
     /// and be counted under its reason.
     pub fn check_lan_cases(&mut self, ifindex: u32, cases: Vec<(&str, Vec<u8>, u32, Counter)>) {
-        for (what, frame, want, counter) in cases {
-            let before = self.counter(counter);
-            let (action, _) = self.run_on(Role::Lan, ifindex, &frame);
-            assert_eq!(action, want, "{what}");
-            assert_eq!(
-                self.counter(counter),
-                before + 1,
-                "{what} counted as {counter:?}"
-            );
+        self.check(
+            cases
+                .into_iter()
+                .map(|(what, frame, action, counter)| Case {
+                    what: what.to_string(),
+                    role: Role::Lan,
+                    port: ifindex,
+                    frame,
+                    action,
+                    counter,
+                    out: Out::Unchecked,
+                })
+                .collect(),
+        );
+    }
+
+    /// Runs a fixture table, one row after the other on the same dataplane (a row sees the
+    /// connections the rows before it opened). Each row's frame must end in its XDP action,
+    /// be counted once under its counter, and come out as the row says; a failure names the
+    /// row. Returns the frames out, in the rows' order.
+    pub fn check(&mut self, cases: Vec<Case>) -> Vec<Vec<u8>> {
+        cases.into_iter().map(|case| self.check_one(case)).collect()
+    }
+
+    fn check_one(&mut self, case: Case) -> Vec<u8> {
+        let Case {
+            what,
+            role,
+            port,
+            frame,
+            action: want,
+            counter,
+            out: want_out,
+        } = case;
+        let before = self.counter(counter);
+        let (action, out) = self.run_on(role, port, &frame);
+        assert_eq!(action, want, "{what}");
+        assert_eq!(
+            self.counter(counter),
+            before + 1,
+            "{what} counted as {counter:?}"
+        );
+        match want_out {
+            Out::Unchecked => {}
+            Out::Frame(want) => assert_frame(&what, &out, &want),
+            Out::WithNatPort(want) => {
+                let nat_port = pcc_common::packet::parse(&out)
+                    .unwrap_or_else(|| panic!("{what}: no IPv4 out"))
+                    .sport;
+                assert_frame(&what, &out, &want(nat_port));
+            }
         }
+        out
     }
 
     pub fn counter(&self, c: Counter) -> u64 {
         self.maps.counters().unwrap()[c as usize]
+    }
+}
+
+/// One row of a fixture table (Katran's style): what it shows, the frame in (by the program
+/// of `role`, arriving on port `port`), the XDP action and the counter it must end in, and the
+/// frame that must come out. Built with `Case::lan` or `Case::wan`, then the frame's fate.
+pub struct Case {
+    pub what: String,
+    pub role: Role,
+    pub port: u32,
+    pub frame: Vec<u8>,
+    pub action: u32,
+    pub counter: Counter,
+    pub out: Out,
+}
+
+/// What must come out of a row.
+pub enum Out {
+    /// Not looked at: the frame was passed to the kernel or dropped, or only its action and
+    /// counter matter.
+    Unchecked,
+    /// Exactly this frame, byte for byte (so every checksum as computed from scratch).
+    Frame(Frame),
+    /// Exactly the frame this makes of the NAT port (ICMP echo: identifier) the dataplane
+    /// chose, for a port the test cannot know beforehand.
+    WithNatPort(Box<dyn Fn(u16) -> Frame>),
+}
+
+/// A frame in, as a `Frame` or as raw bytes (a fixture's damaged or foreign frame).
+pub trait FrameIn {
+    fn into_bytes(self) -> Vec<u8>;
+}
+
+impl FrameIn for Vec<u8> {
+    fn into_bytes(self) -> Vec<u8> {
+        self
+    }
+}
+
+impl FrameIn for Frame {
+    fn into_bytes(self) -> Vec<u8> {
+        self.bytes()
+    }
+}
+
+impl FrameIn for &Frame {
+    fn into_bytes(self) -> Vec<u8> {
+        self.bytes()
+    }
+}
+
+/// A row with its frame in but not yet its fate.
+pub struct Sent {
+    what: String,
+    role: Role,
+    port: u32,
+    frame: Vec<u8>,
+}
+
+impl Case {
+    /// `frame` arriving on the LAN port (`LO` unless `on` says otherwise).
+    pub fn lan(what: impl Into<String>, frame: impl FrameIn) -> Sent {
+        Sent {
+            what: what.into(),
+            role: Role::Lan,
+            port: LO,
+            frame: frame.into_bytes(),
+        }
+    }
+
+    /// `frame` arriving on a WAN port.
+    pub fn wan(what: impl Into<String>, frame: impl FrameIn) -> Sent {
+        Sent {
+            role: Role::Wan,
+            ..Case::lan(what, frame)
+        }
+    }
+}
+
+impl Sent {
+    /// Arriving on port `ifindex` instead.
+    pub fn on(self, ifindex: u32) -> Sent {
+        Sent {
+            port: ifindex,
+            ..self
+        }
+    }
+
+    fn ends(self, action: u32, counter: Counter, out: Out) -> Case {
+        Case {
+            what: self.what,
+            role: self.role,
+            port: self.port,
+            frame: self.frame,
+            action,
+            counter,
+            out,
+        }
+    }
+
+    /// Redirected, counted under `counter`, exactly `want` out.
+    pub fn sends(self, counter: Counter, want: Frame) -> Case {
+        self.ends(XDP_REDIRECT, counter, Out::Frame(want))
+    }
+
+    /// Redirected, counted under `counter`, exactly `want(NAT port chosen)` out.
+    pub fn sends_with_nat_port(
+        self,
+        counter: Counter,
+        want: impl Fn(u16) -> Frame + 'static,
+    ) -> Case {
+        self.ends(XDP_REDIRECT, counter, Out::WithNatPort(Box::new(want)))
+    }
+
+    /// Redirected and counted under `counter`; what comes out is not looked at.
+    pub fn redirected(self, counter: Counter) -> Case {
+        self.ends(XDP_REDIRECT, counter, Out::Unchecked)
+    }
+
+    /// Passed to the kernel, counted under `counter`.
+    pub fn passed(self, counter: Counter) -> Case {
+        self.ends(XDP_PASS, counter, Out::Unchecked)
+    }
+
+    /// Dropped, counted under `counter`.
+    pub fn dropped(self, counter: Counter) -> Case {
+        self.ends(XDP_DROP, counter, Out::Unchecked)
     }
 }
 
@@ -80,6 +251,11 @@ pub const HOST2: Host = Host {
     mac: CLIENT2_MAC,
     lan_mac: LAN_MAC,
 };
+
+/// The `CT_OUT` key of a connection from `CLIENT` to `SERVER` (ports in host order).
+pub fn client_key(sport: u16, dport: u16, proto: u8) -> FlowKey {
+    FlowKey::new(be(CLIENT), be(SERVER), sport.to_be(), dport.to_be(), proto)
+}
 
 /// `l4` with its source (`src`) or destination port set to `port`; ICMP echo: its identifier.
 pub fn with_port(l4: &L4, src: bool, port: u16) -> L4 {
@@ -193,9 +369,9 @@ impl std::fmt::Debug for Hex<'_> {
 pub fn sections(frame: &[u8]) -> Vec<(&'static str, &[u8])> {
     let mut cuts = vec![("ethernet", 14), ("ipv4", 20)];
     match frame.get(23) {
-        Some(6) => cuts.push(("tcp", 20)),
-        Some(17) => cuts.push(("udp", 8)),
-        Some(1) => {
+        Some(&IPPROTO_TCP) => cuts.push(("tcp", 20)),
+        Some(&IPPROTO_UDP) => cuts.push(("udp", 8)),
+        Some(&IPPROTO_ICMP) => {
             cuts.push(("icmp", 8));
             if matches!(frame.get(34), Some(3 | 11 | 12)) {
                 cuts.extend([("quoted ipv4", 20), ("quoted l4", 8)]);

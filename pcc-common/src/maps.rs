@@ -258,17 +258,15 @@ pub struct BindKey {
 }
 
 /// `NAT_BIND_OUT` value: the endpoint-independent mapping of a LAN endpoint on a WAN (RFC
-/// 4787 REQ-1): every connection from that endpoint through that WAN uses it, whatever the
-/// remote end.
+/// 4787 REQ-1) that could not keep the host's port: every connection from that endpoint
+/// through that WAN uses it, whatever the remote end. A binding that kept the host's port is
+/// found on that port in `NAT_BIND_IN` and has no entry here.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Binding {
     pub nat_addr: u32,
     pub nat_port: u16,
     pub _pad: u16,
-    /// Connections using the binding; the last one to go removes it. 64 bits: BPF has
-    /// atomic adds of 32 and 64 bits, but Rust's BPF target only offers the 64-bit one.
-    pub refs: u64,
 }
 
 /// `NAT_BIND_IN` key: a public endpoint (network byte order). Held by one LAN endpoint at a
@@ -282,6 +280,19 @@ pub struct PublicKey {
     pub _pad: u8,
 }
 
+impl PublicKey {
+    /// Address and port in network byte order, as on the wire.
+    #[inline(always)]
+    pub const fn new(nat_addr: u32, nat_port: u16, proto: u8) -> Self {
+        Self {
+            nat_addr,
+            nat_port,
+            proto,
+            _pad: 0,
+        }
+    }
+}
+
 /// `NAT_BIND_IN` value: the LAN endpoint holding a public endpoint, for inbound packets no
 /// connection expects (endpoint-independent filtering) and for hairpinning.
 #[repr(C)]
@@ -293,6 +304,9 @@ pub struct Owner {
     pub wan_id: u8,
     pub lan_mac: [u8; 6],
     pub _pad: u16,
+    /// Connections using the binding; the last one to go removes it. 64 bits: BPF has
+    /// atomic adds of 32 and 64 bits, but Rust's BPF target only offers the 64-bit one.
+    pub refs: u64,
 }
 
 /// `CT_OUT` value: how a LAN-side connection is translated.
@@ -401,9 +415,9 @@ pub struct WanCounters {
 const _: () = {
     assert!(size_of::<Config>() == 52);
     assert!(size_of::<BindKey>() == 8);
-    assert!(size_of::<Binding>() == 16);
+    assert!(size_of::<Binding>() == 8);
     assert!(size_of::<PublicKey>() == 8);
-    assert!(size_of::<Owner>() == 16);
+    assert!(size_of::<Owner>() == 24);
     assert!(size_of::<WanInfo>() == 24);
     assert!(size_of::<LanInfo>() == 20);
     assert!(size_of::<FlowKey>() == 16);

@@ -74,19 +74,29 @@ pub fn forget_connection(maps: &mut Maps, key: &FlowKey, out: &CtOut) {
         proto: key.proto,
         wan_id: out.wan_id,
     };
-    if let Ok(mut binding) = maps.bind_out.get(&endpoint, 0) {
-        binding.refs = binding.refs.saturating_sub(1);
-        if binding.refs == 0 {
-            let _ = maps.bind_in.remove(&PublicKey {
-                nat_addr: binding.nat_addr,
-                nat_port: binding.nat_port,
-                proto: key.proto,
-                _pad: 0,
-            });
+    // The binding is its public endpoint's entry, which holds the references (see
+    // `map_endpoint` in pcc-ebpf); one that could not keep the host's port is also found
+    // from the endpoint.
+    let public = PublicKey {
+        nat_addr: out.nat_addr,
+        nat_port: out.nat_port,
+        proto: key.proto,
+        _pad: 0,
+    };
+    let Ok(mut owner) = maps.bind_in.get(&public, 0) else {
+        return;
+    };
+    if (owner.lan_addr, owner.lan_port, owner.wan_id) != (key.src_addr, key.src_port, out.wan_id) {
+        return;
+    }
+    owner.refs = owner.refs.saturating_sub(1);
+    if owner.refs == 0 {
+        let _ = maps.bind_in.remove(&public);
+        if out.nat_port != key.src_port {
             let _ = maps.bind_out.remove(&endpoint);
-        } else {
-            let _ = maps.bind_out.insert(endpoint, binding, 0);
         }
+    } else {
+        let _ = maps.bind_in.insert(public, owner, 0);
     }
 }
 
@@ -136,7 +146,7 @@ pub fn collect(
             }
         }
     }
-    report.bindings = maps.bind_out.keys().count();
+    report.bindings = maps.bind_in.keys().count();
     let mut dead_in: Vec<FlowKey> = Vec::new();
     for item in maps.ct_in.iter().take_while(|_| scan_orphans) {
         let Ok((key, reply)) = item else { continue };

@@ -10,7 +10,7 @@ use std::{
 };
 
 use pcc_common::{
-    BindKey, Counter, CtEvent, FlowKey, NatFiltering,
+    BindKey, Counter, CtEvent, FlowKey, NatFiltering, PublicKey,
     conntrack::Timeouts,
     expiry::Sweep,
     packet::{Frame, L4, parse},
@@ -105,9 +105,14 @@ fn connections_expire_by_the_dataplanes_sweep_with_no_controller() {
     assert_eq!(rig.maps.ct_out.keys().count(), 3);
     assert_eq!(rig.host_connections(CLIENT), 3);
     assert_eq!(
-        rig.maps.bind_out.keys().count(),
+        rig.maps.bind_in.keys().count(),
         3,
         "one binding per LAN endpoint"
+    );
+    assert_eq!(
+        rig.maps.bind_out.keys().count(),
+        0,
+        "every port kept: no binding needs finding from its endpoint"
     );
 
     // The sweep walks every slot once per pass: each connection goes after its timeout and
@@ -232,8 +237,25 @@ fn a_lan_endpoint_keeps_its_public_endpoint_for_every_remote_one() {
             0,
         )
         .unwrap();
+    let held = rig
+        .maps
+        .bind_in
+        .get(
+            &PublicKey {
+                nat_addr: binding.nat_addr,
+                nat_port: binding.nat_port,
+                proto: 17,
+                _pad: 0,
+            },
+            0,
+        )
+        .unwrap();
+    assert_eq!(
+        (held.lan_addr, held.lan_port),
+        (be(CLIENT), 40000u16.to_be())
+    );
     let on_that_wan = wans.iter().filter(|(_, w)| *w == wans[0].1).count() as u64;
-    assert_eq!(binding.refs, on_that_wan, "one reference per connection");
+    assert_eq!(held.refs, on_that_wan, "one reference per connection");
 }
 
 #[test]

@@ -97,12 +97,7 @@ pub fn forget(key: &FlowKey, entry: &CtOut) {
     sweep::free_slot(slot, expiry::slot_owner(token, false));
     release_host(host_count_any(key.src_addr));
     if flags & CT_FLAG_UNBOUND == 0 {
-        unbind(&BindKey {
-            lan_addr: key.src_addr,
-            lan_port: key.src_port,
-            proto: key.proto,
-            wan_id,
-        });
+        unbind_connection(key, nat_addr, nat_port, wan_id);
     }
 }
 
@@ -325,12 +320,7 @@ pub extern "C" fn pcc_claim_connection() -> u32 {
 fn take_back(key: &FlowKey, nat_addr: u32, nat_port: u16, wan_id: u8, binding: u8) {
     let _ = CT_IN.remove(&key.reply_key(nat_addr, nat_port));
     if binding == 0 {
-        unbind(&BindKey {
-            lan_addr: key.src_addr,
-            lan_port: key.src_port,
-            proto: key.proto,
-            wan_id,
-        });
+        unbind_connection(key, nat_addr, nat_port, wan_id);
     }
 }
 
@@ -356,12 +346,7 @@ pub fn accept(inbound: &FlowKey, tcp_bits: u8, flags: u8) -> Result<(), Counter>
     if filtered || !opens {
         return Err(Counter::PassUntracked);
     }
-    let public = PublicKey {
-        nat_addr: inbound.dst_addr,
-        nat_port: inbound.dst_port,
-        proto: inbound.proto,
-        _pad: 0,
-    };
+    let public = PublicKey::new(inbound.dst_addr, inbound.dst_port, inbound.proto);
     // SAFETY: copied out at once.
     let owner = unsafe { NAT_BIND_IN.get(&public) }
         .copied()
@@ -433,10 +418,11 @@ pub extern "C" fn pcc_accept_connection() -> u32 {
         wan_id: owner.wan_id,
     };
     let mut flags = scratch.inbound_flags | CT_FLAG_INBOUND;
-    match NAT_BIND_OUT.get_ptr_mut(&endpoint) {
+    let public = PublicKey::new(inbound.dst_addr, inbound.dst_port, inbound.proto);
+    match NAT_BIND_IN.get_ptr_mut(&public) {
         // SAFETY: a live entry; the count is only changed atomically.
-        Some(bound) => unsafe { atomic_add(&raw mut (*bound).refs, 1) },
-        None => flags |= CT_FLAG_UNBOUND,
+        Some(held) if holds(held, &endpoint) => unsafe { atomic_add(&raw mut (*held).refs, 1) },
+        _ => flags |= CT_FLAG_UNBOUND,
     }
     let out = &mut scratch.out;
     out.expiry_slot = slot;
@@ -464,7 +450,7 @@ pub extern "C" fn pcc_accept_connection() -> u32 {
             sweep::free_slot(slot, expiry::SLOT_BUSY);
             let _ = CT_IN.remove(inbound);
             if flags & CT_FLAG_UNBOUND == 0 {
-                unbind(&endpoint);
+                unbind(&endpoint, inbound.dst_addr, inbound.dst_port);
             }
             if e as i32 == -EEXIST {
                 CLAIM_LOST
@@ -480,6 +466,11 @@ pub extern "C" fn pcc_accept_connection() -> u32 {
 /// whatever the remote one), else a new binding, on the host's own port when free (port
 /// preservation) and else on a random one. Returns `CT_FLAG_UNBOUND` as the second value when
 /// the connection holds no reference to a binding, or a `CLAIM_*` failure.
+///
+/// Every binding is its public endpoint's `NAT_BIND_IN` entry, which holds the references;
+/// only a binding that could not keep the host's port is also in `NAT_BIND_OUT`, to be found
+/// from the LAN endpoint. A preserved binding is found where it must be, on the host's own
+/// port: a new endpoint costs one binding insert, not two.
 #[inline(always)]
 fn map_endpoint(scratch: &mut Scratch) -> Result<(u16, u8), u32> {
     let claim = &scratch.claim;
@@ -501,32 +492,26 @@ fn map_endpoint(scratch: &mut Scratch) -> Result<(u16, u8), u32> {
         wan_id,
     };
     let endpoint = &scratch.endpoint;
-    if let Some(bound) = NAT_BIND_OUT.get_ptr_mut(endpoint) {
-        // SAFETY: a live entry of our map; address and port never change.
-        let (bound_addr, bound_port) = unsafe { ((*bound).nat_addr, (*bound).nat_port) };
-        if bound_addr == nat_addr {
-            scratch.reply_key = key.reply_key(nat_addr, bound_port);
-            return match CT_IN.insert(&scratch.reply_key, &*reply, NOEXIST) {
-                Ok(()) => {
-                    // SAFETY: a live entry; the count is only changed atomically.
-                    unsafe { atomic_add(&raw mut (*bound).refs, 1) };
-                    Ok((bound_port, 0))
-                }
-                // The router itself talks to this remote endpoint from the binding's port:
-                // another port would be a second mapping for the endpoint (RFC 4787 REQ-1).
-                Err(e) if e as i32 == -EEXIST => Err(CLAIM_NO_PORT),
-                Err(_) => Err(CLAIM_FULL),
-            };
+    // SAFETY: copied out at once.
+    if let Some(bound) = unsafe { NAT_BIND_OUT.get(endpoint) }.copied() {
+        scratch.public = PublicKey::new(bound.nat_addr, bound.nat_port, key.proto);
+        if bound.nat_addr == nat_addr
+            && let Some(held) = NAT_BIND_IN.get_ptr_mut(&scratch.public)
+            && holds(held, endpoint)
+        {
+            return reuse(scratch, held, bound.nat_port);
         }
-        // Bound to an address the WAN no longer has.
-        drop_binding(endpoint, bound_addr, bound_port);
+        // Bound to an address the WAN no longer has, or its public endpoint is gone.
+        drop_binding(endpoint, bound.nat_addr, bound.nat_port);
     }
+    let claim = &scratch.claim;
     let owner = &mut scratch.owner;
     owner.lan_addr = key.src_addr;
     owner.lan_port = key.src_port;
     owner.lan_id = first.lan_id;
     owner.wan_id = wan_id;
     owner.lan_mac = first.lan_mac;
+    owner.refs = 1;
     let orig_port = u16::from_be(key.src_port);
     for attempt in 0..NAT_PORT_TRIES {
         // SAFETY: helper without arguments.
@@ -535,16 +520,22 @@ fn map_endpoint(scratch: &mut Scratch) -> Result<(u16, u8), u32> {
             .nat_ports
             .candidate(orig_port, attempt, random)
             .to_be();
-        scratch.public = PublicKey {
-            nat_addr,
-            nat_port: port,
-            proto: key.proto,
-            _pad: 0,
-        };
+        scratch.public = PublicKey::new(nat_addr, port, key.proto);
         let public = &scratch.public;
+        let preserved = port == key.src_port;
         match NAT_BIND_IN.insert(public, &*owner, NOEXIST) {
             Ok(()) => {}
-            Err(e) if e as i32 == -EEXIST => continue,
+            Err(e) if e as i32 == -EEXIST => {
+                // The host's own port, held: by this very endpoint (its preserved binding),
+                // or by another one.
+                if preserved
+                    && let Some(held) = NAT_BIND_IN.get_ptr_mut(public)
+                    && holds(held, &scratch.endpoint)
+                {
+                    return reuse(scratch, held, port);
+                }
+                continue;
+            }
             Err(_) => return Err(CLAIM_FULL),
         }
         scratch.reply_key = key.reply_key(nat_addr, port);
@@ -559,16 +550,18 @@ fn map_endpoint(scratch: &mut Scratch) -> Result<(u16, u8), u32> {
                 return Err(CLAIM_FULL);
             }
         }
+        if preserved {
+            return Ok((port, 0));
+        }
         let binding = &mut scratch.binding;
         binding.nat_addr = nat_addr;
         binding.nat_port = port;
-        binding.refs = 1;
-        return match NAT_BIND_OUT.insert(endpoint, &*binding, NOEXIST) {
+        return match NAT_BIND_OUT.insert(&scratch.endpoint, &*binding, NOEXIST) {
             Ok(()) => Ok((port, 0)),
             // Another CPU bound the endpoint at this very moment (or the binding table is
             // full): this connection keeps its port towards its remote end, unbound.
             Err(_) => {
-                let _ = NAT_BIND_IN.remove(public);
+                let _ = NAT_BIND_IN.remove(&scratch.public);
                 Ok((port, CT_FLAG_UNBOUND))
             }
         };
@@ -576,38 +569,84 @@ fn map_endpoint(scratch: &mut Scratch) -> Result<(u16, u8), u32> {
     Err(CLAIM_NO_PORT)
 }
 
-/// Removes a binding and the public endpoint it holds.
+/// Whether the public endpoint whose `NAT_BIND_IN` entry is `held` belongs to `endpoint`.
+#[inline(always)]
+fn holds(held: *const Owner, endpoint: &BindKey) -> bool {
+    // SAFETY: a live entry of our map; these fields never change.
+    let (lan_addr, lan_port, wan_id) =
+        unsafe { ((*held).lan_addr, (*held).lan_port, (*held).wan_id) };
+    lan_addr == endpoint.lan_addr && lan_port == endpoint.lan_port && wan_id == endpoint.wan_id
+}
+
+/// A new connection on the endpoint's existing binding (`held`, on `port`): its reply entry,
+/// and a reference.
+#[inline(always)]
+fn reuse(scratch: &mut Scratch, held: *mut Owner, port: u16) -> Result<(u16, u8), u32> {
+    let claim = &scratch.claim;
+    scratch.reply_key = claim.key.reply_key(claim.nat_addr, port);
+    match CT_IN.insert(&scratch.reply_key, &scratch.reply, NOEXIST) {
+        Ok(()) => {
+            // SAFETY: a live entry; the count is only changed atomically.
+            unsafe { atomic_add(&raw mut (*held).refs, 1) };
+            Ok((port, 0))
+        }
+        // The router itself talks to this remote endpoint from the binding's port: another
+        // port would be a second mapping for the endpoint (RFC 4787 REQ-1).
+        Err(e) if e as i32 == -EEXIST => Err(CLAIM_NO_PORT),
+        Err(_) => Err(CLAIM_FULL),
+    }
+}
+
+/// Removes a binding: its public endpoint, if the endpoint still holds it, and its entry in
+/// `NAT_BIND_OUT`.
 #[inline(always)]
 fn drop_binding(endpoint: &BindKey, nat_addr: u32, nat_port: u16) {
-    let _ = NAT_BIND_IN.remove(&PublicKey {
-        nat_addr,
-        nat_port,
-        proto: endpoint.proto,
-        _pad: 0,
-    });
+    let public = PublicKey::new(nat_addr, nat_port, endpoint.proto);
+    if NAT_BIND_IN
+        .get_ptr(&public)
+        .is_some_and(|held| holds(held, endpoint))
+    {
+        let _ = NAT_BIND_IN.remove(&public);
+    }
     let _ = NAT_BIND_OUT.remove(endpoint);
 }
 
-/// Drops one connection's reference to its binding; the last one removes it. Two CPUs
-/// releasing and taking the last reference at the same instant may remove a binding still
-/// in use: its connections keep working (their reply entries hold their tuples), and the
-/// endpoint's next connection is bound afresh, most likely to the same port.
+/// [`unbind`] for the connection `key` (LAN side) on `wan_id`.
 #[inline(always)]
-fn unbind(endpoint: &BindKey) {
-    let Some(bound) = NAT_BIND_OUT.get_ptr_mut(endpoint) else {
+fn unbind_connection(key: &FlowKey, nat_addr: u32, nat_port: u16, wan_id: u8) {
+    let endpoint = BindKey {
+        lan_addr: key.src_addr,
+        lan_port: key.src_port,
+        proto: key.proto,
+        wan_id,
+    };
+    unbind(&endpoint, nat_addr, nat_port);
+}
+
+/// Drops one connection's reference to its binding, the public endpoint `nat_addr:nat_port`;
+/// the last one removes it. Two CPUs releasing and taking the last reference at the same
+/// instant may remove a binding still in use: its connections keep working (their reply
+/// entries hold their tuples), and the endpoint's next connection is bound afresh, most
+/// likely to the same port.
+#[inline(always)]
+fn unbind(endpoint: &BindKey, nat_addr: u32, nat_port: u16) {
+    let public = PublicKey::new(nat_addr, nat_port, endpoint.proto);
+    let Some(held) = NAT_BIND_IN.get_ptr_mut(&public) else {
         return;
     };
+    if !holds(held, endpoint) {
+        return;
+    }
     // SAFETY: a live entry of our map; the count is only changed atomically.
-    let (left, nat_addr, nat_port) = unsafe {
-        atomic_add(&raw mut (*bound).refs, u64::MAX);
-        (
-            core::ptr::read_volatile(&raw const (*bound).refs),
-            (*bound).nat_addr,
-            (*bound).nat_port,
-        )
+    let left = unsafe {
+        atomic_add(&raw mut (*held).refs, u64::MAX);
+        core::ptr::read_volatile(&raw const (*held).refs)
     };
     if left == 0 {
-        drop_binding(endpoint, nat_addr, nat_port);
+        let _ = NAT_BIND_IN.remove(&public);
+        if nat_port != endpoint.lan_port {
+            let _ = NAT_BIND_OUT.remove(endpoint);
+        }
     }
 }
 

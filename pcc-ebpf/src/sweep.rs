@@ -121,24 +121,24 @@ struct Walk {
 /// The sweep's timer: looks at the next `Config::sweep.batch` slots and wakes again in
 /// `SWEEP_TICK_NS`. The verifier wants 0 back.
 extern "C" fn tick(_map: *mut c_void, _key: *mut u32, state: *mut SweepState) -> i32 {
-    let Some(cfg) = CONFIG.get(0) else {
-        return 0;
-    };
     // SAFETY: the timer's own element of SWEEP; only this callback moves the cursor.
     unsafe {
-        let mut walk = Walk {
-            cursor: (*state).cursor,
-            slot_mask: cfg.sweep.slot_mask,
-            now: conntrack::now_ns(),
-        };
-        // bpf_loop: the verifier checks `step` once, whatever the slice's length.
-        bpf_loop(
-            cfg.sweep.batch,
-            step as *mut c_void,
-            (&raw mut walk).cast::<c_void>(),
-            0,
-        );
-        (*state).cursor = walk.cursor;
+        if let Some(cfg) = CONFIG.get(0) {
+            let mut walk = Walk {
+                cursor: (*state).cursor,
+                slot_mask: cfg.sweep.slot_mask,
+                now: conntrack::now_ns(),
+            };
+            // bpf_loop: the verifier checks `step` once, whatever the slice's length.
+            bpf_loop(
+                cfg.sweep.batch,
+                step as *mut c_void,
+                (&raw mut walk).cast::<c_void>(),
+                0,
+            );
+            (*state).cursor = walk.cursor;
+        }
+        // Always again: `armed` says the timer runs, and nothing else would restart it.
         bpf_timer_start(
             (&raw mut (*state).timer).cast::<aya_ebpf::bindings::bpf_timer>(),
             SWEEP_TICK_NS,

@@ -4,14 +4,12 @@
 //! whole. Needs root (loading BPF).
 use std::net::Ipv4Addr;
 
+use pcc_bench::testbed::{self, *};
 use pcc_common::{
     Counter,
     packet::{ETH_P_ARP, ETH_P_IPV6, Frame, L4, TCP_ACK, TCP_SYN, parse, reassemble},
 };
-use pcc_ctl::{
-    dataplane::Role,
-    testbed::{self, *},
-};
+use pcc_ctl::dataplane::Role;
 
 fn bed() -> TestBed {
     TestBed::new(1024).expect("loading BPF: run as root")

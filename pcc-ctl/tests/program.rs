@@ -4,12 +4,13 @@ mod rig;
 
 use std::net::Ipv4Addr;
 
+use pcc_bench::testbed::*;
 use pcc_common::{
     Counter, CtEvent, FlowKey, MAX_WANS,
     packet::{Frame, L4, TCP_ACK, TCP_SYN, ipv4_packet, parse},
     slots,
 };
-use pcc_ctl::{dataplane::Role, testbed::*};
+use pcc_ctl::dataplane::Role;
 use rig::*;
 
 #[test]

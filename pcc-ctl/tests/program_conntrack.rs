@@ -5,12 +5,13 @@ mod rig;
 
 use std::{net::Ipv4Addr, thread::sleep, time::Duration};
 
+use pcc_bench::testbed::*;
 use pcc_common::{
     BindKey, Counter, CtEvent, FlowKey, NatFiltering,
     conntrack::Timeouts,
     packet::{Frame, L4, TCP_ACK, TCP_FIN, TCP_SYN, parse},
 };
-use pcc_ctl::{dataplane::Role, testbed::*};
+use pcc_ctl::dataplane::Role;
 use rig::*;
 
 impl Rig {

@@ -3,11 +3,12 @@
 #![allow(dead_code)]
 use std::net::Ipv4Addr;
 
+use pcc_bench::testbed::*;
 use pcc_common::{
     Counter,
     packet::{Frame, L4, TcpSegment},
 };
-use pcc_ctl::{dataplane::Role, testbed::*};
+use pcc_ctl::dataplane::Role;
 
 /// The shared test bed, with assertions instead of errors.
 pub struct Rig(TestBed);

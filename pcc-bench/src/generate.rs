@@ -25,7 +25,7 @@ use pcc_common::{
     packet::{Frame, L4},
 };
 
-use crate::dataplane::PROGRAM;
+use pcc_ctl::dataplane::PROGRAM;
 
 const USAGE: &str = "pcc-bench generate IFACE --count N --src-mac MAC --dst-mac MAC --src ADDR \
                      [--dport PORT] [--rate PPS] [--batch B] [--seconds S]";

@@ -14,7 +14,7 @@ use pcc_common::{
     slots,
 };
 
-use crate::{
+use pcc_ctl::{
     dataplane::{Dataplane, Role},
     maps::Maps,
 };

@@ -60,8 +60,8 @@ fn main() {
         .as_slice()
     {
         ["attach", kind, iface] => attach(kind, iface),
-        ["program", rest @ ..] => pcc_ctl::bench::program_costs(rest),
-        ["generate", rest @ ..] => pcc_ctl::generate::generate_cmd(rest),
+        ["program", rest @ ..] => pcc_bench::bench::program_costs(rest),
+        ["generate", rest @ ..] => pcc_bench::generate::generate_cmd(rest),
         _ => Err(anyhow::anyhow!(
             "usage: pcc-bench attach drop|sink IFACE | pcc-bench program [--samples N] [--quick] [--amortized] | pcc-bench generate IFACE --count N --src-mac MAC --dst-mac MAC --src ADDR [--rate PPS] [--batch B] [--seconds S]"
         )),

@@ -1,6 +1,9 @@
-//! Building and checking Ethernet/IPv4 frames on the host: fixtures for the program tests,
-//! benchmarks and fuzzers. Checksums are computed in full here, never incrementally, so they
-//! are an independent check on the dataplane's RFC 1624 updates.
+//! Building and checking Ethernet/IPv4 frames on the host: the controller's failover resets
+//! ([`crate::failover::reset_frame`]) and the fixtures of the program tests, benchmarks and
+//! fuzzers. Checksums are computed in full here, never incrementally, so they are an
+//! independent check on the dataplane's RFC 1624 updates. What only tests use (fragmenting,
+//! reassembling, parsing and checking frames, raw IPv4 packets, MSS options) is behind the
+//! `testing` feature, which only the test and benchmark crates enable.
 use std::net::Ipv4Addr;
 
 use crate::{
@@ -90,6 +93,7 @@ impl TcpSegment {
     }
 }
 
+#[cfg(feature = "testing")]
 /// The TCP option carrying a maximum segment size (RFC 879).
 pub fn mss_option(mss: u16) -> [u8; 4] {
     let [hi, lo] = mss.to_be_bytes();
@@ -164,6 +168,7 @@ impl L4 {
     }
 }
 
+#[cfg(feature = "testing")]
 /// An IPv4 header (type of service 0) plus `payload`, with a valid header checksum.
 pub fn ipv4_packet(
     src: Ipv4Addr,
@@ -226,6 +231,7 @@ impl Frame {
     }
 }
 
+#[cfg(feature = "testing")]
 impl Frame {
     /// The frame split into IP fragments of at most `chunk` payload bytes each (rounded down
     /// to the 8-byte unit of fragment offsets, RFC 791), each with a valid header checksum.
@@ -264,6 +270,7 @@ impl Frame {
     }
 }
 
+#[cfg(feature = "testing")]
 /// Reassembles the frames of one fragmented datagram (any order) into a single unfragmented
 /// frame, to [`parse`] and check as a whole. `None` if a header is not IPv4, the fragments
 /// disagree on addresses, protocol or ID, or a piece is missing.
@@ -320,6 +327,7 @@ pub fn reassemble(frames: &[Vec<u8>]) -> Option<Vec<u8>> {
     Some(f)
 }
 
+#[cfg(feature = "testing")]
 /// What a frame says, with every checksum verified from scratch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Parsed {
@@ -340,10 +348,12 @@ pub struct Parsed {
     pub l4: Vec<u8>,
 }
 
+#[cfg(feature = "testing")]
 fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
 }
 
+#[cfg(feature = "testing")]
 /// Parses an Ethernet/IPv4 frame (no options); `None` if it is not one.
 pub fn parse(frame: &[u8]) -> Option<Parsed> {
     if frame.len() < 34 || be16(frame, 12) != ETH_P_IP || frame[14] != 0x45 {

@@ -188,8 +188,7 @@ impl Dataplane {
             .try_into()?)
     }
 
-    /// Any program of the object by name, loaded on first use (the benchmark-only ones are
-    /// not loaded by `load`).
+    /// Any program of the object by name, loaded on first use.
     pub fn named_program(&mut self, name: &str) -> Result<&mut Xdp> {
         let prog: &mut Xdp = self
             .ebpf

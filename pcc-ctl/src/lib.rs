@@ -1,13 +1,11 @@
 //! pcc's controller: learns the ports from the kernel, loads and feeds the XDP dataplane,
 //! collects expired connections and serves metrics. `main.rs` is the command line on top.
 pub mod api;
-pub mod bench;
 pub mod cli;
 pub mod conntrack;
 pub mod dataplane;
 pub mod down;
 pub mod failover;
-pub mod generate;
 pub mod guard;
 pub mod health;
 pub mod lock;
@@ -22,6 +20,5 @@ pub mod quota;
 pub mod relink;
 pub mod routes;
 pub mod show;
-pub mod testbed;
 pub mod up;
 pub mod wan;

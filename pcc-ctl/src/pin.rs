@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 pub const PIN_ROOT: &str = "/sys/fs/bpf/pcc";
 const STATE_DIR: &str = "/run/pcc";
 
-/// The maps that are pinned (all of the dataplane's own; the benchmark programs' are not).
+/// The maps that are pinned: all of the dataplane's own.
 pub const PINNED_MAPS: [&str; 22] = [
     "CONFIG",
     "WANS",

@@ -4,12 +4,13 @@
 //! checksums are as valid as the input's, leaving by a WAN address (LAN side) or going to a
 //! LAN host (WAN side): no LAN address leaks, no rewrite breaks a checksum. Seeded, so a
 //! failure repeats; `PCC_FUZZ_ITERATIONS` and `PCC_FUZZ_SEED` change the run. Needs root.
+use pcc_bench::testbed::*;
 use pcc_common::{
     csum,
     packet::{Frame, L4, parse},
     proto::{IPPROTO_ICMP, IPPROTO_TCP, TCP_ACK, TCP_SYN},
 };
-use pcc_ctl::{dataplane::Role, testbed::*};
+use pcc_ctl::dataplane::Role;
 
 /// xorshift64*: enough randomness for mutation, and no dependency.
 struct Rng(u64);

@@ -4,15 +4,13 @@
 //! whole. Needs root (loading BPF).
 use std::net::Ipv4Addr;
 
+use pcc_bench::testbed::{self, *};
 use pcc_common::{
     Counter,
     packet::{ETH_P_ARP, ETH_P_IPV6, Frame, L4, parse, reassemble},
     proto::{TCP_ACK, TCP_SYN},
 };
-use pcc_ctl::{
-    dataplane::Role,
-    testbed::{self, *},
-};
+use pcc_ctl::dataplane::Role;
 
 fn bed() -> TestBed {
     TestBed::new(1024).expect("loading BPF: run as root")

@@ -10,13 +10,14 @@ mod rig;
 
 use std::net::Ipv4Addr;
 
+use pcc_bench::testbed::*;
 use pcc_common::{
     Counter, CtEvent, MAX_WANS,
     packet::{Frame, L4, ipv4_packet, parse},
     proto::{IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     slots,
 };
-use pcc_ctl::{dataplane::Role, testbed::*};
+use pcc_ctl::dataplane::Role;
 use rig::*;
 
 fn udp(sport: u16, dport: u16, payload: &[u8]) -> L4 {

@@ -9,6 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use pcc_bench::testbed::*;
 use pcc_common::{
     BindKey, Counter, CtEvent, FlowKey, NatFiltering, PublicKey,
     conntrack::Timeouts,
@@ -16,7 +17,7 @@ use pcc_common::{
     packet::{Frame, L4, parse},
     proto::{TCP_ACK, TCP_FIN, TCP_SYN},
 };
-use pcc_ctl::{dataplane::Role, testbed::*};
+use pcc_ctl::dataplane::Role;
 use rig::*;
 
 impl Rig {

@@ -7,6 +7,7 @@ mod rig;
 
 use std::net::Ipv4Addr;
 
+use pcc_bench::testbed::*;
 use pcc_common::{
     Counter,
     failover::{Endpoint, reset_frame},
@@ -16,7 +17,6 @@ use pcc_common::{
 use pcc_ctl::{
     dataplane::Role,
     failover::{Resets, reset_wan},
-    testbed::*,
 };
 use rig::*;
 

@@ -6,12 +6,13 @@ mod rig;
 
 use std::net::Ipv4Addr;
 
+use pcc_bench::testbed::*;
 use pcc_common::{
     CT_TCP_RST, CT_TCP_SYN, Counter, FlowKey,
     packet::{Frame, L4, TcpSegment, mss_option, parse},
     proto::{IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN},
 };
-use pcc_ctl::{dataplane::Role, testbed::*};
+use pcc_ctl::dataplane::Role;
 use rig::*;
 
 impl Rig {

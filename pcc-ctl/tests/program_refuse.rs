@@ -6,13 +6,14 @@ mod rig;
 
 use std::{net::Ipv4Addr, time::Instant};
 
+use pcc_bench::testbed::*;
 use pcc_common::{
     Counter, NatPortRange,
     packet::{Frame, L4},
     proto::TCP_SYN,
     ratelimit::ICMP_ANSWER_BURST,
 };
-use pcc_ctl::{dataplane::Role, testbed::*};
+use pcc_ctl::dataplane::Role;
 use rig::*;
 
 /// Destination unreachable, communication administratively prohibited (RFC 1812 5.2.7.1).

@@ -6,12 +6,13 @@ mod rig;
 
 use std::net::Ipv4Addr;
 
+use pcc_bench::testbed::*;
 use pcc_common::{
     CT_TCP_RST, CT_TCP_SYN, Counter, FlowKey, LAN_ROUTER,
     packet::{Frame, L4, parse},
     proto::{TCP_ACK, TCP_RST, TCP_SYN},
 };
-use pcc_ctl::{dataplane::Role, testbed::*};
+use pcc_ctl::dataplane::Role;
 use rig::*;
 
 const TC_ACT_OK: i32 = 0;

@@ -6,13 +6,14 @@ mod rig;
 
 use std::net::Ipv4Addr;
 
+use pcc_bench::testbed::*;
 use pcc_common::{
     Counter,
     packet::{Frame, parse},
     proto::{TCP_ACK, TCP_SYN},
     route::{NeighbourKey, ROUTE_KERNEL, ROUTE_WAN, ROUTE_WAN_GATEWAY, Route},
 };
-use pcc_ctl::{dataplane::Role, testbed::*};
+use pcc_ctl::dataplane::Role;
 use rig::*;
 
 /// A host in wan0's connected subnet with its own MAC: the modem's web page.

@@ -1,4 +1,15 @@
-//! Programs for benchmarks only; `pcc-ctl up` never loads them.
+//! Programs for benchmarks only, their own object (the `bench` binary, built by
+//! `pcc-bench/build.rs`): the dataplane object `pcc-ctl` loads does not contain them.
+#![no_std]
+#![no_main]
+
+// The dataplane's header checks; the benchmark programs use a few of them.
+#[expect(
+    dead_code,
+    reason = "the dataplane's parsers, which these programs do not use"
+)]
+mod parse;
+
 use aya_ebpf::{
     Global,
     bindings::xdp_action,
@@ -10,7 +21,7 @@ use aya_ebpf::{
 
 use pcc_common::{csum, generator};
 
-use crate::parse::{ETH_LEN, ETH_P_IP, EthHdr, Ipv4Hdr, L4_OFF, UdpHdr, frame_len, ptr_at};
+use parse::{ETH_LEN, ETH_P_IP, EthHdr, Ipv4Hdr, L4_OFF, UdpHdr, frame_len, ptr_at};
 
 /// `[packets, bytes]` the sink dropped, per CPU.
 #[map]
@@ -124,3 +135,12 @@ pub fn bench_gen(ctx: XdpContext) -> u32 {
     }
     xdp_action::XDP_TX
 }
+
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -7,7 +7,6 @@
 #![expect(internal_features, reason = "the BPF atomics")]
 #![feature(core_intrinsics)]
 
-mod bench;
 mod conntrack;
 mod fib;
 mod frag;

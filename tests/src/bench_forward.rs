@@ -522,7 +522,7 @@ pub fn forward(opts: &ForwardOpts) -> Result<ForwardReport> {
     let bench = pcc_ctl.with_file_name("pcc-bench");
     ensure!(
         bench.is_file(),
-        "{} not found (cargo build --release -p pcc-ctl)",
+        "{} not found (cargo build --release -p pcc-bench)",
         bench.display()
     );
     let lab = Lab::builder().clients(1).pcc_ctl(&pcc_ctl).build()?;

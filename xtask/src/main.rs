@@ -86,7 +86,7 @@ pub(crate) fn setup() -> Result<()> {
     status(cmd, "bash xtask/setup.sh")
 }
 
-/// Unless `no_build`: installs what is missing and builds pcc-ctl. Returns the binary the
+/// Unless `no_build`: installs what is missing and builds pcc-ctl and pcc-bench. Returns the binary the
 /// lab should run, unless `$PCC_CTL` already names one.
 pub(crate) fn prepare(no_build: bool) -> Result<Option<PathBuf>> {
     if no_build {
@@ -102,10 +102,12 @@ pub(crate) fn benchmarks_file(out: Option<PathBuf>) -> PathBuf {
     out.unwrap_or_else(|| root().join("BENCHMARKS.md"))
 }
 
+/// Builds pcc-ctl and, beside it, `pcc-bench` (the benchmarks' generator, sinks and program
+/// costs, its own crate); returns pcc-ctl's path.
 pub(crate) fn build_pcc_ctl() -> Result<PathBuf> {
     let mut cmd = cargo();
-    cmd.args(["build", "--release", "-p", "pcc-ctl"]);
-    status(cmd, "cargo build --release -p pcc-ctl")?;
+    cmd.args(["build", "--release", "-p", "pcc-ctl", "-p", "pcc-bench"]);
+    status(cmd, "cargo build --release -p pcc-ctl -p pcc-bench")?;
     Ok(target_dir().join("release/pcc-ctl"))
 }
 

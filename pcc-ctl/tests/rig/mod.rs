@@ -3,12 +3,13 @@
 #![allow(dead_code)]
 use std::net::Ipv4Addr;
 
+use pcc_bench::testbed::*;
 use pcc_common::{
     Counter, FlowKey,
     packet::{Frame, L4, TcpSegment},
     proto::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
 };
-use pcc_ctl::{dataplane::Role, testbed::*};
+use pcc_ctl::dataplane::Role;
 
 /// The shared test bed, with assertions instead of errors.
 pub struct Rig(TestBed);

@@ -1,10 +1,14 @@
 //! A dataplane loaded but attached nowhere, configured with one LAN and two WANs on `lo` (more
 //! LANs with [`TestBed::set_lan`]), to run the programs on crafted frames with
-//! BPF_PROG_TEST_RUN: the program tests and the program benchmarks share it. Needs root.
+//! BPF_PROG_TEST_RUN: the program tests and the program benchmarks share it; the benchmark
+//! programs (`bench_*`, their own object) run beside the dataplane's. Needs root.
 use std::{net::Ipv4Addr, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
-use aya::{TestRunOptions, programs::TestRun as _};
+use aya::{
+    Ebpf, EbpfLoader, TestRunOptions,
+    programs::{TestRun as _, Xdp},
+};
 use pcc_common::{
     Classifier, Config, LAN_DEVMAP_BASE, LanInfo, MAX_WANS, NatPortRange, SLOT_TABLE_SIZE,
     WAN_FLAG_UP, WanInfo,
@@ -14,10 +18,12 @@ use pcc_common::{
     slots,
 };
 
-use crate::{
+use pcc_ctl::{
     dataplane::{Dataplane, Role},
     maps::Maps,
 };
+
+use crate::{BENCH_PROGRAMS, xdp_program};
 
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
 pub const CLIENT2_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x12];
@@ -46,6 +52,8 @@ pub struct TestBed {
     pub dataplane: Dataplane,
     pub maps: Maps,
     pub nat_ports: NatPortRange,
+    /// The benchmark object, loaded when a `bench_*` program first runs.
+    bench: Option<Ebpf>,
 }
 
 impl TestBed {
@@ -92,6 +100,7 @@ impl TestBed {
             dataplane,
             maps,
             nat_ports,
+            bench: None,
         };
         bed.set_lan(0, LO, LAN_ADDR, LAN_MAC)?;
         Ok(bed)
@@ -159,7 +168,8 @@ impl TestBed {
         self.run_at(role.program(), ifindex, frame, 1)
     }
 
-    /// Like [`run`](Self::run) for any program of the object (e.g. the `bench_drop` floor).
+    /// Like [`run`](Self::run) for any program of the dataplane, or a benchmark program (e.g.
+    /// the `bench_drop` floor).
     pub fn run_named(&mut self, program: &str, frame: &[u8]) -> Result<(u32, Vec<u8>, Duration)> {
         self.run_repeated(program, frame, 1)
     }
@@ -187,7 +197,7 @@ impl TestBed {
         let mut ctx = [0u8; 24];
         ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
         ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
-        let prog = self.dataplane.named_program(program)?;
+        let prog = self.xdp(program)?;
         let options = TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
@@ -198,6 +208,22 @@ impl TestBed {
         let result = prog.test_run(options).context("BPF_PROG_TEST_RUN")?;
         out.truncate(result.data_size_out as usize);
         Ok((result.return_value, out, result.duration))
+    }
+
+    /// XDP program `name`: a `bench_*` one from the benchmark object, else the dataplane's.
+    fn xdp(&mut self, name: &str) -> Result<&mut Xdp> {
+        if !name.starts_with("bench_") {
+            return self.dataplane.named_program(name);
+        }
+        let bench = match &mut self.bench {
+            Some(bench) => bench,
+            bench @ None => bench.insert(
+                EbpfLoader::new()
+                    .load(BENCH_PROGRAMS)
+                    .context("loading the benchmark object")?,
+            ),
+        };
+        xdp_program(bench, name)
     }
 
     /// Runs the TC egress hook once on `frame` leaving `lo` (where the WANs are): the TC action.

@@ -2,11 +2,11 @@
 //! (BPF_PROG_TEST_RUN). Needs root (loading BPF).
 use std::net::Ipv4Addr;
 
+use pcc_bench::generate::{GenerateOpts, Generator, generate};
 use pcc_common::{
     generator::{GEN_FLOWS, flow},
     packet::{Frame, L4, parse},
 };
-use pcc_ctl::generate::{GenerateOpts, Generator, generate};
 
 const XDP_TX: u32 = 3;
 

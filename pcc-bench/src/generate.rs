@@ -1,5 +1,5 @@
 //! `pcc-bench generate`: a packet generator for `cargo xtask bench forward`, built on the
-//! dataplane object's `bench_gen` program and BPF_PROG_TEST_RUN's live-frames mode
+//! benchmark object's `bench_gen` program and BPF_PROG_TEST_RUN's live-frames mode
 //! (BPF_F_TEST_XDP_LIVE_FRAMES, Linux 5.18).
 //!
 //! The kernel runs `bench_gen` on page-pool frames initialised from one 64-byte UDP frame
@@ -25,7 +25,7 @@ use pcc_common::{
     packet::{Frame, L4},
 };
 
-use crate::dataplane::PROGRAM;
+use crate::{BENCH_PROGRAMS, xdp_program};
 
 const USAGE: &str = "pcc-bench generate IFACE --count N --src-mac MAC --dst-mac MAC --src ADDR \
                      [--dport PORT] [--rate PPS] [--batch B] [--seconds S]";
@@ -189,8 +189,8 @@ impl Generator {
             .override_global("GEN_HEADERS", &headers, true)
             .override_global("GEN_INTERVAL_NS", &interval_ns, true)
             .override_global("GEN_COUNT", &opts.count, true)
-            .load(PROGRAM)
-            .context("loading the BPF object")?;
+            .load(BENCH_PROGRAMS)
+            .context("loading the benchmark object")?;
         let state = Array::try_from(ebpf.take_map("GEN_STATE").context("no GEN_STATE map")?)?;
         let mut generator = Generator {
             ebpf,
@@ -200,16 +200,13 @@ impl Generator {
         };
         generator.ctx[4..8].copy_from_slice(&(generator.frame.len() as u32).to_ne_bytes());
         generator.ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
-        generator.program()?.load().context("loading bench_gen")?;
+        generator.program()?;
         Ok(generator)
     }
 
+    /// `bench_gen`, loaded on first use (by [`load`](Self::load)).
     fn program(&mut self) -> Result<&mut Xdp> {
-        Ok(self
-            .ebpf
-            .program_mut("bench_gen")
-            .context("program bench_gen missing from the BPF object")?
-            .try_into()?)
+        xdp_program(&mut self.ebpf, "bench_gen")
     }
 
     /// Frames sent so far (the program returned XDP_TX).

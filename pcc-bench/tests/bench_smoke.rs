@@ -1,7 +1,7 @@
 //! Smoke run of the program benchmark: it runs, produces every figure, asserts no timing.
 #[test]
 fn program_benchmark_produces_every_figure() {
-    let report = pcc_ctl::bench::measure_all(200, &[0, 10_000]).expect("program benchmark");
+    let report = pcc_bench::bench::measure_all(200, &[0, 10_000]).expect("program benchmark");
     assert_eq!(
         report.costs.len(),
         8,

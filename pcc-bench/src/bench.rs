@@ -20,7 +20,9 @@ use pcc_common::{
 };
 use serde::Serialize;
 
-use crate::{dataplane::Role, testbed::*};
+use pcc_ctl::dataplane::Role;
+
+use crate::testbed::*;
 
 #[derive(Serialize, serde::Deserialize)]
 pub struct Cost {

@@ -1,4 +1,4 @@
-//! pcc-bench: benchmark helpers that need the BPF object (run as root by `cargo xtask bench`).
+//! pcc-bench: benchmark helpers that need the BPF objects (run as root by `cargo xtask bench`).
 //!
 //! `pcc-bench attach drop|sink IFACE` attaches the XDP_DROP floor or the counting sink in
 //! native mode until SIGINT/SIGTERM, then prints `{"packets":N,"bytes":N}`.
@@ -8,12 +8,8 @@
 //! [--batch B] [--seconds S]` sends 64-byte UDP frames over 6400 flows out of IFACE with the
 //! `bench_gen` program in live-frames mode, then prints what it sent as JSON.
 use anyhow::{Context as _, Result, bail};
-use aya::{
-    EbpfLoader,
-    maps::PerCpuArray,
-    programs::{Xdp, XdpMode},
-};
-use pcc_ctl::dataplane::PROGRAM;
+use aya::{EbpfLoader, maps::PerCpuArray, programs::XdpMode};
+use pcc_bench::{BENCH_PROGRAMS, xdp_program};
 
 fn attach(kind: &str, iface: &str) -> Result<()> {
     let name = match kind {
@@ -22,13 +18,9 @@ fn attach(kind: &str, iface: &str) -> Result<()> {
         other => bail!("unknown program {other} (drop or sink)"),
     };
     let mut ebpf = EbpfLoader::new()
-        .load(PROGRAM)
-        .context("loading the BPF object")?;
-    let prog: &mut Xdp = ebpf
-        .program_mut(name)
-        .context("program missing")?
-        .try_into()?;
-    prog.load()?;
+        .load(BENCH_PROGRAMS)
+        .context("loading the benchmark object")?;
+    let prog = xdp_program(&mut ebpf, name)?;
     prog.attach(iface, XdpMode::Driver)
         .with_context(|| format!("attaching {name} to {iface}"))?;
     println!("attached");
@@ -60,8 +52,8 @@ fn main() {
         .as_slice()
     {
         ["attach", kind, iface] => attach(kind, iface),
-        ["program", rest @ ..] => pcc_ctl::bench::program_costs(rest),
-        ["generate", rest @ ..] => pcc_ctl::generate::generate_cmd(rest),
+        ["program", rest @ ..] => pcc_bench::bench::program_costs(rest),
+        ["generate", rest @ ..] => pcc_bench::generate::generate_cmd(rest),
         _ => Err(anyhow::anyhow!(
             "usage: pcc-bench attach drop|sink IFACE | pcc-bench program [--samples N] [--quick] [--amortized] | pcc-bench generate IFACE --count N --src-mac MAC --dst-mac MAC --src ADDR [--rate PPS] [--batch B] [--seconds S]"
         )),

@@ -7,7 +7,7 @@ use pcc_common::{
     conntrack::Timeouts, health::ProbeParams,
 };
 
-use crate::failover;
+use crate::balance::failover;
 
 #[derive(Parser, Debug)]
 #[command(

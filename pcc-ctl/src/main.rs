@@ -1,6 +1,10 @@
 //! pcc-ctl: the controller and command line of pcc.
 use clap::Parser as _;
-use pcc_ctl::{cli, down, quota, show, up};
+use pcc_ctl::{
+    cli,
+    commands::{down, quota, show},
+    daemon as up,
+};
 
 fn main() {
     // netlink_proto warns about every event that arrives while its stream shuts down.

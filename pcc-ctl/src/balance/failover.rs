@@ -16,7 +16,9 @@ use pcc_common::{
     failover::{Endpoint, reset_frame},
 };
 
-use crate::{conntrack::forget_connection, maps::Maps, up::Shared, wan::WanView};
+use crate::{
+    balance::wan::WanView, daemon::Shared, kernel::conntrack::forget_connection, kernel::maps::Maps,
+};
 
 /// Default `--failover-grace` in seconds; see the README ("Health checking and failover").
 /// Longer than a blip pcc notices (down after 0.6 s without replies, up again only after 1 s
@@ -296,7 +298,7 @@ mod tests {
     use super::*;
 
     fn wan(id: u8, up: bool) -> WanView {
-        crate::wan::tests::wan(id, false, up)
+        crate::balance::wan::tests::wan(id, false, up)
     }
 
     #[test]

@@ -1,4 +1,6 @@
 //! `pcc-ctl up`: learn the ports, load and attach the dataplane, keep it fed until a signal.
+pub mod relink;
+
 use std::{
     collections::HashSet,
     io::Write as _,
@@ -16,24 +18,25 @@ use pcc_common::{Config, MAX_LANS, MAX_WANS, Method, NatFiltering, NatPortRange,
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::{
+    balance::failover::Failover,
+    balance::health::{Clock, HealthTable, Probers, WanHealth},
+    balance::policy::{self, ConfigFile, Policy},
+    balance::quota::{self, Meter},
+    balance::wan::{self, WanView},
     cli::{self, UpArgs, XdpModeArg},
-    conntrack::{self, GcReport},
-    dataplane::{Attached, Dataplane, Role},
-    failover::Failover,
-    guard::{ForwardGuard, GuardSpec},
-    health::{Clock, HealthTable, Probers, WanHealth},
-    lock::InterfaceLocks,
-    maps::Maps,
-    metrics::{self, Metrics},
-    netlink::{Ipv4Net, Link, Netlink},
-    offload::{self, Offloads},
-    peer,
-    pin::{self, PinnedState, Pins},
-    policy::{self, ConfigFile, Policy},
-    quota::{self, Meter},
-    relink::{self, LanView, Ports},
-    routes::{self, Routing},
-    wan::{self, DefaultRoutes, WanView},
+    daemon::relink::{LanView, Ports},
+    http::metrics::{self, Metrics},
+    kernel::conntrack::{self, GcReport},
+    kernel::dataplane::{Attached, Dataplane, Role},
+    kernel::default_routes::DefaultRoutes,
+    kernel::guard::{ForwardGuard, GuardSpec},
+    kernel::lock::InterfaceLocks,
+    kernel::maps::Maps,
+    kernel::netlink::{Ipv4Net, Link, Netlink},
+    kernel::offload::{self, Offloads},
+    kernel::peer,
+    kernel::pin::{self, PinnedState, Pins},
+    kernel::routes::{self, Routing},
 };
 
 /// Quota usage goes to disk every this many refreshes (seconds): a crash loses at most that.

@@ -4,9 +4,9 @@ use std::{fmt::Write as _, net::SocketAddr};
 use anyhow::{Context as _, Result};
 
 use crate::{
-    api::{Flow, Status},
+    balance::wan::unix_now,
     cli::{FlowsArgs, StatusArgs},
-    wan::unix_now,
+    http::api::{Flow, Status},
 };
 
 fn get(api: SocketAddr, path: &str) -> Result<String> {
@@ -157,7 +157,7 @@ pub fn flows(args: &FlowsArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{TargetStatus, WanStatus};
+    use crate::http::api::{TargetStatus, WanStatus};
 
     fn target(addr: [u8; 4], state: &str, rtt_ms: Option<f64>) -> TargetStatus {
         TargetStatus {

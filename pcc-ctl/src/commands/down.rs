@@ -6,12 +6,12 @@ use anyhow::Result;
 
 use crate::{
     cli::DownArgs,
-    guard,
-    lock::InterfaceLocks,
-    netlink::Netlink,
-    offload::{self, Offloads},
-    pin::Pins,
-    wan::DefaultRoutes,
+    kernel::default_routes::DefaultRoutes,
+    kernel::guard,
+    kernel::lock::InterfaceLocks,
+    kernel::netlink::Netlink,
+    kernel::offload::{self, Offloads},
+    kernel::pin::Pins,
 };
 
 pub async fn run(args: DownArgs) -> Result<()> {

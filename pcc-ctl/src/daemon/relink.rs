@@ -18,17 +18,17 @@ use anyhow::Context as _;
 use pcc_common::{LAN_DEVMAP_BASE, LanInfo};
 
 use crate::{
+    balance::health::WanHealth,
+    balance::wan::WanView,
     cli::{UpArgs, XdpModeArg},
-    conntrack,
-    dataplane::{Attached, Dataplane, Role},
-    health::WanHealth,
-    maps::Maps,
-    netlink::{Ipv4Net, Link, Netlink},
-    offload::{Offload, Offloads},
-    peer,
-    pin::Pins,
-    up::Shared,
-    wan::WanView,
+    daemon::Shared,
+    kernel::conntrack,
+    kernel::dataplane::{Attached, Dataplane, Role},
+    kernel::maps::Maps,
+    kernel::netlink::{Ipv4Net, Link, Netlink},
+    kernel::offload::{Offload, Offloads},
+    kernel::peer,
+    kernel::pin::Pins,
 };
 
 /// What a WAN looked like before a link refresh.

@@ -23,7 +23,7 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
 
-use crate::wan::WanView;
+use crate::balance::wan::WanView;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -153,7 +153,7 @@ pub fn unix_now() -> u64 {
 }
 
 /// Days since 1970-01-01 -> (year, month 1..=12, day 1..=31) (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
+pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -359,42 +359,6 @@ impl Meter {
         }
         changed
     }
-}
-
-/// `pcc-ctl quota --lan LAN [--set WAN=SIZE]`: shows the saved usage, or asks the running
-/// controller to set a WAN's usage (to match the ISP's own meter).
-pub fn command(state_file: &Path, set: &[(String, String)]) -> Result<()> {
-    if !set.is_empty() {
-        let mut req = Vec::new();
-        for (wan, size) in set {
-            let bytes = parse_size(size)
-                .with_context(|| format!("`{size}` is not a size like \"350 GB\""))?;
-            req.push((wan.clone(), bytes));
-        }
-        let set_path = state_file.with_extension("set.json");
-        std::fs::write(&set_path, serde_json::to_string(&req)?)
-            .with_context(|| format!("cannot write {}", set_path.display()))?;
-        println!("pcc-ctl: usage set requested; the running controller applies it within a second");
-        return Ok(());
-    }
-    let text = std::fs::read_to_string(state_file).with_context(|| {
-        format!(
-            "no quota usage in {} (no quotas configured, or pcc-ctl up never ran with them)",
-            state_file.display()
-        )
-    })?;
-    let usage: Vec<Usage> = serde_json::from_str(&text)?;
-    println!("{:<10} {:>16} {:>20}", "WAN", "used", "cycle since (UTC)");
-    for u in usage {
-        let (y, m, d) = civil_from_days((u.cycle_start_unix / 86_400) as i64);
-        println!(
-            "{:<10} {:>13.3} GB {:>14}-{m:02}-{d:02}",
-            u.wan,
-            u.used_bytes as f64 / 1e9,
-            y
-        );
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use aya::{
     },
 };
 
-use crate::{cli::XdpModeArg, maps::Maps, pin::Pins};
+use crate::{cli::XdpModeArg, kernel::maps::Maps, kernel::pin::Pins};
 
 /// The compiled `pcc-ebpf` object, embedded at build time by `build.rs` (aya-build).
 pub static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pcc"));
@@ -87,7 +87,7 @@ impl Dataplane {
             .map_max_entries("HOST_CONNECTIONS", max_connections.min(MAX_TRACKED_HOSTS))
             .map_max_entries("ROUTER_TIMERS", max_connections.min(MAX_ROUTER_TUPLES));
         if let Some(pins) = pins {
-            for name in crate::pin::PINNED_MAPS {
+            for name in crate::kernel::pin::PINNED_MAPS {
                 loader.map_pin_path(name, pins.map_path(name));
             }
         }

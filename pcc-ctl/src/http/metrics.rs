@@ -15,7 +15,7 @@ use prometheus::{
     Encoder as _, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::{api::TargetStatus, up::Shared};
+use crate::{daemon::Shared, http::api::TargetStatus};
 
 pub struct Metrics {
     registry: Registry,
@@ -471,8 +471,8 @@ pub async fn bind(addr: SocketAddr, shared: Arc<Shared>) -> Result<impl Future<O
         .with_context(|| format!("cannot listen on {addr} for metrics"))?;
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
-        .route("/api/status", get(crate::api::status_handler))
-        .route("/api/flows", get(crate::api::flows_handler))
+        .route("/api/status", get(crate::http::api::status_handler))
+        .route("/api/flows", get(crate::http::api::flows_handler))
         .with_state(shared);
     Ok(async move {
         if let Err(e) = axum::serve(listener, app).await {

@@ -13,7 +13,7 @@ use pcc_common::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{conntrack::monotonic_ns, health::Target, up::Shared};
+use crate::{balance::health::Target, daemon::Shared, kernel::conntrack::monotonic_ns};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct WanStatus {

@@ -2,7 +2,8 @@
 //! collects expired connections and serves metrics. `main.rs` is the command line on top.
 //!
 //! By role:
-//! - `cli`: the command line (clap), nothing else.
+//! - `cli`: the command line (clap), nothing else; `config`: `up`'s arguments as one checked
+//!   `Config` with each WAN's settings (nothing below it sees clap).
 //! - `daemon`: `pcc-ctl up`: the start-up order, the event loop, link following.
 //! - `balance`: what decides where connections go: the WAN view, policies, quotas, health,
 //!   failover.
@@ -14,6 +15,7 @@ pub mod balance;
 pub mod bench;
 pub mod cli;
 pub mod commands;
+pub mod config;
 pub mod daemon;
 pub mod generate;
 pub mod http;

@@ -2,7 +2,6 @@
 pub mod relink;
 
 use std::{
-    collections::HashSet,
     io::Write as _,
     net::Ipv4Addr,
     sync::{
@@ -14,7 +13,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use futures::{FutureExt as _, StreamExt as _};
-use pcc_common::{Config, MAX_LANS, MAX_WANS, Method, NatFiltering, NatPortRange, WanInfo};
+use pcc_common::{Config as DataplaneConfig, MAX_WANS, Method, WanInfo};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::{
@@ -23,7 +22,7 @@ use crate::{
     balance::policy::{self, ConfigFile, Policy},
     balance::quota::{self, Meter},
     balance::wan::{self, WanView},
-    cli::{self, UpArgs, XdpModeArg},
+    config::{Config, XdpMode},
     daemon::relink::{LanView, Ports},
     http::metrics::{self, Metrics},
     kernel::conntrack::{self, GcReport},
@@ -72,71 +71,14 @@ fn ip_be(addr: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(addr.octets())
 }
 
-/// Every WAN interface: the primaries, then the backups.
-fn wan_names(args: &UpArgs) -> Vec<&String> {
-    args.wan.iter().chain(&args.backup).collect()
-}
-
-fn check_args(args: &UpArgs) -> Result<()> {
+/// `pcc-ctl up` loads eBPF programs and attaches them: refused before anything else for
+/// anyone but root.
+pub fn require_root() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!(
             "pcc-ctl up must run as root (it loads eBPF programs and attaches them to interfaces)"
         );
-    }
-    let wans = wan_names(args);
-    if wans.len() > MAX_WANS {
-        bail!(
-            "at most {MAX_WANS} WAN interfaces (with backups) are supported, got {}",
-            wans.len()
-        );
-    }
-    if args.lan.len() > MAX_LANS {
-        bail!(
-            "at most {MAX_LANS} LAN interfaces are supported, got {}",
-            args.lan.len()
-        );
-    }
-    let mut seen = HashSet::new();
-    for name in wans.iter().copied().chain(&args.lan) {
-        if !seen.insert(name) {
-            if wans.contains(&name) && args.lan.contains(name) {
-                bail!("interface {name} is given as both WAN and LAN");
-            }
-            bail!("interface {name} is given twice");
-        }
-    }
-    let all = wans
-        .iter()
-        .map(|s| s.as_str())
-        .collect::<Vec<_>>()
-        .join(",");
-    let named = args.weight.iter().map(|(n, _)| ("--weight", n));
-    let named = named.chain(args.gateway.iter().map(|(n, _)| ("--gateway", n)));
-    let named = named.chain(args.line_rate.iter().map(|(n, _)| ("--line-rate", n)));
-    let mut seen = Vec::new();
-    for (option, name) in named.chain(args.health.probe.iter().map(|(n, _)| ("--probe", n))) {
-        if !wans.contains(&name) {
-            bail!("{option} names {name}, which is not one of the WANs ({all})");
-        }
-        // A second value would silently win or lose: `--probe eth0=A,B` takes several.
-        if seen.contains(&(option, name)) {
-            bail!("{option} names {name} twice; give its values once (e.g. {option} {name}=A,B)");
-        }
-        seen.push((option, name));
-    }
-    if args.method == Method::LeastLoaded {
-        let missing: Vec<&str> = wans
-            .iter()
-            .filter(|w| !args.line_rate.iter().any(|(n, _)| n == **w))
-            .map(|w| w.as_str())
-            .collect();
-        if !missing.is_empty() {
-            bail!(
-                "--method least-loaded needs every WAN's --line-rate (missing: {})",
-                missing.join(",")
-            );
-        }
     }
     Ok(())
 }
@@ -176,16 +118,17 @@ struct Learned {
     lans: Vec<(Link, Ipv4Net)>,
 }
 
-async fn learn(nl: &Netlink, args: &UpArgs) -> Result<Learned> {
+async fn learn(nl: &Netlink, config: &Config) -> Result<Learned> {
     let mut wans = Vec::new();
-    for name in wan_names(args) {
+    for wan in &config.wans {
+        let name = &wan.name;
         let link = nl.link(name).await?;
         let net = nl
             .ipv4_addr(link.ifindex)
             .await?
             .with_context(|| format!("interface {name} has no IPv4 address"))?;
-        let gateway = match args.gateway.iter().find(|(n, _)| n == name) {
-            Some((_, g)) => *g,
+        let gateway = match wan.gateway {
+            Some(g) => g,
             None => nl.default_gateway(link.ifindex).await?.with_context(|| {
                 format!("WAN {name} has no gateway: no default route through it (give one with --gateway {name}=ADDR)")
             })?,
@@ -193,7 +136,7 @@ async fn learn(nl: &Netlink, args: &UpArgs) -> Result<Learned> {
         wans.push((link, net, gateway));
     }
     let mut lans = Vec::new();
-    for name in &args.lan {
+    for name in &config.lans {
         let link = nl.link(name).await?;
         let net = nl
             .ipv4_addr(link.ifindex)
@@ -237,19 +180,14 @@ impl Stop {
     }
 }
 
-pub async fn run(args: UpArgs) -> Result<()> {
+/// Runs `pcc-ctl up` with `config` (checked, and the caller root: `require_root`).
+pub async fn run(config: Config) -> Result<()> {
     let mut stop = Stop::new()?;
-    check_args(&args)?;
-    let all: Vec<String> = wan_names(&args)
-        .into_iter()
-        .chain(&args.lan)
-        .cloned()
-        .collect();
-    let _locks = InterfaceLocks::acquire(&all)?;
+    let _locks = InterfaceLocks::acquire(&config.interfaces())?;
     ensure_bpffs()?;
     let nl = Netlink::connect()?;
-    let learned = learn(&nl, &args).await?;
-    let config_file = match &args.config {
+    let learned = learn(&nl, &config).await?;
+    let config_file = match &config.policy_file {
         Some(path) => {
             let wan_names: Vec<String> = learned
                 .wans
@@ -263,7 +201,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
     };
     let ConfigFile { policies, quotas } = config_file;
 
-    let pins = Pins::for_lan(&args.lan[0]);
+    let pins = Pins::for_lan(config.first_lan());
     let want = PinnedState {
         wans: learned
             .wans
@@ -271,7 +209,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
             .map(|(l, _, _)| l.name.clone())
             .collect(),
         lans: learned.lans.iter().map(|(l, _)| l.name.clone()).collect(),
-        max_connections: args.max_connections,
+        max_connections: config.max_connections,
         layout: pin::layout(),
     };
     let adopting = pins.exist();
@@ -281,7 +219,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
     } else {
         pins.remove_all();
     }
-    let (mut dataplane, mut maps) = match Dataplane::load_pinned(args.max_connections, &pins) {
+    let (mut dataplane, mut maps) = match Dataplane::load_pinned(config.max_connections, &pins) {
         Ok(loaded) => loaded,
         Err(e) => {
             if !adopting {
@@ -290,27 +228,23 @@ pub async fn run(args: UpArgs) -> Result<()> {
             return Err(e);
         }
     };
-    // The whole range: the router's own tuples are recorded by the TC egress hook, so a
-    // mapping never takes one (`local` in pcc-ebpf).
-    let nat_ports = NatPortRange {
-        min: args.nat_ports.0,
-        max: args.nat_ports.1,
-    };
-    let config = Config {
-        classifier: args.classifier as u8,
+    // The whole range of --nat-ports: the router's own tuples are recorded by the TC egress
+    // hook, so a mapping never takes one (`local` in pcc-ebpf).
+    let dataplane_config = DataplaneConfig {
+        classifier: config.classifier as u8,
         lan_count: learned.lans.len() as u8,
         wan_count: learned.wans.len() as u8,
-        method: args.method as u8,
+        method: config.method as u8,
         policy_count: policies.len() as u8,
-        nat_filtering: NatFiltering::from(args.nat_filtering) as u8,
+        nat_filtering: config.nat_filtering as u8,
         _pad: [0; 2],
-        hash_seed: args.hash_seed,
-        nat_ports,
-        max_connections_per_host: args.max_connections_per_host,
-        timeouts: args.timeouts.timeouts(),
+        hash_seed: config.hash_seed,
+        nat_ports: config.nat_ports,
+        max_connections_per_host: config.max_connections_per_host,
+        timeouts: config.timeouts,
     };
     maps.config
-        .set(0, config, 0)
+        .set(0, dataplane_config, 0)
         .context("cannot write CONFIG")?;
     let mut lans = Vec::new();
     for (lan_id, (link, net)) in learned.lans.iter().enumerate() {
@@ -323,7 +257,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         maps.devmap
             .set(wan_id as u32, link.ifindex, None, 0)
             .context("cannot write DEVMAP")?;
-        let weight = args.weight_of(&link.name);
+        let wan_config = &config.wans[wan_id];
         let info = WanInfo {
             ifindex: link.ifindex,
             addr: ip_be(net.addr),
@@ -335,9 +269,9 @@ pub async fn run(args: UpArgs) -> Result<()> {
         wans.push(WanView {
             name: link.name.clone(),
             wan_id: wan_id as u8,
-            weight,
+            weight: wan_config.weight,
             gateway: *gateway,
-            backup: args.backup.contains(&link.name),
+            backup: wan_config.backup,
             link_ok: false,
             healthy: true,
             up: false,
@@ -353,10 +287,10 @@ pub async fn run(args: UpArgs) -> Result<()> {
     let mut routing = Routing::adopt(&maps, &wans);
     let mut guard = None;
     // Also what a killed controller left turned off: turned back on at exit.
-    let mut offloads = Offloads::open(&args.lan[0])?;
+    let mut offloads = Offloads::open(config.first_lan())?;
     let result = async {
         pins.write_state(&want)?;
-        if !args.no_forward_guard {
+        if config.forward_guard {
             let wan_names: Vec<String> = learned.wans.iter().map(|(l, _, _)| l.name.clone()).collect();
             let lans: Vec<(String, Ipv4Net)> = learned.lans.iter().map(|(l, n)| (l.name.clone(), *n)).collect();
             let spec = GuardSpec { wans: &wan_names, lans: &lans };
@@ -386,15 +320,15 @@ pub async fn run(args: UpArgs) -> Result<()> {
             wan.settle();
             wan.state_changes = 0;
         }
-        wan::write_maps(&mut maps, &wans, args.method)?;
+        wan::write_maps(&mut maps, &wans, config.method)?;
         policy::write_subnets(&mut maps, &policies)?;
-        policy::write_tables(&mut maps, &policies, &wans, args.method)?;
+        policy::write_tables(&mut maps, &policies, &wans, config.method)?;
         // Before any program runs: from its first packet, what the routing table sends
         // elsewhere is never balanced.
         let maps = Mutex::new(maps);
         routing.refresh(&nl, &maps, &wans).await?;
         let maps = maps.into_inner().expect("maps lock poisoned");
-        if args.xdp_mode == XdpModeArg::Generic {
+        if config.xdp_mode == XdpMode::Generic {
             log::warn!("generic XDP mode: every packet pays for an skb first; use native mode where the driver has it");
         }
         let ports = learned
@@ -409,7 +343,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         let mut adopted = Vec::new();
         let mut attach = Ports { dataplane: &mut dataplane, pins: &pins, offloads: &mut offloads };
         for (role, link) in ports {
-            if attach.attach(role, &link.name, link.ifindex, args.xdp_mode)? == Attached::Adopted {
+            if attach.attach(role, &link.name, link.ifindex, config.xdp_mode)? == Attached::Adopted {
                 adopted.push(link.name.clone());
             }
         }
@@ -421,12 +355,13 @@ pub async fn run(args: UpArgs) -> Result<()> {
             );
         }
 
-        let params = args.health.params();
+        let params = config.probe;
         let health: HealthTable = Arc::new(Mutex::new(
             wans.iter()
-                .map(|w| {
-                    let targets = args.health.probe.iter().find(|(n, _)| *n == w.name).map_or(vec![w.gateway], |(_, t)| t.clone());
-                    WanHealth::new(&targets, args.health.probe_quorum as usize, params)
+                .zip(&config.wans)
+                .map(|(w, c)| {
+                    let targets = c.probe_targets.clone().unwrap_or_else(|| vec![w.gateway]);
+                    WanHealth::new(&targets, config.probe_quorum, params)
                 })
                 .collect(),
         ));
@@ -434,30 +369,30 @@ pub async fn run(args: UpArgs) -> Result<()> {
         let meter = if quotas.is_empty() {
             None
         } else {
-            let file = cli::quota_file(&args.state_dir, &args.lan[0]);
+            let file = config.quota_file();
             let counters = |id: u8| maps.wan_counters(id).map_or(0, |c| c.rx_bytes + c.tx_bytes);
             Some(Meter::open(quotas.clone(), &names, &file, counters, quota::unix_now())?)
         };
         let shared = Arc::new(Shared {
             maps: Mutex::new(maps),
-            metrics: Metrics::new(args.classifier.name())?,
+            metrics: Metrics::new(config.classifier.name())?,
             wans: Mutex::new(wans.clone()),
             gc: Mutex::new(GcReport::default()),
             health,
             clock: Clock::new(),
             rates: Mutex::new(vec![(0.0, 0.0); wans.len()]),
-            classifier: args.classifier.name().to_string(),
+            classifier: config.classifier.name().to_string(),
             policies: policies.clone(),
             quota: Mutex::new(meter),
             routes_mirrored: AtomicUsize::new(routing.routes_mirrored()),
             neighbours_mirrored: AtomicUsize::new(routing.neighbours_mirrored()),
         });
-        let server = metrics::bind(args.metrics, shared.clone()).await?;
+        let server = metrics::bind(config.listen, shared.clone()).await?;
         let (health_tx, health_rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut failover = Failover::new(args.failover_grace)?;
+        let mut failover = Failover::new(config.failover_grace_secs)?;
         let mut probers = Probers::new(params, shared.health.clone(), shared.clock, health_tx);
         for wan in &wans {
-            probers.ensure(wan.wan_id as usize, &wan.name, wan_addr(wan), probe_ident(wan.wan_id, args.nat_ports.0))?;
+            probers.ensure(wan.wan_id as usize, &wan.name, wan_addr(wan), probe_ident(wan.wan_id, config.nat_ports.min))?;
         }
         let events = Netlink::events()?;
         tokio::spawn(server);
@@ -466,10 +401,10 @@ pub async fn run(args: UpArgs) -> Result<()> {
         routes.follow(&nl, &wans).await;
         log::info!(
             "balancing {} over {} ({} classifier), metrics on http://{}/metrics",
-            args.lan.join(","),
+            config.lans.join(","),
             wans.iter().map(|w| format!("{}{}", w.name, if w.up { "" } else { " (down)" })).collect::<Vec<_>>().join(","),
-            args.classifier.name(),
-            args.metrics
+            config.classifier.name(),
+            config.listen
         );
         if stop.requested() {
             log::info!("stopped while starting");
@@ -488,7 +423,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
             failover: &mut failover,
             stop: &mut stop,
         };
-        serve(&nl, &shared, wans, owned, events, health_rx, &args).await
+        serve(&nl, &shared, wans, owned, events, health_rx, &config).await
     }
     .await;
 
@@ -560,12 +495,12 @@ async fn serve(
     mut owned: Owned<'_>,
     mut events: impl futures::Stream<Item = ()> + Unpin,
     mut health_rx: tokio::sync::mpsc::UnboundedReceiver<()>,
-    args: &UpArgs,
+    config: &Config,
 ) -> Result<()> {
     let mut refresh = tokio::time::interval(REFRESH_INTERVAL);
     let mut routes_poll = tokio::time::interval(routes::POLL_INTERVAL);
     let mut gc = tokio::time::interval(GC_INTERVAL);
-    let timeouts = args.timeouts.timeouts();
+    let timeouts = config.timeouts;
     let mut last_counters: Vec<(u64, u64)> = vec![(0, 0); wans.len()];
     let mut last_sample = tokio::time::Instant::now();
     // The WANs taking new connections when the default routes last followed them (at start).
@@ -591,7 +526,7 @@ async fn serve(
                 sample_rates(shared, &wans, &mut last_counters, &mut last_sample);
                 let changed = refresh_links(nl, &mut wans).await;
                 ticks += 1;
-                (true, changed | follow_spare_capacity(shared, &mut wans, args) | follow_quotas(shared, &mut wans, args, ticks))
+                (true, changed | follow_spare_capacity(shared, &mut wans, config) | follow_quotas(shared, &mut wans, config, ticks))
             }
             _ = routes_poll.tick() => {
                 owned.routing.poll(nl, &shared.maps, &wans).await;
@@ -615,7 +550,7 @@ async fn serve(
         // link event.
         let restart = if refreshed {
             let ports = &mut owned.ports;
-            for i in relink::follow_lans(nl, shared, ports, args, &mut owned.lans).await {
+            for i in relink::follow_lans(nl, shared, ports, config, &mut owned.lans).await {
                 let lan = &owned.lans[i];
                 if let Some(g) = owned.guard.as_deref_mut()
                     && let Err(e) = g.renumber(&lan.name, lan.net)
@@ -623,7 +558,7 @@ async fn serve(
                     log::warn!("LAN {}: {e:#}", lan.name);
                 }
             }
-            relink::follow(nl, shared, ports, args, &before, &mut wans).await
+            relink::follow(nl, shared, ports, config, &before, &mut wans).await
         } else {
             Vec::new()
         };
@@ -646,7 +581,7 @@ async fn serve(
                     wan.wan_id as usize,
                     &wan.name,
                     wan_addr(wan),
-                    probe_ident(wan.wan_id, args.nat_ports.0),
+                    probe_ident(wan.wan_id, config.nat_ports.min),
                 ) {
                     log::warn!("WAN {}: {e:#}", wan.name);
                 }
@@ -691,8 +626,8 @@ async fn serve(
         if states_changed || links_changed {
             {
                 let maps = &mut shared.maps.lock().expect("maps lock poisoned");
-                wan::write_maps(maps, &wans, args.method)?;
-                policy::write_tables(maps, &shared.policies, &wans, args.method)?;
+                wan::write_maps(maps, &wans, config.method)?;
+                policy::write_tables(maps, &shared.policies, &wans, config.method)?;
                 *shared.wans.lock().expect("wans lock poisoned") = wans.clone();
             }
             // On a change of the WANs in use: up/down, or a quota turning a WAN into a backup
@@ -712,15 +647,7 @@ async fn serve(
     {
         log::warn!("{e:#}");
     }
-    log::info!(
-        "stopping: detaching from {}",
-        wan_names(args)
-            .into_iter()
-            .chain(&args.lan)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join(",")
-    );
+    log::info!("stopping: detaching from {}", config.interfaces().join(","));
     Ok(())
 }
 
@@ -734,7 +661,7 @@ async fn at(deadline: Option<tokio::time::Instant>) {
 
 /// Counts quota usage, saves it every few seconds, and applies crossed thresholds; whether a
 /// WAN's weight or tier changed.
-fn follow_quotas(shared: &Shared, wans: &mut [WanView], args: &UpArgs, ticks: u64) -> bool {
+fn follow_quotas(shared: &Shared, wans: &mut [WanView], config: &Config, ticks: u64) -> bool {
     let mut meter = shared.quota.lock().expect("quota lock poisoned");
     let Some(meter) = meter.as_mut() else {
         return false;
@@ -755,16 +682,16 @@ fn follow_quotas(shared: &Shared, wans: &mut [WanView], args: &UpArgs, ticks: u6
     let mut backups = [false; MAX_WANS];
     for wan in wans.iter() {
         let i = wan.wan_id as usize;
-        weights[i] = args.weight_of(&wan.name);
-        backups[i] = args.backup.contains(&wan.name);
+        weights[i] = config.wans[i].weight;
+        backups[i] = config.wans[i].backup;
     }
     meter.apply(wans, &weights, &backups)
 }
 
 /// `least-loaded`: sets each WAN's weight from its spare capacity (configured line rate minus
 /// the throughput just measured, the busier direction); whether a weight changed.
-fn follow_spare_capacity(shared: &Shared, wans: &mut [WanView], args: &UpArgs) -> bool {
-    if args.method != Method::LeastLoaded {
+fn follow_spare_capacity(shared: &Shared, wans: &mut [WanView], config: &Config) -> bool {
+    if config.method != Method::LeastLoaded {
         return false;
     }
     let rates = shared.rates.lock().expect("rates lock poisoned").clone();
@@ -773,11 +700,7 @@ fn follow_spare_capacity(shared: &Shared, wans: &mut [WanView], args: &UpArgs) -
     let mut up = [false; MAX_WANS];
     for wan in wans.iter() {
         let i = wan.wan_id as usize;
-        line[i] = args
-            .line_rate
-            .iter()
-            .find(|(n, _)| *n == wan.name)
-            .map_or(0, |(_, mbit)| u64::from(*mbit) * 1_000_000);
+        line[i] = config.wans[i].line_rate_bps.unwrap_or(0);
         let (rx, tx) = rates.get(i).copied().unwrap_or((0.0, 0.0));
         used[i] = rx.max(tx) as u64;
         up[i] = true;

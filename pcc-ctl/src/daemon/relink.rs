@@ -20,7 +20,7 @@ use pcc_common::{LAN_DEVMAP_BASE, LanInfo};
 use crate::{
     balance::health::WanHealth,
     balance::wan::WanView,
-    cli::{UpArgs, XdpModeArg},
+    config::{Config, XdpMode},
     daemon::Shared,
     kernel::conntrack,
     kernel::dataplane::{Attached, Dataplane, Role},
@@ -54,7 +54,7 @@ pub async fn follow(
     nl: &Netlink,
     shared: &Shared,
     ports: &mut Ports<'_>,
-    args: &UpArgs,
+    config: &Config,
     before: &[Before],
     wans: &mut [WanView],
 ) -> Vec<usize> {
@@ -67,7 +67,7 @@ pub async fn follow(
                 "WAN {} is a new interface (ifindex {ifindex}): attaching to it",
                 wan.name
             );
-            if let Err(e) = reattach(nl, shared, ports, args, wan).await {
+            if let Err(e) = reattach(nl, shared, ports, config, wan).await {
                 log::warn!("WAN {}: {e:#}", wan.name);
             }
         }
@@ -76,7 +76,7 @@ pub async fn follow(
         if (readdressed || unresolved) && ifindex == was.ifindex && ifindex != 0 {
             // A DHCP renewal may bring a new gateway with the new address, and its default
             // route may come a moment after the address: look again while unresolved.
-            match relearn_gateway(nl, shared, args, wan).await {
+            match relearn_gateway(nl, shared, config, wan).await {
                 Ok(true) => restart.push(i),
                 Ok(false) => {}
                 Err(e) => log::warn!("WAN {}: {e:#}", wan.name),
@@ -100,11 +100,11 @@ async fn reattach(
     nl: &Netlink,
     shared: &Shared,
     ports: &mut Ports<'_>,
-    args: &UpArgs,
+    config: &Config,
     wan: &mut WanView,
 ) -> anyhow::Result<()> {
     let ifindex = wan.info.ifindex;
-    ports.attach(Role::Wan, &wan.name, ifindex, args.xdp_mode)?;
+    ports.attach(Role::Wan, &wan.name, ifindex, config.xdp_mode)?;
     peer::warn_partial_checksums(nl, &wan.name, ifindex).await;
     shared.maps.lock().expect("maps lock poisoned").devmap.set(
         u32::from(wan.wan_id),
@@ -112,7 +112,7 @@ async fn reattach(
         None,
         0,
     )?;
-    relearn_gateway(nl, shared, args, wan).await?;
+    relearn_gateway(nl, shared, config, wan).await?;
     nl.add_managed_neighbour(ifindex, wan.gateway).await
 }
 
@@ -122,10 +122,11 @@ async fn reattach(
 async fn relearn_gateway(
     nl: &Netlink,
     shared: &Shared,
-    args: &UpArgs,
+    config: &Config,
     wan: &mut WanView,
 ) -> anyhow::Result<bool> {
-    if args.gateway.iter().any(|(n, _)| *n == wan.name) {
+    let wan_config = &config.wans[usize::from(wan.wan_id)];
+    if wan_config.gateway.is_some() {
         return Ok(false);
     }
     let ifindex = wan.info.ifindex;
@@ -139,10 +140,9 @@ async fn relearn_gateway(
     wan.gateway = gateway;
     // The old gateway's MAC must not stand in for the new one's until it resolves.
     wan.info.gateway_mac = [0; 6];
-    if !args.health.probe.iter().any(|(n, _)| *n == wan.name) {
-        let params = args.health.params();
+    if wan_config.probe_targets.is_none() {
         shared.health.lock().expect("health lock poisoned")[wan.wan_id as usize] =
-            WanHealth::new(&[gateway], args.health.probe_quorum as usize, params);
+            WanHealth::new(&[gateway], config.probe_quorum, config.probe);
     }
     nl.add_managed_neighbour(ifindex, gateway).await?;
     Ok(true)
@@ -221,7 +221,7 @@ impl Ports<'_> {
         role: Role,
         name: &str,
         ifindex: u32,
-        mode: XdpModeArg,
+        mode: XdpMode,
     ) -> anyhow::Result<Attached> {
         self.offloads.turn_off(name, ifindex, Offload::RxVlan)?;
         if role == Role::Wan {
@@ -239,7 +239,7 @@ pub async fn follow_lans(
     nl: &Netlink,
     shared: &Shared,
     ports: &mut Ports<'_>,
-    args: &UpArgs,
+    config: &Config,
     lans: &mut [LanView],
 ) -> Vec<usize> {
     let mut renumbered = Vec::new();
@@ -265,7 +265,7 @@ pub async fn follow_lans(
                 lan.name,
                 lan.info.ifindex
             );
-            if let Err(e) = ports.attach(Role::Lan, &lan.name, lan.info.ifindex, args.xdp_mode) {
+            if let Err(e) = ports.attach(Role::Lan, &lan.name, lan.info.ifindex, config.xdp_mode) {
                 log::warn!("LAN {}: {e:#}", lan.name);
             }
             peer::warn_partial_checksums(nl, &lan.name, lan.info.ifindex).await;

@@ -2,7 +2,7 @@
 //! the dataplane forwarded through the WAN (both directions, frame bytes), kept on disk every
 //! few seconds so a restart or a reboot loses at most that much, and reset on the billing
 //! day. Thresholds act on the WAN as its ISP's fair-usage policy would want: lower its weight
-//! (the ISP cut its speed), make it backup-only, or only alert.
+//! (the ISP cut its speed), make it backup-only, or only alert (`daemon::weights` applies them).
 //!
 //! ```toml
 //! [[quota]]
@@ -22,8 +22,6 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
-
-use crate::balance::wan::WanView;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -327,37 +325,6 @@ impl Meter {
                 )
             })
             .collect()
-    }
-
-    /// Applies the crossed thresholds to the WANs (`weights` are the configured ones);
-    /// whether a WAN's weight or tier changed.
-    pub fn apply(&self, wans: &mut [WanView], weights: &[u32], backups: &[bool]) -> bool {
-        let mut changed = false;
-        for (wan_id, _, action) in self.crossed() {
-            let Some(wan) = wans.iter_mut().find(|w| w.wan_id == wan_id) else {
-                continue;
-            };
-            let base = weights[wan_id as usize];
-            let (weight, backup) = match action {
-                Some(Action::Weight(f)) => (
-                    ((f64::from(base) * f).round() as u32).max(1),
-                    backups[wan_id as usize],
-                ),
-                Some(Action::Backup) => (base, true),
-                _ => (base, backups[wan_id as usize]),
-            };
-            if wan.weight != weight || wan.backup != backup {
-                log::info!(
-                    "quota of {}: weight {weight}{}",
-                    wan.name,
-                    if backup { ", backup only" } else { "" }
-                );
-                wan.weight = weight;
-                wan.backup = backup;
-                changed = true;
-            }
-        }
-        changed
     }
 }
 

@@ -1,19 +1,24 @@
 //! `pcc-ctl up`: learn the ports, load and attach the dataplane, keep it fed until a signal.
+mod links;
 pub mod relink;
+mod serve;
+pub mod weights;
+
+use self::{
+    links::{ip_be, mtu16, refresh_links},
+    serve::{Owned, serve},
+};
 
 use std::{
     io::Write as _,
     net::Ipv4Addr,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::{Arc, Mutex, atomic::AtomicUsize},
     time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
-use futures::{FutureExt as _, StreamExt as _};
-use pcc_common::{Config as DataplaneConfig, MAX_WANS, Method, WanInfo};
+use futures::FutureExt as _;
+use pcc_common::{Config as DataplaneConfig, WanInfo};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::{
@@ -25,7 +30,7 @@ use crate::{
     config::{Config, XdpMode},
     daemon::relink::{LanView, Ports},
     http::metrics::{self, Metrics},
-    kernel::conntrack::{self, GcReport},
+    kernel::conntrack::GcReport,
     kernel::dataplane::{Attached, Dataplane, Role},
     kernel::default_routes::DefaultRoutes,
     kernel::guard::{ForwardGuard, GuardSpec},
@@ -35,15 +40,11 @@ use crate::{
     kernel::offload::{self, Offloads},
     kernel::peer,
     kernel::pin::{self, PinnedState, Pins},
-    kernel::routes::{self, Routing},
+    kernel::routes::Routing,
 };
 
 /// Quota usage goes to disk every this many refreshes (seconds): a crash loses at most that.
-const QUOTA_SAVE_TICKS: u64 = 5;
-/// How often link state and gateway MACs are re-read even without a netlink event.
-const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
-/// How often expired connections are collected.
-const GC_INTERVAL: Duration = Duration::from_secs(2);
+pub(super) const QUOTA_SAVE_TICKS: u64 = 5;
 /// How long start-up waits for gateways to resolve before going on without them.
 const ARP_WAIT: Duration = Duration::from_secs(3);
 
@@ -65,10 +66,6 @@ pub struct Shared {
     /// Routes of the main table mirrored into the dataplane, and next-hop MACs with them.
     pub routes_mirrored: AtomicUsize,
     pub neighbours_mirrored: AtomicUsize,
-}
-
-fn ip_be(addr: Ipv4Addr) -> u32 {
-    u32::from_ne_bytes(addr.octets())
 }
 
 /// `pcc-ctl up` loads eBPF programs and attaches them: refused before anything else for
@@ -147,10 +144,6 @@ async fn learn(nl: &Netlink, config: &Config) -> Result<Learned> {
     Ok(Learned { wans, lans })
 }
 
-fn mtu16(mtu: u32) -> u16 {
-    mtu.min(u32::from(u16::MAX)) as u16
-}
-
 /// SIGINT and SIGTERM, caught from the start: one that arrives while the programs are being
 /// attached (or the gateways resolved) ends the start-up through the same clean-up as a stop,
 /// instead of killing the process with everything left attached.
@@ -167,7 +160,7 @@ impl Stop {
         })
     }
 
-    async fn recv(&mut self) {
+    pub(super) async fn recv(&mut self) {
         tokio::select! {
             _ = self.sigterm.recv() => {}
             _ = self.sigint.recv() => {}
@@ -175,7 +168,7 @@ impl Stop {
     }
 
     /// Whether a signal has arrived, without waiting.
-    fn requested(&mut self) -> bool {
+    pub(super) fn requested(&mut self) -> bool {
         self.recv().now_or_never().is_some()
     }
 }
@@ -320,9 +313,9 @@ pub async fn run(config: Config) -> Result<()> {
             wan.settle();
             wan.state_changes = 0;
         }
-        wan::write_maps(&mut maps, &wans, config.method)?;
+        weights::apply(&mut maps, &wans, &policies, config.method)?;
+        // After the tables: a subnet never points at a policy table not yet written.
         policy::write_subnets(&mut maps, &policies)?;
-        policy::write_tables(&mut maps, &policies, &wans, config.method)?;
         // Before any program runs: from its first packet, what the routing table sends
         // elsewhere is never balanced.
         let maps = Mutex::new(maps);
@@ -445,7 +438,7 @@ pub async fn run(config: Config) -> Result<()> {
     result
 }
 
-fn wan_addr(wan: &WanView) -> Ipv4Addr {
+pub(super) fn wan_addr(wan: &WanView) -> Ipv4Addr {
     Ipv4Addr::from(wan.info.addr.to_ne_bytes())
 }
 
@@ -454,7 +447,7 @@ fn wan_addr(wan: &WanView) -> Ipv4Addr {
 /// would keep them in, and a good WAN would look down: below the NAT range no mapping holds
 /// one. A NAT range that starts at port 1 leaves no room; any identifier then, as the hook
 /// records it at the first probe.
-fn probe_ident(wan_id: u8, nat_min: u16) -> u16 {
+pub(super) fn probe_ident(wan_id: u8, nat_min: u16) -> u16 {
     let seed = std::process::id().wrapping_mul(8) + u32::from(wan_id);
     let span = if nat_min > 1 {
         u32::from(nat_min) - 1
@@ -462,340 +455,4 @@ fn probe_ident(wan_id: u8, nat_min: u16) -> u16 {
         u32::from(u16::MAX)
     };
     (1 + seed % span) as u16
-}
-
-/// What the controller put into the kernel and keeps in step while it runs, and the signals
-/// that end the run.
-struct Owned<'a> {
-    /// The attached programs, their pins and the offloads turned off, for interfaces that come
-    /// back as new ones.
-    ports: Ports<'a>,
-    lans: Vec<LanView>,
-    /// The forwarding guard, which names the LAN subnets.
-    guard: Option<&'a mut ForwardGuard>,
-    routes: &'a mut DefaultRoutes,
-    probers: &'a mut Probers,
-    /// Gateway neighbour entries we asked the kernel to keep resolved, also those of WANs
-    /// re-created or re-addressed while running: all are removed on exit.
-    managed: &'a mut Vec<(u32, Ipv4Addr)>,
-    /// The main routing table's mirror and the route next hops kept resolved.
-    routing: &'a mut Routing,
-    /// The grace of WANs that went down, and the resets once it ends.
-    failover: &'a mut Failover,
-    /// What ends it.
-    stop: &'a mut Stop,
-}
-
-/// Runs until SIGINT or SIGTERM: follows netlink events and probe results, keeps the maps and
-/// default routes in step, collects expired connections.
-async fn serve(
-    nl: &Netlink,
-    shared: &Shared,
-    mut wans: Vec<WanView>,
-    mut owned: Owned<'_>,
-    mut events: impl futures::Stream<Item = ()> + Unpin,
-    mut health_rx: tokio::sync::mpsc::UnboundedReceiver<()>,
-    config: &Config,
-) -> Result<()> {
-    let mut refresh = tokio::time::interval(REFRESH_INTERVAL);
-    let mut routes_poll = tokio::time::interval(routes::POLL_INTERVAL);
-    let mut gc = tokio::time::interval(GC_INTERVAL);
-    let timeouts = config.timeouts;
-    let mut last_counters: Vec<(u64, u64)> = vec![(0, 0); wans.len()];
-    let mut last_sample = tokio::time::Instant::now();
-    // The WANs taking new connections when the default routes last followed them (at start).
-    let mut in_use: Vec<bool> = wans.iter().map(wan::in_use(&wans)).collect();
-    let mut gc_passes: u64 = 0;
-    let mut ticks: u64 = 0;
-    loop {
-        let before = relink::snapshot(&wans);
-        // (links re-read, anything the dataplane sees changed)
-        let (refreshed, links_changed) = tokio::select! {
-            _ = owned.stop.recv() => break,
-            Some(()) = events.next() => {
-                // A burst of events (a link going down takes its routes and neighbours
-                // with it) needs one refresh.
-                while let Some(Some(())) = events.next().now_or_never() {}
-                (true, refresh_links(nl, &mut wans).await)
-            }
-            Some(()) = health_rx.recv() => {
-                while health_rx.try_recv().is_ok() {}
-                (false, false)
-            }
-            _ = refresh.tick() => {
-                sample_rates(shared, &wans, &mut last_counters, &mut last_sample);
-                let changed = refresh_links(nl, &mut wans).await;
-                ticks += 1;
-                (true, changed | follow_spare_capacity(shared, &mut wans, config) | follow_quotas(shared, &mut wans, config, ticks))
-            }
-            _ = routes_poll.tick() => {
-                owned.routing.poll(nl, &shared.maps, &wans).await;
-                shared.routes_mirrored.store(owned.routing.routes_mirrored(), Ordering::Relaxed);
-                shared.neighbours_mirrored.store(owned.routing.neighbours_mirrored(), Ordering::Relaxed);
-                continue;
-            }
-            _ = at(owned.failover.next_end(&wans)) => {
-                owned.failover.reset_ended(shared, &wans);
-                continue;
-            }
-            _ = gc.tick() => {
-                gc_passes += 1;
-                let scan_orphans = gc_passes.is_multiple_of(conntrack::ORPHAN_SCAN_EVERY);
-                let report = conntrack::collect(&mut shared.maps.lock().expect("maps lock poisoned"), &timeouts, conntrack::monotonic_ns(), scan_orphans)?;
-                *shared.gc.lock().expect("gc lock poisoned") = report;
-                continue;
-            }
-        };
-        // After every link refresh: a WAN waiting for its gateway may get one without a
-        // link event.
-        let restart = if refreshed {
-            let ports = &mut owned.ports;
-            for i in relink::follow_lans(nl, shared, ports, config, &mut owned.lans).await {
-                let lan = &owned.lans[i];
-                if let Some(g) = owned.guard.as_deref_mut()
-                    && let Err(e) = g.renumber(&lan.name, lan.net)
-                {
-                    log::warn!("LAN {}: {e:#}", lan.name);
-                }
-            }
-            relink::follow(nl, shared, ports, config, &before, &mut wans).await
-        } else {
-            Vec::new()
-        };
-        for &i in &restart {
-            owned.probers.forget(wans[i].wan_id as usize);
-            let gateway = (wans[i].info.ifindex, wans[i].gateway);
-            if !owned.managed.contains(&gateway) {
-                owned.managed.push(gateway);
-            }
-        }
-        let links_changed = links_changed || !restart.is_empty();
-        if refreshed {
-            // A route, address, link or neighbour event, or WANs re-created or with new
-            // gateways: the mirror is refreshed at its next poll.
-            owned.routing.mark_dirty();
-        }
-        if links_changed {
-            for wan in &wans {
-                if let Err(e) = owned.probers.ensure(
-                    wan.wan_id as usize,
-                    &wan.name,
-                    wan_addr(wan),
-                    probe_ident(wan.wan_id, config.nat_ports.min),
-                ) {
-                    log::warn!("WAN {}: {e:#}", wan.name);
-                }
-            }
-        }
-        let mut states_changed = false;
-        let mut resolve = Vec::new();
-        {
-            let mut health = shared.health.lock().expect("health lock poisoned");
-            for wan in wans.iter_mut() {
-                let h = &mut health[wan.wan_id as usize];
-                if wan.up && !wan.link_ok {
-                    h.force_down(shared.clock.now_ms());
-                }
-                wan.healthy = h.is_up();
-                if wan.settle() {
-                    states_changed = true;
-                    if wan.up {
-                        log::info!("WAN {} is up", wan.name);
-                    } else if !wan.link_ok {
-                        log::warn!(
-                            "WAN {} is down: link down, no address or gateway {} unresolved",
-                            wan.name,
-                            wan.gateway
-                        );
-                    } else {
-                        log::warn!("WAN {} is down: {}", wan.name, h.describe());
-                        // The gateway may have a new MAC that the kernel's still-"reachable"
-                        // entry hides for a minute: resolve it afresh.
-                        resolve.push((wan.info.ifindex, wan.gateway));
-                    }
-                }
-            }
-        }
-        owned.failover.follow(&wans);
-        for (ifindex, gateway) in resolve {
-            let _ = nl.del_neighbour(ifindex, gateway).await;
-            if let Err(e) = nl.add_managed_neighbour(ifindex, gateway).await {
-                log::warn!("{e:#}");
-            }
-        }
-        if states_changed || links_changed {
-            {
-                let maps = &mut shared.maps.lock().expect("maps lock poisoned");
-                wan::write_maps(maps, &wans, config.method)?;
-                policy::write_tables(maps, &shared.policies, &wans, config.method)?;
-                *shared.wans.lock().expect("wans lock poisoned") = wans.clone();
-            }
-            // On a change of the WANs in use: up/down, or a quota turning a WAN into a backup
-            // (a least-loaded weight update changes neither).
-            let now_in_use: Vec<bool> = wans.iter().map(wan::in_use(&wans)).collect();
-            if now_in_use != in_use {
-                owned.routes.follow(nl, &wans).await;
-                in_use = now_in_use;
-            }
-        }
-        if states_changed && !wans.iter().any(|w| w.up) {
-            log::warn!("no WAN is up: traffic from the LAN is dropped until one returns");
-        }
-    }
-    if let Some(meter) = shared.quota.lock().expect("quota lock poisoned").as_ref()
-        && let Err(e) = meter.save()
-    {
-        log::warn!("{e:#}");
-    }
-    log::info!("stopping: detaching from {}", config.interfaces().join(","));
-    Ok(())
-}
-
-/// Sleeps until `deadline`, or forever without one.
-async fn at(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Counts quota usage, saves it every few seconds, and applies crossed thresholds; whether a
-/// WAN's weight or tier changed.
-fn follow_quotas(shared: &Shared, wans: &mut [WanView], config: &Config, ticks: u64) -> bool {
-    let mut meter = shared.quota.lock().expect("quota lock poisoned");
-    let Some(meter) = meter.as_mut() else {
-        return false;
-    };
-    {
-        let maps = shared.maps.lock().expect("maps lock poisoned");
-        meter.update(
-            |id| maps.wan_counters(id).map_or(0, |c| c.rx_bytes + c.tx_bytes),
-            quota::unix_now(),
-        );
-    }
-    if ticks.is_multiple_of(QUOTA_SAVE_TICKS)
-        && let Err(e) = meter.save()
-    {
-        log::warn!("{e:#}");
-    }
-    let mut weights = [1u32; MAX_WANS];
-    let mut backups = [false; MAX_WANS];
-    for wan in wans.iter() {
-        let i = wan.wan_id as usize;
-        weights[i] = config.wans[i].weight;
-        backups[i] = config.wans[i].backup;
-    }
-    meter.apply(wans, &weights, &backups)
-}
-
-/// `least-loaded`: sets each WAN's weight from its spare capacity (configured line rate minus
-/// the throughput just measured, the busier direction); whether a weight changed.
-fn follow_spare_capacity(shared: &Shared, wans: &mut [WanView], config: &Config) -> bool {
-    if config.method != Method::LeastLoaded {
-        return false;
-    }
-    let rates = shared.rates.lock().expect("rates lock poisoned").clone();
-    let mut line = [0u64; MAX_WANS];
-    let mut used = [0u64; MAX_WANS];
-    let mut up = [false; MAX_WANS];
-    for wan in wans.iter() {
-        let i = wan.wan_id as usize;
-        line[i] = config.wans[i].line_rate_bps.unwrap_or(0);
-        let (rx, tx) = rates.get(i).copied().unwrap_or((0.0, 0.0));
-        used[i] = rx.max(tx) as u64;
-        up[i] = true;
-    }
-    let weights = pcc_common::method::spare_weights(&line, &used, &up);
-    let mut changed = false;
-    for wan in wans.iter_mut() {
-        let w = weights[wan.wan_id as usize].max(1);
-        // Ignore jitter under 10 %: every change rebuilds the slot table.
-        if w.abs_diff(wan.weight) * 10 > wan.weight {
-            wan.weight = w;
-            changed = true;
-        }
-    }
-    changed
-}
-
-/// Bits per second per WAN since the previous sample, from the dataplane's counters.
-fn sample_rates(
-    shared: &Shared,
-    wans: &[WanView],
-    last: &mut [(u64, u64)],
-    at: &mut tokio::time::Instant,
-) {
-    let now = tokio::time::Instant::now();
-    let secs = now.duration_since(*at).as_secs_f64().max(1e-3);
-    *at = now;
-    let maps = shared.maps.lock().expect("maps lock poisoned");
-    let mut rates = shared.rates.lock().expect("rates lock poisoned");
-    for wan in wans {
-        let id = wan.wan_id as usize;
-        let Ok(c) = maps.wan_counters(wan.wan_id) else {
-            continue;
-        };
-        let (rx, tx) = last[id];
-        rates[id] = (
-            (c.rx_bytes.saturating_sub(rx)) as f64 * 8.0 / secs,
-            (c.tx_bytes.saturating_sub(tx)) as f64 * 8.0 / secs,
-        );
-        last[id] = (c.rx_bytes, c.tx_bytes);
-    }
-}
-
-/// Re-reads each WAN's link: carrier, address, MAC, MTU and gateway MAC. Returns whether
-/// anything the dataplane sees changed.
-async fn refresh_links(nl: &Netlink, wans: &mut [WanView]) -> bool {
-    let mut changed = false;
-    for wan in wans.iter_mut() {
-        let link = nl.link(&wan.name).await.ok();
-        let (mut addr, mut resolved) = (None, None);
-        if let Some(l) = &link {
-            addr = nl.ipv4_addr(l.ifindex).await.ok().flatten();
-            resolved = nl
-                .neighbour_mac(l.ifindex, wan.gateway)
-                .await
-                .ok()
-                .flatten();
-        }
-        // An entry being resolved again (or failed once: on a line losing 20 % both ways, all
-        // six ARP probes of a re-verification fail ~0.2 % of the time) is no proof that the
-        // gateway is gone: keep the MAC this interface had and let the probes decide, as they
-        // see a dead gateway within 0.6 s. Only while the link stayed up, though: after a
-        // carrier loss (a modem swapped) or a lost address the gateway is resolved afresh.
-        let known = link
-            .as_ref()
-            .is_some_and(|l| l.ifindex == wan.info.ifindex && l.oper_up)
-            && wan.link_ok
-            && addr.is_some()
-            && wan.info.gateway_mac != [0; 6];
-        let mac = resolved.or(known.then_some(wan.info.gateway_mac));
-        let mut info = wan.info;
-        info.gateway_mac = mac.unwrap_or([0; 6]);
-        if let Some(l) = &link {
-            // A new ifindex: the interface was deleted and created again.
-            info.ifindex = l.ifindex;
-            info.mac = l.mac;
-            info.mtu = mtu16(l.mtu);
-        }
-        if let Some(a) = addr {
-            info.addr = ip_be(a.addr);
-        }
-        wan.link_ok = link.as_ref().is_some_and(|l| l.oper_up) && addr.is_some() && mac.is_some();
-        if let Some(l) = &link
-            && l.oper_up
-            && addr.is_some()
-            && resolved.is_none()
-        {
-            // An address removed and added again flushes the gateway's entry with its
-            // "managed" flag: ask for it again, or nothing resolves the gateway.
-            let _ = nl.add_managed_neighbour(l.ifindex, wan.gateway).await;
-        }
-        if info != wan.info {
-            changed = true;
-            wan.info = info;
-        }
-    }
-    changed
 }

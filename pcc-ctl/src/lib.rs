@@ -11,6 +11,7 @@
 //!   forwarding guard, interface locks, the conntrack sweep, offloads, route mirroring.
 //! - `http`: the metrics and API endpoint.
 //! - `commands`: the short-lived subcommands (status, flows, quota, down).
+//! - `shared`: what the daemon and the HTTP endpoint share, below both.
 pub mod balance;
 pub mod bench;
 pub mod cli;
@@ -20,6 +21,7 @@ pub mod daemon;
 pub mod generate;
 pub mod http;
 pub mod kernel;
+pub mod shared;
 pub mod testbed;
 
 // Transitional re-exports: the paths the tests, the test bed and the benchmarks import

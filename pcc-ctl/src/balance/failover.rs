@@ -7,6 +7,7 @@ use std::{
     io,
     net::Ipv4Addr,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -17,7 +18,8 @@ use pcc_common::{
 };
 
 use crate::{
-    balance::wan::WanView, daemon::Shared, kernel::conntrack::forget_connection, kernel::maps::Maps,
+    balance::wan::WanView,
+    kernel::{conntrack::forget_connection, maps::Maps},
 };
 
 /// Default `--failover-grace` in seconds; see the README ("Health checking and failover").
@@ -263,22 +265,21 @@ impl Failover {
             .map(tokio::time::Instant::from_std)
     }
 
-    /// Resets the TCP connections of every WAN whose grace has ended, counted per WAN in
-    /// `pcc_failover_resets_total` and logged once per WAN.
-    pub fn reset_ended(&mut self, shared: &Shared, wans: &[WanView]) {
+    /// Resets the TCP connections of every WAN whose grace has ended, logged once per WAN;
+    /// the resets sent, as (`wan_id`, count), for `pcc_failover_resets_total`.
+    pub fn reset_ended(&mut self, maps: &Mutex<Maps>, wans: &[WanView]) -> Vec<(u8, u64)> {
+        let mut sent = Vec::new();
         for wan_id in self.grace.ended(wans, Instant::now()) {
             let Some(wan) = wans.iter().find(|w| w.wan_id == wan_id) else {
                 continue;
             };
             let lan = &self.lan;
             let done = reset_wan(
-                &mut shared.maps.lock().expect("maps lock poisoned"),
+                &mut maps.lock().expect("maps lock poisoned"),
                 wan_id,
                 &mut |ifindex, frame| lan.send(ifindex, frame),
             );
-            shared
-                .metrics
-                .count_failover_resets(&wan.name, done.sent as u64);
+            sent.push((wan_id, done.sent as u64));
             log::warn!(
                 "WAN {} still down after the failover grace ({} s): reset {} TCP connections \
                  towards their LAN hosts ({} forgotten, {} resets not sent), they reconnect \
@@ -290,6 +291,7 @@ impl Failover {
                 done.failed
             );
         }
+        sent
     }
 }
 

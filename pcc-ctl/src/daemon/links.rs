@@ -2,7 +2,7 @@
 //! gateway's MAC) and its throughput.
 use std::net::Ipv4Addr;
 
-use super::Shared;
+use crate::shared::Shared;
 use crate::{balance::wan::WanView, kernel::netlink::Netlink};
 
 pub(super) fn ip_be(addr: Ipv4Addr) -> u32 {

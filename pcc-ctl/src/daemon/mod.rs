@@ -1,10 +1,12 @@
 //! `pcc-ctl up`: learn the ports, load and attach the dataplane, keep it fed until a signal.
+mod installed;
 mod links;
 pub mod relink;
 mod serve;
 pub mod weights;
 
 use self::{
+    installed::Installed,
     links::{ip_be, mtu16, refresh_links},
     serve::{Owned, serve},
 };
@@ -24,49 +26,28 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use crate::{
     balance::failover::Failover,
     balance::health::{Clock, HealthTable, Probers, WanHealth},
-    balance::policy::{self, ConfigFile, Policy},
+    balance::policy::{self, ConfigFile},
     balance::quota::{self, Meter},
     balance::wan::{self, WanView},
     config::{Config, XdpMode},
-    daemon::relink::{LanView, Ports},
-    http::metrics::{self, Metrics},
+    daemon::relink::LanView,
+    http,
     kernel::conntrack::GcReport,
     kernel::dataplane::{Attached, Dataplane, Role},
-    kernel::default_routes::DefaultRoutes,
     kernel::guard::{ForwardGuard, GuardSpec},
     kernel::lock::InterfaceLocks,
-    kernel::maps::Maps,
     kernel::netlink::{Ipv4Net, Link, Netlink},
-    kernel::offload::{self, Offloads},
+    kernel::offload::Offloads,
     kernel::peer,
     kernel::pin::{self, PinnedState, Pins},
     kernel::routes::Routing,
+    shared::Shared,
 };
 
 /// Quota usage goes to disk every this many refreshes (seconds): a crash loses at most that.
 pub(super) const QUOTA_SAVE_TICKS: u64 = 5;
 /// How long start-up waits for gateways to resolve before going on without them.
 const ARP_WAIT: Duration = Duration::from_secs(3);
-
-/// What the metrics endpoint and the background tasks share.
-pub struct Shared {
-    pub maps: Mutex<Maps>,
-    pub metrics: Metrics,
-    pub wans: Mutex<Vec<WanView>>,
-    pub gc: Mutex<GcReport>,
-    pub health: HealthTable,
-    pub clock: Clock,
-    /// Per WAN (by `wan_id`): (rx, tx) bits per second over the last second.
-    pub rates: Mutex<Vec<(f64, f64)>>,
-    pub classifier: String,
-    /// Source-subnet policies (`--config`), re-tabled whenever WAN states change.
-    pub policies: Vec<Policy>,
-    /// Quota usage (`[[quota]]` in `--config`).
-    pub quota: Mutex<Option<Meter>>,
-    /// Routes of the main table mirrored into the dataplane, and next-hop MACs with them.
-    pub routes_mirrored: AtomicUsize,
-    pub neighbours_mirrored: AtomicUsize,
-}
 
 /// `pcc-ctl up` loads eBPF programs and attaches them: refused before anything else for
 /// anyone but root.
@@ -212,7 +193,7 @@ pub async fn run(config: Config) -> Result<()> {
     } else {
         pins.remove_all();
     }
-    let (mut dataplane, mut maps) = match Dataplane::load_pinned(config.max_connections, &pins) {
+    let (dataplane, mut maps) = match Dataplane::load_pinned(config.max_connections, &pins) {
         Ok(loaded) => loaded,
         Err(e) => {
             if !adopting {
@@ -275,25 +256,24 @@ pub async fn run(config: Config) -> Result<()> {
     }
 
     // From here on the kernel holds state of ours: clean it up on every exit path.
-    let mut managed = Vec::new();
-    let mut routes = DefaultRoutes::default();
-    let mut routing = Routing::adopt(&maps, &wans);
-    let mut guard = None;
+    let routing = Routing::adopt(&maps, &wans);
     // Also what a killed controller left turned off: turned back on at exit.
-    let mut offloads = Offloads::open(config.first_lan())?;
+    let offloads = Offloads::open(config.first_lan())?;
+    let mut installed = Installed::new(pins, dataplane, offloads, routing);
     let result = async {
-        pins.write_state(&want)?;
+        let installed = &mut installed;
+        installed.pins.write_state(&want)?;
         if config.forward_guard {
             let wan_names: Vec<String> = learned.wans.iter().map(|(l, _, _)| l.name.clone()).collect();
             let lans: Vec<(String, Ipv4Net)> = learned.lans.iter().map(|(l, n)| (l.name.clone(), *n)).collect();
             let spec = GuardSpec { wans: &wan_names, lans: &lans };
             let g = ForwardGuard::install(&spec)?;
             log::debug!("kernel forwarding guarded by nftables table ip {}", g.table());
-            guard = Some(g);
+            installed.guard = Some(g);
         }
         for wan in &wans {
             nl.add_managed_neighbour(wan.info.ifindex, wan.gateway).await?;
-            managed.push((wan.info.ifindex, wan.gateway));
+            installed.manage((wan.info.ifindex, wan.gateway));
         }
         let deadline = tokio::time::Instant::now() + ARP_WAIT;
         loop {
@@ -319,7 +299,7 @@ pub async fn run(config: Config) -> Result<()> {
         // Before any program runs: from its first packet, what the routing table sends
         // elsewhere is never balanced.
         let maps = Mutex::new(maps);
-        routing.refresh(&nl, &maps, &wans).await?;
+        installed.routing.refresh(&nl, &maps, &wans).await?;
         let maps = maps.into_inner().expect("maps lock poisoned");
         if config.xdp_mode == XdpMode::Generic {
             log::warn!("generic XDP mode: every packet pays for an skb first; use native mode where the driver has it");
@@ -334,7 +314,7 @@ pub async fn run(config: Config) -> Result<()> {
             peer::warn_partial_checksums(&nl, &link.name, link.ifindex).await;
         }
         let mut adopted = Vec::new();
-        let mut attach = Ports { dataplane: &mut dataplane, pins: &pins, offloads: &mut offloads };
+        let mut attach = installed.ports();
         for (role, link) in ports {
             if attach.attach(role, &link.name, link.ifindex, config.xdp_mode)? == Attached::Adopted {
                 adopted.push(link.name.clone());
@@ -368,7 +348,6 @@ pub async fn run(config: Config) -> Result<()> {
         };
         let shared = Arc::new(Shared {
             maps: Mutex::new(maps),
-            metrics: Metrics::new(config.classifier.name())?,
             wans: Mutex::new(wans.clone()),
             gc: Mutex::new(GcReport::default()),
             health,
@@ -377,10 +356,11 @@ pub async fn run(config: Config) -> Result<()> {
             classifier: config.classifier.name().to_string(),
             policies: policies.clone(),
             quota: Mutex::new(meter),
-            routes_mirrored: AtomicUsize::new(routing.routes_mirrored()),
-            neighbours_mirrored: AtomicUsize::new(routing.neighbours_mirrored()),
+            routes_mirrored: AtomicUsize::new(installed.routing.routes_mirrored()),
+            neighbours_mirrored: AtomicUsize::new(installed.routing.neighbours_mirrored()),
+            failover_resets: Default::default(),
         });
-        let server = metrics::bind(config.listen, shared.clone()).await?;
+        let server = http::bind(config.listen, shared.clone()).await?;
         let (health_tx, health_rx) = tokio::sync::mpsc::unbounded_channel();
         let mut failover = Failover::new(config.failover_grace_secs)?;
         let mut probers = Probers::new(params, shared.health.clone(), shared.clock, health_tx);
@@ -390,8 +370,8 @@ pub async fn run(config: Config) -> Result<()> {
         let events = Netlink::events()?;
         tokio::spawn(server);
         let wan_ifindexes: Vec<(u8, u32)> = wans.iter().map(|w| (w.wan_id, w.info.ifindex)).collect();
-        routes.adopt(&nl, &wan_ifindexes).await;
-        routes.follow(&nl, &wans).await;
+        installed.routes.adopt(&nl, &wan_ifindexes).await;
+        installed.routes.follow(&nl, &wans).await;
         log::info!(
             "balancing {} over {} ({} classifier), metrics on http://{}/metrics",
             config.lans.join(","),
@@ -406,13 +386,9 @@ pub async fn run(config: Config) -> Result<()> {
         println!("pcc-ctl: ready");
         let _ = std::io::stdout().flush();
         let owned = Owned {
-            ports: Ports { dataplane: &mut dataplane, pins: &pins, offloads: &mut offloads },
+            installed,
             lans,
-            guard: guard.as_mut(),
-            routes: &mut routes,
             probers: &mut probers,
-            managed: &mut managed,
-            routing: &mut routing,
             failover: &mut failover,
             stop: &mut stop,
         };
@@ -420,21 +396,7 @@ pub async fn run(config: Config) -> Result<()> {
     }
     .await;
 
-    // A clean exit (or a failed start) leaves nothing: removing the link pins, then closing
-    // our handles, detaches the programs.
-    pins.remove_all();
-    drop(dataplane);
-    offloads.restore_all(offload::ifindex_of);
-    if let Some(g) = guard {
-        g.remove();
-    }
-    routes.restore_all(&nl).await;
-    routing.release_all(&nl).await;
-    for (ifindex, gateway) in managed {
-        if let Err(e) = nl.del_neighbour(ifindex, gateway).await {
-            log::warn!("{e:#}");
-        }
-    }
+    installed.teardown(&nl).await;
     result
 }
 

@@ -21,7 +21,6 @@ use crate::{
     balance::health::WanHealth,
     balance::wan::WanView,
     config::{Config, XdpMode},
-    daemon::Shared,
     kernel::conntrack,
     kernel::dataplane::{Attached, Dataplane, Role},
     kernel::maps::Maps,
@@ -29,6 +28,7 @@ use crate::{
     kernel::offload::{Offload, Offloads},
     kernel::peer,
     kernel::pin::Pins,
+    shared::Shared,
 };
 
 /// What a WAN looked like before a link refresh.

@@ -1,16 +1,17 @@
 //! The event loop of `pcc-ctl up`: waits for what happens (a signal, netlink events, probe
 //! results, timers) and reacts; the reactions that are more than a line live next to it.
-use std::{net::Ipv4Addr, sync::atomic::Ordering, time::Duration};
+use std::{sync::atomic::Ordering, time::Duration};
 
 use anyhow::Result;
 use futures::{FutureExt as _, StreamExt as _};
 use pcc_common::Method;
 
 use super::{
-    QUOTA_SAVE_TICKS, Shared, Stop,
+    QUOTA_SAVE_TICKS, Stop,
+    installed::Installed,
     links::{refresh_links, sample_rates},
     probe_ident, relink,
-    relink::{LanView, Ports},
+    relink::LanView,
     wan_addr, weights,
 };
 use crate::{
@@ -21,13 +22,8 @@ use crate::{
         wan::{self, WanView},
     },
     config::Config,
-    kernel::{
-        conntrack,
-        default_routes::DefaultRoutes,
-        guard::ForwardGuard,
-        netlink::Netlink,
-        routes::{self, Routing},
-    },
+    kernel::{conntrack, netlink::Netlink, routes},
+    shared::Shared,
 };
 
 /// How often link state and gateway MACs are re-read even without a netlink event.
@@ -38,19 +34,11 @@ const GC_INTERVAL: Duration = Duration::from_secs(2);
 /// What the controller put into the kernel and keeps in step while it runs, and the signals
 /// that end the run.
 pub(super) struct Owned<'a> {
-    /// The attached programs, their pins and the offloads turned off, for interfaces that come
-    /// back as new ones.
-    pub(super) ports: Ports<'a>,
+    /// The programs, pins, offloads, guard, routes and neighbour entries (see `installed`):
+    /// followed as interfaces come back as new ones and LAN subnets change.
+    pub(super) installed: &'a mut Installed,
     pub(super) lans: Vec<LanView>,
-    /// The forwarding guard, which names the LAN subnets.
-    pub(super) guard: Option<&'a mut ForwardGuard>,
-    pub(super) routes: &'a mut DefaultRoutes,
     pub(super) probers: &'a mut Probers,
-    /// Gateway neighbour entries we asked the kernel to keep resolved, also those of WANs
-    /// re-created or re-addressed while running: all are removed on exit.
-    pub(super) managed: &'a mut Vec<(u32, Ipv4Addr)>,
-    /// The main routing table's mirror and the route next hops kept resolved.
-    pub(super) routing: &'a mut Routing,
     /// The grace of WANs that went down, and the resets once it ends.
     pub(super) failover: &'a mut Failover,
     /// What ends it.
@@ -101,13 +89,15 @@ pub(super) async fn serve(
                 (true, changed || weights_changed)
             }
             _ = routes_poll.tick() => {
-                owned.routing.poll(nl, &shared.maps, &wans).await;
-                shared.routes_mirrored.store(owned.routing.routes_mirrored(), Ordering::Relaxed);
-                shared.neighbours_mirrored.store(owned.routing.neighbours_mirrored(), Ordering::Relaxed);
+                owned.installed.routing.poll(nl, &shared.maps, &wans).await;
+                shared.routes_mirrored.store(owned.installed.routing.routes_mirrored(), Ordering::Relaxed);
+                shared.neighbours_mirrored.store(owned.installed.routing.neighbours_mirrored(), Ordering::Relaxed);
                 continue;
             }
             _ = at(owned.failover.next_end(&wans)) => {
-                owned.failover.reset_ended(shared, &wans);
+                for (wan_id, sent) in owned.failover.reset_ended(&shared.maps, &wans) {
+                    shared.failover_resets[usize::from(wan_id)].fetch_add(sent, Ordering::Relaxed);
+                }
                 continue;
             }
             _ = gc.tick() => {
@@ -121,31 +111,40 @@ pub(super) async fn serve(
         // After every link refresh: a WAN waiting for its gateway may get one without a
         // link event.
         let restart = if refreshed {
-            let ports = &mut owned.ports;
-            for i in relink::follow_lans(nl, shared, ports, config, &mut owned.lans).await {
+            let mut ports = owned.installed.ports();
+            let renumbered =
+                relink::follow_lans(nl, shared, &mut ports, config, &mut owned.lans).await;
+            for i in renumbered {
                 let lan = &owned.lans[i];
-                if let Some(g) = owned.guard.as_deref_mut()
+                if let Some(g) = owned.installed.guard.as_mut()
                     && let Err(e) = g.renumber(&lan.name, lan.net)
                 {
                     log::warn!("LAN {}: {e:#}", lan.name);
                 }
             }
-            relink::follow(nl, shared, ports, config, &before, &mut wans).await
+            relink::follow(
+                nl,
+                shared,
+                &mut owned.installed.ports(),
+                config,
+                &before,
+                &mut wans,
+            )
+            .await
         } else {
             Vec::new()
         };
         for &i in &restart {
             owned.probers.forget(wans[i].wan_id as usize);
-            let gateway = (wans[i].info.ifindex, wans[i].gateway);
-            if !owned.managed.contains(&gateway) {
-                owned.managed.push(gateway);
-            }
+            owned
+                .installed
+                .manage((wans[i].info.ifindex, wans[i].gateway));
         }
         let links_changed = links_changed || !restart.is_empty();
         if refreshed {
             // A route, address, link or neighbour event, or WANs re-created or with new
             // gateways: the mirror is refreshed at its next poll.
-            owned.routing.mark_dirty();
+            owned.installed.routing.mark_dirty();
         }
         if links_changed {
             for wan in &wans {
@@ -205,7 +204,7 @@ pub(super) async fn serve(
             // (a least-loaded weight update changes neither).
             let now_in_use: Vec<bool> = wans.iter().map(wan::in_use(&wans)).collect();
             if now_in_use != in_use {
-                owned.routes.follow(nl, &wans).await;
+                owned.installed.routes.follow(nl, &wans).await;
                 in_use = now_in_use;
             }
         }

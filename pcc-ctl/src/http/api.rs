@@ -13,7 +13,8 @@ use pcc_common::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{balance::health::Target, daemon::Shared, kernel::conntrack::monotonic_ns};
+use super::Endpoint;
+use crate::{balance::health::Target, kernel::conntrack::monotonic_ns, shared::Shared};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct WanStatus {
@@ -250,13 +251,13 @@ fn sort_and_keep(flows: &mut Vec<Flow>, limit: usize) {
     flows.truncate(limit);
 }
 
-pub async fn status_handler(State(shared): State<Arc<Shared>>) -> Json<Status> {
-    Json(status(&shared))
+pub async fn status_handler(State(endpoint): State<Arc<Endpoint>>) -> Json<Status> {
+    Json(status(&endpoint.shared))
 }
 
 pub async fn flows_handler(
-    State(shared): State<Arc<Shared>>,
+    State(endpoint): State<Arc<Endpoint>>,
     Query(filter): Query<FlowFilter>,
 ) -> Result<Json<Vec<Flow>>, (StatusCode, String)> {
-    Ok(Json(flows(&shared, &filter)))
+    Ok(Json(flows(&endpoint.shared, &filter)))
 }

@@ -11,7 +11,8 @@
 //!   forwarding guard, interface locks, the conntrack sweep, offloads, route mirroring.
 //! - `http`: the metrics and API endpoint.
 //! - `commands`: the short-lived subcommands (status, flows, quota, down).
-//! - `shared`: what the daemon and the HTTP endpoint share, below both.
+//! - `shared`: what the daemon and the HTTP endpoint share, below both; `sync`: the one way
+//!   their mutexes are locked.
 pub mod balance;
 pub mod bench;
 pub mod cli;
@@ -22,6 +23,7 @@ pub mod generate;
 pub mod http;
 pub mod kernel;
 pub mod shared;
+pub mod sync;
 pub mod testbed;
 
 // Transitional re-exports: the paths the tests, the test bed and the benchmarks import

@@ -17,6 +17,7 @@ use pcc_common::{
     failover::{Endpoint, reset_frame},
 };
 
+use crate::sync::lock;
 use crate::{
     balance::wan::WanView,
     kernel::{conntrack::forget_connection, maps::Maps},
@@ -274,11 +275,9 @@ impl Failover {
                 continue;
             };
             let lan = &self.lan;
-            let done = reset_wan(
-                &mut maps.lock().expect("maps lock poisoned"),
-                wan_id,
-                &mut |ifindex, frame| lan.send(ifindex, frame),
-            );
+            let done = reset_wan(&mut lock(maps), wan_id, &mut |ifindex, frame| {
+                lan.send(ifindex, frame)
+            });
             sent.push((wan_id, done.sent as u64));
             log::warn!(
                 "WAN {} still down after the failover grace ({} s): reset {} TCP connections \

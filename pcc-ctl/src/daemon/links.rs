@@ -3,6 +3,7 @@
 use std::net::Ipv4Addr;
 
 use crate::shared::Shared;
+use crate::sync::lock;
 use crate::{balance::wan::WanView, kernel::netlink::Netlink};
 
 pub(super) fn ip_be(addr: Ipv4Addr) -> u32 {
@@ -23,8 +24,8 @@ pub(super) fn sample_rates(
     let now = tokio::time::Instant::now();
     let secs = now.duration_since(*at).as_secs_f64().max(1e-3);
     *at = now;
-    let maps = shared.maps.lock().expect("maps lock poisoned");
-    let mut rates = shared.rates.lock().expect("rates lock poisoned");
+    let maps = lock(&shared.maps);
+    let mut rates = lock(&shared.rates);
     for wan in wans {
         let id = wan.wan_id as usize;
         let Ok(c) = maps.wan_counters(wan.wan_id) else {

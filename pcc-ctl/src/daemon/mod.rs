@@ -14,7 +14,7 @@ use self::{
 use std::{
     io::Write as _,
     net::Ipv4Addr,
-    sync::{Arc, Mutex, atomic::AtomicUsize},
+    sync::{Arc, Mutex, PoisonError, atomic::AtomicUsize},
     time::Duration,
 };
 
@@ -300,7 +300,7 @@ pub async fn run(config: Config) -> Result<()> {
         // elsewhere is never balanced.
         let maps = Mutex::new(maps);
         installed.routing.refresh(&nl, &maps, &wans).await?;
-        let maps = maps.into_inner().expect("maps lock poisoned");
+        let maps = maps.into_inner().unwrap_or_else(PoisonError::into_inner);
         if config.xdp_mode == XdpMode::Generic {
             log::warn!("generic XDP mode: every packet pays for an skb first; use native mode where the driver has it");
         }

@@ -17,6 +17,7 @@ use std::{
 use anyhow::Context as _;
 use pcc_common::{LAN_DEVMAP_BASE, LanInfo};
 
+use crate::sync::lock;
 use crate::{
     balance::health::WanHealth,
     balance::wan::WanView,
@@ -24,7 +25,7 @@ use crate::{
     kernel::conntrack,
     kernel::dataplane::{Attached, Dataplane, Role},
     kernel::maps::Maps,
-    kernel::netlink::{Ipv4Net, Link, Netlink},
+    kernel::netlink::{Ipv4Net, Link, LinkError, Netlink},
     kernel::offload::{Offload, Offloads},
     kernel::peer,
     kernel::pin::Pins,
@@ -84,7 +85,7 @@ pub async fn follow(
         }
         if readdressed {
             let old = Ipv4Addr::from(was.addr.to_ne_bytes());
-            let maps = &mut shared.maps.lock().expect("maps lock poisoned");
+            let maps = &mut lock(&shared.maps);
             let n = conntrack::flush_address(maps, wan.wan_id, was.addr);
             log::info!(
                 "WAN {} moved from {old} to {}: {n} connections through the old address ended",
@@ -106,12 +107,9 @@ async fn reattach(
     let ifindex = wan.info.ifindex;
     ports.attach(Role::Wan, &wan.name, ifindex, config.xdp_mode)?;
     peer::warn_partial_checksums(nl, &wan.name, ifindex).await;
-    shared.maps.lock().expect("maps lock poisoned").devmap.set(
-        u32::from(wan.wan_id),
-        ifindex,
-        None,
-        0,
-    )?;
+    lock(&shared.maps)
+        .devmap
+        .set(u32::from(wan.wan_id), ifindex, None, 0)?;
     relearn_gateway(nl, shared, config, wan).await?;
     nl.add_managed_neighbour(ifindex, wan.gateway).await
 }
@@ -141,7 +139,7 @@ async fn relearn_gateway(
     // The old gateway's MAC must not stand in for the new one's until it resolves.
     wan.info.gateway_mac = [0; 6];
     if wan_config.probe_targets.is_none() {
-        shared.health.lock().expect("health lock poisoned")[wan.wan_id as usize] =
+        lock(&shared.health)[wan.wan_id as usize] =
             WanHealth::new(&[gateway], config.probe_quorum, config.probe);
     }
     nl.add_managed_neighbour(ifindex, gateway).await?;
@@ -244,15 +242,23 @@ pub async fn follow_lans(
 ) -> Vec<usize> {
     let mut renumbered = Vec::new();
     for (i, lan) in lans.iter_mut().enumerate() {
-        let Ok(link) = nl.link(&lan.name).await else {
-            if !lan.gone {
-                log::warn!(
-                    "LAN {} is gone: its hosts are cut off until it comes back",
-                    lan.name
-                );
-                lan.gone = true;
+        let link = match nl.link(&lan.name).await {
+            Ok(link) => link,
+            Err(LinkError::Unknown(_)) => {
+                if !lan.gone {
+                    log::warn!(
+                        "LAN {} is gone: its hosts are cut off until it comes back",
+                        lan.name
+                    );
+                    lan.gone = true;
+                }
+                continue;
             }
-            continue;
+            // Not a sign that the LAN went: look again at the next refresh.
+            Err(e) => {
+                log::warn!("LAN {}: {:#}", lan.name, anyhow::Error::from(e));
+                continue;
+            }
         };
         lan.gone = false;
         let net = nl.ipv4_addr(link.ifindex).await.ok().flatten();
@@ -274,7 +280,7 @@ pub async fn follow_lans(
             if lan.info.mac != before.mac {
                 lan.announce = ANNOUNCEMENTS;
             }
-            let maps = &mut shared.maps.lock().expect("maps lock poisoned");
+            let maps = &mut lock(&shared.maps);
             if let Err(e) = write_lan(maps, lan) {
                 log::warn!("LAN {}: {e:#}", lan.name);
             }

@@ -14,6 +14,7 @@ use super::{
     relink::LanView,
     wan_addr, weights,
 };
+use crate::sync::lock;
 use crate::{
     balance::{
         failover::Failover,
@@ -103,8 +104,8 @@ pub(super) async fn serve(
             _ = gc.tick() => {
                 gc_passes += 1;
                 let scan_orphans = gc_passes.is_multiple_of(conntrack::ORPHAN_SCAN_EVERY);
-                let report = conntrack::collect(&mut shared.maps.lock().expect("maps lock poisoned"), &timeouts, conntrack::monotonic_ns(), scan_orphans)?;
-                *shared.gc.lock().expect("gc lock poisoned") = report;
+                let report = conntrack::collect(&mut lock(&shared.maps), &timeouts, conntrack::monotonic_ns(), scan_orphans)?;
+                *lock(&shared.gc) = report;
                 continue;
             }
         };
@@ -161,7 +162,7 @@ pub(super) async fn serve(
         let mut states_changed = false;
         let mut resolve = Vec::new();
         {
-            let mut health = shared.health.lock().expect("health lock poisoned");
+            let mut health = lock(&shared.health);
             for wan in wans.iter_mut() {
                 let h = &mut health[wan.wan_id as usize];
                 if wan.up && !wan.link_ok {
@@ -196,9 +197,9 @@ pub(super) async fn serve(
         }
         if states_changed || links_changed {
             {
-                let maps = &mut shared.maps.lock().expect("maps lock poisoned");
+                let maps = &mut lock(&shared.maps);
                 weights::apply(maps, &wans, &shared.policies, config.method)?;
-                *shared.wans.lock().expect("wans lock poisoned") = wans.clone();
+                *lock(&shared.wans) = wans.clone();
             }
             // On a change of the WANs in use: up/down, or a quota turning a WAN into a backup
             // (a least-loaded weight update changes neither).
@@ -212,7 +213,7 @@ pub(super) async fn serve(
             log::warn!("no WAN is up: traffic from the LAN is dropped until one returns");
         }
     }
-    if let Some(meter) = shared.quota.lock().expect("quota lock poisoned").as_ref()
+    if let Some(meter) = lock(&shared.quota).as_ref()
         && let Err(e) = meter.save()
     {
         log::warn!("{e:#}");
@@ -232,12 +233,12 @@ async fn at(deadline: Option<tokio::time::Instant>) {
 /// Counts quota usage, applies a pending `pcc-ctl quota --set` and saves the usage every few
 /// seconds; the last threshold each quota'd WAN crossed (none without quotas).
 fn count_quotas(shared: &Shared, ticks: u64) -> Vec<(u8, usize, Option<Action>)> {
-    let mut meter = shared.quota.lock().expect("quota lock poisoned");
+    let mut meter = lock(&shared.quota);
     let Some(meter) = meter.as_mut() else {
         return Vec::new();
     };
     {
-        let maps = shared.maps.lock().expect("maps lock poisoned");
+        let maps = lock(&shared.maps);
         meter.update(
             |id| maps.wan_counters(id).map_or(0, |c| c.rx_bytes + c.tx_bytes),
             quota::unix_now(),
@@ -255,8 +256,7 @@ fn count_quotas(shared: &Shared, ticks: u64) -> Vec<(u8, usize, Option<Action>)>
 /// whether one changed.
 fn follow_weights(shared: &Shared, wans: &mut [WanView], config: &Config, ticks: u64) -> bool {
     let quotas = count_quotas(shared, ticks);
-    let rates = (config.method == Method::LeastLoaded)
-        .then(|| shared.rates.lock().expect("rates lock poisoned").clone());
+    let rates = (config.method == Method::LeastLoaded).then(|| lock(&shared.rates).clone());
     let inputs = weights::Inputs {
         rates: rates.as_deref(),
         quotas: &quotas,

@@ -10,6 +10,7 @@ use prometheus::{
     Encoder as _, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::sync::lock;
 use crate::{http::api::TargetStatus, shared::Shared};
 
 pub struct Metrics {
@@ -307,7 +308,7 @@ impl Metrics {
     /// Reads the dataplane and renders the exposition text.
     pub fn render(&self, shared: &Shared) -> Result<String> {
         {
-            let maps = shared.maps.lock().expect("maps lock poisoned");
+            let maps = lock(&shared.maps);
             let counters = maps.counters()?;
             for c in Counter::ALL {
                 let v = counters[c as usize];
@@ -330,14 +331,14 @@ impl Metrics {
                     events[e as usize],
                 );
             }
-            let gc = *shared.gc.lock().expect("gc lock poisoned");
+            let gc = *lock(&shared.gc);
             self.flows_active.set(gc.active as i64);
             self.nat_bindings.set(gc.bindings as i64);
             self.routes_mirrored
                 .set(shared.routes_mirrored.load(Ordering::Relaxed) as i64);
             self.route_neighbours
                 .set(shared.neighbours_mirrored.load(Ordering::Relaxed) as i64);
-            let health = shared.health.lock().expect("health lock poisoned");
+            let health = lock(&shared.health);
             let now_ms = shared.clock.now_ms();
             // A WAN's targets change with its gateway: series of former targets must go.
             for probe in [
@@ -349,7 +350,7 @@ impl Metrics {
                 probe.reset();
             }
             self.probe_up.reset();
-            for wan in shared.wans.lock().expect("wans lock poisoned").iter() {
+            for wan in lock(&shared.wans).iter() {
                 let n = wan.name.as_str();
                 if let Some(h) = health.get(wan.wan_id as usize) {
                     // NaN until the first reply: "no measurement", not zero.
@@ -414,8 +415,8 @@ impl Metrics {
                     .set(gc.nat_ports_per_wan[wan.wan_id as usize] as i64);
             }
         }
-        if let Some(meter) = shared.quota.lock().expect("quota lock poisoned").as_ref() {
-            let wans = shared.wans.lock().expect("wans lock poisoned");
+        if let Some(meter) = lock(&shared.quota).as_ref() {
+            let wans = lock(&shared.wans);
             let crossed = meter.crossed();
             for ((q, u), (_, hit, _)) in meter.quotas.iter().zip(&meter.usage).zip(&crossed) {
                 let Some(wan) = wans.iter().find(|w| w.wan_id == q.wan_id) else {

@@ -1,5 +1,9 @@
 //! The command line (clap) and nothing else: `config` turns `up`'s arguments into a checked
 //! `Config`, `main` hands the other subcommands' values to `commands`.
+//!
+//! Over 500 lines because each flag's help text sits on its `#[arg]`: that text is what
+//! `pcc-ctl up --help` prints, the reference a router's admin reads. Parsers and their tests
+//! follow.
 use std::net::{Ipv4Addr, SocketAddr};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};

@@ -2,6 +2,9 @@
 //!
 //! Uses `rtnetlink` (rust-netlink): a maintained, async (tokio) rtnetlink client with typed
 //! messages, instead of parsing `ip` output or hand-rolling netlink attributes.
+//!
+//! Over 500 lines because it is every request the controller makes of rtnetlink, one method
+//! each, behind the one handle: links, addresses, routes, neighbours, events.
 use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{Context as _, Result, anyhow};

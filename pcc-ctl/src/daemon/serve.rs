@@ -1,5 +1,5 @@
 //! The event loop of `pcc-ctl up`: waits for what happens (a signal, netlink events, probe
-//! results, timers) and reacts; the reactions that are more than a line live next to it.
+//! results, timers); what each does is a method of `Running`.
 use std::{sync::atomic::Ordering, time::Duration};
 
 use anyhow::Result;
@@ -47,126 +47,228 @@ pub(super) struct Owned<'a> {
 }
 
 /// Runs until SIGINT or SIGTERM: follows netlink events and probe results, keeps the maps and
-/// default routes in step, collects expired connections.
+/// default routes in step, collects expired connections. This is the `select!` only: what
+/// each event does is a method of `Running`.
 pub(super) async fn serve(
     nl: &Netlink,
     shared: &Shared,
-    mut wans: Vec<WanView>,
-    mut owned: Owned<'_>,
+    wans: Vec<WanView>,
+    owned: Owned<'_>,
     mut events: impl futures::Stream<Item = ()> + Unpin,
     mut health_rx: tokio::sync::mpsc::UnboundedReceiver<()>,
     config: &Config,
 ) -> Result<()> {
+    let Owned {
+        installed,
+        lans,
+        probers,
+        failover,
+        stop,
+    } = owned;
     let mut refresh = tokio::time::interval(REFRESH_INTERVAL);
     let mut routes_poll = tokio::time::interval(routes::POLL_INTERVAL);
     let mut gc = tokio::time::interval(GC_INTERVAL);
-    let timeouts = config.timeouts;
-    let mut last_counters: Vec<(u64, u64)> = vec![(0, 0); wans.len()];
-    let mut last_sample = tokio::time::Instant::now();
-    // The WANs taking new connections when the default routes last followed them (at start).
-    let mut in_use: Vec<bool> = wans.iter().map(wan::in_use(&wans)).collect();
-    let mut gc_passes: u64 = 0;
-    let mut ticks: u64 = 0;
+    let mut run = Running {
+        nl,
+        shared,
+        config,
+        // The WANs taking new connections when the default routes last followed them (at
+        // start).
+        in_use: wans.iter().map(wan::in_use(&wans)).collect(),
+        last_counters: vec![(0, 0); wans.len()],
+        last_sample: tokio::time::Instant::now(),
+        gc_passes: 0,
+        ticks: 0,
+        wans,
+        installed,
+        lans,
+        probers,
+        failover,
+    };
     loop {
-        let before = relink::snapshot(&wans);
+        let before = relink::snapshot(&run.wans);
         // (links re-read, anything the dataplane sees changed)
         let (refreshed, links_changed) = tokio::select! {
-            _ = owned.stop.recv() => break,
+            _ = stop.recv() => break,
             Some(()) = events.next() => {
                 // A burst of events (a link going down takes its routes and neighbours
                 // with it) needs one refresh.
                 while let Some(Some(())) = events.next().now_or_never() {}
-                (true, refresh_links(nl, &mut wans).await)
+                (true, refresh_links(nl, &mut run.wans).await)
             }
             Some(()) = health_rx.recv() => {
                 while health_rx.try_recv().is_ok() {}
                 (false, false)
             }
-            _ = refresh.tick() => {
-                sample_rates(shared, &wans, &mut last_counters, &mut last_sample);
-                let changed = refresh_links(nl, &mut wans).await;
-                ticks += 1;
-                let weights_changed = follow_weights(shared, &mut wans, config, ticks);
-                (true, changed || weights_changed)
-            }
+            _ = refresh.tick() => (true, run.tick().await),
             _ = routes_poll.tick() => {
-                owned.installed.routing.poll(nl, &shared.maps, &wans).await;
-                shared.routes_mirrored.store(owned.installed.routing.routes_mirrored(), Ordering::Relaxed);
-                shared.neighbours_mirrored.store(owned.installed.routing.neighbours_mirrored(), Ordering::Relaxed);
+                run.poll_routes().await;
                 continue;
             }
-            _ = at(owned.failover.next_end(&wans)) => {
-                for (wan_id, sent) in owned.failover.reset_ended(&shared.maps, &wans) {
-                    shared.failover_resets[usize::from(wan_id)].fetch_add(sent, Ordering::Relaxed);
-                }
+            _ = at(run.failover.next_end(&run.wans)) => {
+                run.reset_ended();
                 continue;
             }
             _ = gc.tick() => {
-                gc_passes += 1;
-                let scan_orphans = gc_passes.is_multiple_of(conntrack::ORPHAN_SCAN_EVERY);
-                let report = conntrack::collect(&mut lock(&shared.maps), &timeouts, conntrack::monotonic_ns(), scan_orphans)?;
-                *lock(&shared.gc) = report;
+                run.collect()?;
                 continue;
             }
         };
+        run.react(&before, refreshed, links_changed).await?;
+    }
+    run.stop();
+    Ok(())
+}
+
+/// The loop's state between events: the WANs as last seen, what was installed, and what the
+/// periodic work counts.
+struct Running<'a> {
+    nl: &'a Netlink,
+    shared: &'a Shared,
+    config: &'a Config,
+    wans: Vec<WanView>,
+    installed: &'a mut Installed,
+    lans: Vec<LanView>,
+    probers: &'a mut Probers,
+    failover: &'a mut Failover,
+    in_use: Vec<bool>,
+    last_counters: Vec<(u64, u64)>,
+    last_sample: tokio::time::Instant,
+    gc_passes: u64,
+    ticks: u64,
+}
+
+impl Running<'_> {
+    /// Every second: throughput, links, and the effective weights; whether anything the
+    /// dataplane sees changed.
+    async fn tick(&mut self) -> bool {
+        sample_rates(
+            self.shared,
+            &self.wans,
+            &mut self.last_counters,
+            &mut self.last_sample,
+        );
+        let changed = refresh_links(self.nl, &mut self.wans).await;
+        self.ticks += 1;
+        let weights_changed = follow_weights(self.shared, &mut self.wans, self.config, self.ticks);
+        changed || weights_changed
+    }
+
+    /// The main routing table's mirror, refreshed if marked dirty.
+    async fn poll_routes(&mut self) {
+        let routing = &mut self.installed.routing;
+        routing.poll(self.nl, &self.shared.maps, &self.wans).await;
+        let shared = self.shared;
+        shared
+            .routes_mirrored
+            .store(routing.routes_mirrored(), Ordering::Relaxed);
+        shared
+            .neighbours_mirrored
+            .store(routing.neighbours_mirrored(), Ordering::Relaxed);
+    }
+
+    /// Resets the TCP connections of WANs whose failover grace ended.
+    fn reset_ended(&mut self) {
+        for (wan_id, sent) in self.failover.reset_ended(&self.shared.maps, &self.wans) {
+            self.shared.failover_resets[usize::from(wan_id)].fetch_add(sent, Ordering::Relaxed);
+        }
+    }
+
+    /// Collects expired connections (and, every few passes, orphans).
+    fn collect(&mut self) -> Result<()> {
+        self.gc_passes += 1;
+        let scan_orphans = self.gc_passes.is_multiple_of(conntrack::ORPHAN_SCAN_EVERY);
+        let report = conntrack::collect(
+            &mut lock(&self.shared.maps),
+            &self.config.timeouts,
+            conntrack::monotonic_ns(),
+            scan_orphans,
+        )?;
+        *lock(&self.shared.gc) = report;
+        Ok(())
+    }
+
+    /// After links were re-read (`refreshed`) or probe results came: follows re-created and
+    /// re-addressed ports, settles each WAN's state, and writes what changed.
+    async fn react(
+        &mut self,
+        before: &[relink::Before],
+        refreshed: bool,
+        links_changed: bool,
+    ) -> Result<()> {
         // After every link refresh: a WAN waiting for its gateway may get one without a
         // link event.
         let restart = if refreshed {
-            let mut ports = owned.installed.ports();
-            let renumbered =
-                relink::follow_lans(nl, shared, &mut ports, config, &mut owned.lans).await;
-            for i in renumbered {
-                let lan = &owned.lans[i];
-                if let Some(g) = owned.installed.guard.as_mut()
-                    && let Err(e) = g.renumber(&lan.name, lan.net)
-                {
-                    log::warn!("LAN {}: {e:#}", lan.name);
-                }
-            }
-            relink::follow(
-                nl,
-                shared,
-                &mut owned.installed.ports(),
-                config,
-                &before,
-                &mut wans,
-            )
-            .await
+            self.follow_ports(before).await
         } else {
             Vec::new()
         };
         for &i in &restart {
-            owned.probers.forget(wans[i].wan_id as usize);
-            owned
-                .installed
-                .manage((wans[i].info.ifindex, wans[i].gateway));
+            let wan = &self.wans[i];
+            self.probers.forget(wan.wan_id as usize);
+            self.installed.manage((wan.info.ifindex, wan.gateway));
         }
         let links_changed = links_changed || !restart.is_empty();
         if refreshed {
             // A route, address, link or neighbour event, or WANs re-created or with new
             // gateways: the mirror is refreshed at its next poll.
-            owned.installed.routing.mark_dirty();
+            self.installed.routing.mark_dirty();
         }
         if links_changed {
-            for wan in &wans {
-                if let Err(e) = owned.probers.ensure(
-                    wan.wan_id as usize,
-                    &wan.name,
-                    wan_addr(wan),
-                    probe_ident(wan.wan_id, config.nat_ports.min),
-                ) {
-                    log::warn!("WAN {}: {e:#}", wan.name);
-                }
+            self.ensure_probers();
+        }
+        let states_changed = self.settle().await;
+        if states_changed || links_changed {
+            self.write().await?;
+        }
+        if states_changed && !self.wans.iter().any(|w| w.up) {
+            log::warn!("no WAN is up: traffic from the LAN is dropped until one returns");
+        }
+        Ok(())
+    }
+
+    /// LANs and WANs re-created or re-addressed; the WANs (by index) whose probers must
+    /// start afresh.
+    async fn follow_ports(&mut self, before: &[relink::Before]) -> Vec<usize> {
+        let (nl, shared, config) = (self.nl, self.shared, self.config);
+        let mut ports = self.installed.ports();
+        let renumbered = relink::follow_lans(nl, shared, &mut ports, config, &mut self.lans).await;
+        for i in renumbered {
+            let lan = &self.lans[i];
+            if let Some(g) = self.installed.guard.as_mut()
+                && let Err(e) = g.renumber(&lan.name, lan.net)
+            {
+                log::warn!("LAN {}: {e:#}", lan.name);
             }
         }
+        let mut ports = self.installed.ports();
+        relink::follow(nl, shared, &mut ports, config, before, &mut self.wans).await
+    }
+
+    /// A prober for every WAN, on its current interface and address.
+    fn ensure_probers(&mut self) {
+        for wan in &self.wans {
+            if let Err(e) = self.probers.ensure(
+                wan.wan_id as usize,
+                &wan.name,
+                wan_addr(wan),
+                probe_ident(wan.wan_id, self.config.nat_ports.min),
+            ) {
+                log::warn!("WAN {}: {e:#}", wan.name);
+            }
+        }
+    }
+
+    /// Each WAN's state from its link and health; whether one changed.
+    async fn settle(&mut self) -> bool {
         let mut states_changed = false;
         let mut resolve = Vec::new();
         {
-            let mut health = lock(&shared.health);
-            for wan in wans.iter_mut() {
+            let mut health = lock(&self.shared.health);
+            for wan in self.wans.iter_mut() {
                 let h = &mut health[wan.wan_id as usize];
                 if wan.up && !wan.link_ok {
-                    h.force_down(shared.clock.now_ms());
+                    h.force_down(self.shared.clock.now_ms());
                 }
                 wan.healthy = h.is_up();
                 if wan.settle() {
@@ -188,38 +290,46 @@ pub(super) async fn serve(
                 }
             }
         }
-        owned.failover.follow(&wans);
+        self.failover.follow(&self.wans);
         for (ifindex, gateway) in resolve {
-            let _ = nl.del_neighbour(ifindex, gateway).await;
-            if let Err(e) = nl.add_managed_neighbour(ifindex, gateway).await {
+            let _ = self.nl.del_neighbour(ifindex, gateway).await;
+            if let Err(e) = self.nl.add_managed_neighbour(ifindex, gateway).await {
                 log::warn!("{e:#}");
             }
         }
-        if states_changed || links_changed {
-            {
-                let maps = &mut lock(&shared.maps);
-                weights::apply(maps, &wans, &shared.policies, config.method)?;
-                *lock(&shared.wans) = wans.clone();
-            }
-            // On a change of the WANs in use: up/down, or a quota turning a WAN into a backup
-            // (a least-loaded weight update changes neither).
-            let now_in_use: Vec<bool> = wans.iter().map(wan::in_use(&wans)).collect();
-            if now_in_use != in_use {
-                owned.installed.routes.follow(nl, &wans).await;
-                in_use = now_in_use;
-            }
-        }
-        if states_changed && !wans.iter().any(|w| w.up) {
-            log::warn!("no WAN is up: traffic from the LAN is dropped until one returns");
-        }
+        states_changed
     }
-    if let Some(meter) = lock(&shared.quota).as_ref()
-        && let Err(e) = meter.save()
-    {
-        log::warn!("{e:#}");
+
+    /// The WANs and slot tables into the maps, the views for the endpoint, and the default
+    /// routes when the WANs in use changed.
+    async fn write(&mut self) -> Result<()> {
+        {
+            let maps = &mut lock(&self.shared.maps);
+            weights::apply(maps, &self.wans, &self.shared.policies, self.config.method)?;
+            *lock(&self.shared.wans) = self.wans.clone();
+        }
+        // On a change of the WANs in use: up/down, or a quota turning a WAN into a backup
+        // (a least-loaded weight update changes neither).
+        let now_in_use: Vec<bool> = self.wans.iter().map(wan::in_use(&self.wans)).collect();
+        if now_in_use != self.in_use {
+            self.installed.routes.follow(self.nl, &self.wans).await;
+            self.in_use = now_in_use;
+        }
+        Ok(())
     }
-    log::info!("stopping: detaching from {}", config.interfaces().join(","));
-    Ok(())
+
+    /// On a stop: the quota usage to disk.
+    fn stop(&self) {
+        if let Some(meter) = lock(&self.shared.quota).as_ref()
+            && let Err(e) = meter.save()
+        {
+            log::warn!("{e:#}");
+        }
+        log::info!(
+            "stopping: detaching from {}",
+            self.config.interfaces().join(",")
+        );
+    }
 }
 
 /// Sleeps until `deadline`, or forever without one.

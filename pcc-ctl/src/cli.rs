@@ -1,13 +1,18 @@
-//! Command line.
+//! The command line (clap) and nothing else: `config` turns `up`'s arguments into a checked
+//! `Config`, `main` hands the other subcommands' values to `commands`.
+//!
+//! Over 500 lines because each flag's help text sits on its `#[arg]`: that text is what
+//! `pcc-ctl up --help` prints, the reference a router's admin reads. Parsers and their tests
+//! follow.
 use std::net::{Ipv4Addr, SocketAddr};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use pcc_common::{
-    Classifier, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_HOST, Method, NatFiltering,
+    Classifier, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_HOST, Method,
     conntrack::Timeouts, health::ProbeParams,
 };
 
-use crate::failover;
+use crate::balance::failover;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -35,16 +40,6 @@ pub enum Command {
     Down(DownArgs),
 }
 
-impl UpArgs {
-    /// `--weight` of a WAN (1 unless given).
-    pub fn weight_of(&self, wan: &str) -> u32 {
-        self.weight
-            .iter()
-            .find(|(n, _)| n == wan)
-            .map_or(1, |(_, w)| *w)
-    }
-}
-
 #[derive(Args, Debug)]
 pub struct QuotaArgs {
     /// The first LAN interface of the `pcc-ctl up` (it names the usage file).
@@ -56,17 +51,6 @@ pub struct QuotaArgs {
     /// Set a WAN's usage, e.g. `eth0=350GB` (the running controller applies it).
     #[arg(long, value_delimiter = ',', value_parser = parse_set, value_name = "IFACE=SIZE,...")]
     pub set: Vec<(String, String)>,
-}
-
-impl QuotaArgs {
-    pub fn state_file(&self) -> std::path::PathBuf {
-        quota_file(&self.state_dir, &self.lan)
-    }
-}
-
-/// The quota usage file of the instance whose first LAN is `lan`.
-pub fn quota_file(dir: &std::path::Path, lan: &str) -> std::path::PathBuf {
-    dir.join(format!("quota-{lan}.json"))
 }
 
 fn parse_set(s: &str) -> Result<(String, String), String> {
@@ -123,15 +107,6 @@ pub enum XdpModeArg {
 pub enum NatFilteringArg {
     AddressAndPortDependent,
     EndpointIndependent,
-}
-
-impl From<NatFilteringArg> for NatFiltering {
-    fn from(arg: NatFilteringArg) -> Self {
-        match arg {
-            NatFilteringArg::AddressAndPortDependent => NatFiltering::AddressAndPortDependent,
-            NatFilteringArg::EndpointIndependent => NatFiltering::EndpointIndependent,
-        }
-    }
 }
 
 #[derive(Args, Debug)]

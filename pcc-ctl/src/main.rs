@@ -1,6 +1,11 @@
 //! pcc-ctl: the controller and command line of pcc.
 use clap::Parser as _;
-use pcc_ctl::{cli, down, quota, show, up};
+use pcc_ctl::{
+    cli,
+    commands::{down, quota, show},
+    config::{self, Config},
+    daemon,
+};
 
 fn main() {
     // netlink_proto warns about every event that arrives while its stream shuts down.
@@ -29,11 +34,25 @@ fn main() {
             .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))
     };
     let result = match cli.command {
-        cli::Command::Up(args) => runtime().and_then(|rt| rt.block_on(up::run(*args))),
-        cli::Command::Quota(args) => quota::command(&args.state_file(), &args.set),
-        cli::Command::Down(args) => runtime().and_then(|rt| rt.block_on(down::run(args))),
-        cli::Command::Status(args) => show::status(&args),
-        cli::Command::Flows(args) => show::flows(&args),
+        cli::Command::Up(args) => runtime().and_then(|rt| {
+            // Root first, as before: a user without it learns that before any argument check.
+            daemon::require_root()?;
+            rt.block_on(daemon::run(Config::from_args(*args)?))
+        }),
+        cli::Command::Quota(args) => {
+            quota::command(&config::quota_file(&args.state_dir, &args.lan), &args.set)
+        }
+        cli::Command::Down(args) => runtime().and_then(|rt| rt.block_on(down::run(&args.lan))),
+        cli::Command::Status(args) => show::status(args.api, args.json),
+        cli::Command::Flows(args) => show::flows(
+            args.api,
+            &show::FlowQuery {
+                wan: args.wan,
+                host: args.host,
+                limit: args.limit,
+            },
+            args.json,
+        ),
     };
     if let Err(e) = result {
         eprintln!("pcc-ctl: {e:#}");

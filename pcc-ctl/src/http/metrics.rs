@@ -1,21 +1,17 @@
 //! Prometheus metrics, read from the dataplane's per-CPU counters at scrape time, so counting
 //! costs the fast path nothing beyond its own per-CPU increments.
 //!
-//! Served with axum (tokio's HTTP stack): a maintained server, so HTTP parsing is not ours
-//! to get wrong.
-use std::{
-    net::SocketAddr,
-    sync::{Arc, atomic::Ordering},
-};
+//! The registry is the endpoint's own (`http::Endpoint`): nothing else registers or counts.
+use std::sync::atomic::Ordering;
 
-use anyhow::{Context as _, Result};
-use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
+use anyhow::Result;
 use pcc_common::{Counter, CtEvent};
 use prometheus::{
     Encoder as _, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::{api::TargetStatus, up::Shared};
+use crate::sync::lock;
+use crate::{http::api::TargetStatus, shared::Shared};
 
 pub struct Metrics {
     registry: Registry,
@@ -309,15 +305,10 @@ impl Metrics {
         })
     }
 
-    /// Counts `n` resets sent for the connections of WAN `wan` (`--failover-grace`).
-    pub fn count_failover_resets(&self, wan: &str, n: u64) {
-        self.failover_resets.with_label_values(&[wan]).inc_by(n);
-    }
-
     /// Reads the dataplane and renders the exposition text.
     pub fn render(&self, shared: &Shared) -> Result<String> {
         {
-            let maps = shared.maps.lock().expect("maps lock poisoned");
+            let maps = lock(&shared.maps);
             let counters = maps.counters()?;
             for c in Counter::ALL {
                 let v = counters[c as usize];
@@ -340,14 +331,14 @@ impl Metrics {
                     events[e as usize],
                 );
             }
-            let gc = *shared.gc.lock().expect("gc lock poisoned");
+            let gc = *lock(&shared.gc);
             self.flows_active.set(gc.active as i64);
             self.nat_bindings.set(gc.bindings as i64);
             self.routes_mirrored
                 .set(shared.routes_mirrored.load(Ordering::Relaxed) as i64);
             self.route_neighbours
                 .set(shared.neighbours_mirrored.load(Ordering::Relaxed) as i64);
-            let health = shared.health.lock().expect("health lock poisoned");
+            let health = lock(&shared.health);
             let now_ms = shared.clock.now_ms();
             // A WAN's targets change with its gateway: series of former targets must go.
             for probe in [
@@ -359,7 +350,7 @@ impl Metrics {
                 probe.reset();
             }
             self.probe_up.reset();
-            for wan in shared.wans.lock().expect("wans lock poisoned").iter() {
+            for wan in lock(&shared.wans).iter() {
                 let n = wan.name.as_str();
                 if let Some(h) = health.get(wan.wan_id as usize) {
                     // NaN until the first reply: "no measurement", not zero.
@@ -408,7 +399,10 @@ impl Metrics {
                 set_counter(&self.tx_packets.with_label_values(&[n]), w.tx_packets);
                 set_counter(&self.flows_created.with_label_values(&[n]), w.flows_created);
                 // Exported from 0, before the first reset.
-                self.failover_resets.with_label_values(&[n]);
+                set_counter(
+                    &self.failover_resets.with_label_values(&[n]),
+                    shared.failover_resets[wan.wan_id as usize].load(Ordering::Relaxed),
+                );
                 self.wan_up.with_label_values(&[n]).set(i64::from(wan.up));
                 self.wan_weight
                     .with_label_values(&[n])
@@ -421,8 +415,8 @@ impl Metrics {
                     .set(gc.nat_ports_per_wan[wan.wan_id as usize] as i64);
             }
         }
-        if let Some(meter) = shared.quota.lock().expect("quota lock poisoned").as_ref() {
-            let wans = shared.wans.lock().expect("wans lock poisoned");
+        if let Some(meter) = lock(&shared.quota).as_ref() {
+            let wans = lock(&shared.wans);
             let crossed = meter.crossed();
             for ((q, u), (_, hit, _)) in meter.quotas.iter().zip(&meter.usage).zip(&crossed) {
                 let Some(wan) = wans.iter().find(|w| w.wan_id == q.wan_id) else {
@@ -447,36 +441,4 @@ impl Metrics {
         TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
         Ok(String::from_utf8(out)?)
     }
-}
-
-async fn metrics_handler(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    match shared.metrics.render(&shared) {
-        Ok(body) => (
-            axum::http::StatusCode::OK,
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            body,
-        ),
-        Err(e) => (
-            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-            [(header::CONTENT_TYPE, "text/plain")],
-            format!("cannot read the dataplane: {e:#}\n"),
-        ),
-    }
-}
-
-/// Binds the endpoint now (so a taken port is a start-up error) and returns the server task.
-pub async fn bind(addr: SocketAddr, shared: Arc<Shared>) -> Result<impl Future<Output = ()>> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} for metrics"))?;
-    let app = Router::new()
-        .route("/metrics", get(metrics_handler))
-        .route("/api/status", get(crate::api::status_handler))
-        .route("/api/flows", get(crate::api::flows_handler))
-        .with_state(shared);
-    Ok(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            log::error!("metrics server stopped: {e}");
-        }
-    })
 }

@@ -18,7 +18,8 @@ use pcc_common::route::{
     self, NEIGHBOURS_PER_WAN, Neighbour, NeighbourKey, Prefix, ROUTE_WAN, Route, WanPort,
 };
 
-use crate::{maps::Maps, netlink::Netlink, wan::WanView};
+use crate::sync::lock;
+use crate::{balance::wan::WanView, kernel::maps::Maps, kernel::netlink::Netlink};
 
 /// How often `poll` runs: a next hop the dataplane missed is asked for within this, so it is
 /// resolved well before the host retransmits (TCP's first SYN retransmission: 1 s).
@@ -122,8 +123,7 @@ impl Routing {
     /// Called often (every 200 ms): takes the next hops the dataplane missed, and refreshes
     /// when a change is pending and the last refresh is `DEBOUNCE` old, or every second.
     pub async fn poll(&mut self, nl: &Netlink, maps: &std::sync::Mutex<Maps>, wans: &[WanView]) {
-        self.wanted
-            .extend(take_wanted(&mut maps.lock().expect("maps lock poisoned")));
+        self.wanted.extend(take_wanted(&mut lock(maps)));
         let since = self.last.map_or(Duration::MAX, |t| t.elapsed());
         let pending = self.dirty || !self.wanted.is_empty();
         if since < FULL_REFRESH && !(pending && since >= DEBOUNCE) {
@@ -176,7 +176,7 @@ impl Routing {
                 },
             }
         }
-        let mut maps = maps.lock().expect("maps lock poisoned");
+        let mut maps = lock(maps);
         self.write_routes(&mut maps, desired)?;
         self.write_neighbours(&mut maps, next_hops)
     }

@@ -14,7 +14,10 @@ use aya::{
 
 use pcc_common::expiry;
 
-use crate::{cli::XdpModeArg, maps::Maps, pin::Pins};
+use crate::{
+    config::XdpMode as AttachMode,
+    kernel::{maps::Maps, pin::Pins},
+};
 
 /// The compiled `pcc-ebpf` object, embedded at build time by `build.rs` (aya-build).
 pub static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pcc"));
@@ -80,7 +83,7 @@ impl Dataplane {
             .map_max_entries("NAT_BIND_IN", max_connections)
             .map_max_entries("EXPIRY_SLOTS", expiry::slot_count(max_connections));
         if let Some(pins) = pins {
-            for name in crate::pin::PINNED_MAPS {
+            for name in crate::kernel::pin::PINNED_MAPS {
                 loader.map_pin_path(name, pins.map_path(name));
             }
         }
@@ -119,7 +122,7 @@ impl Dataplane {
         &mut self,
         role: Role,
         interface: &str,
-        mode: XdpModeArg,
+        mode: AttachMode,
         pin: &Path,
     ) -> Result<Attached> {
         let prog = self.xdp(role)?;
@@ -225,10 +228,10 @@ fn stale_pin(interface: &str, pin: &Path, e: &ProgramError) {
     let _ = std::fs::remove_file(pin);
 }
 
-fn xdp_mode(mode: XdpModeArg) -> XdpMode {
+fn xdp_mode(mode: AttachMode) -> XdpMode {
     match mode {
-        XdpModeArg::Native => XdpMode::Driver,
-        XdpModeArg::Generic => XdpMode::Skb,
+        AttachMode::Native => XdpMode::Driver,
+        AttachMode::Generic => XdpMode::Skb,
     }
 }
 
@@ -254,14 +257,14 @@ fn egress_error(interface: &str, e: ProgramError) -> anyhow::Error {
     }
 }
 
-fn attach_error(interface: &str, mode: XdpModeArg, e: ProgramError) -> anyhow::Error {
+fn attach_error(interface: &str, mode: AttachMode, e: ProgramError) -> anyhow::Error {
     match errno_of(&e) {
         Some(libc::EBUSY) | Some(libc::EEXIST) => {
             anyhow!(
                 "interface {interface} already has an XDP program attached (another pcc-ctl or XDP tool)"
             )
         }
-        Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) if mode == XdpModeArg::Native => anyhow!(
+        Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) if mode == AttachMode::Native => anyhow!(
             "interface {interface} does not support native XDP; `--xdp-mode generic` runs (slower) on any interface"
         ),
         Some(libc::ENODEV) => anyhow!("unknown interface {interface}"),

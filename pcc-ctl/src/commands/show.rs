@@ -1,12 +1,14 @@
 //! `pcc-ctl status` and `pcc-ctl flows`: ask the running controller's API and print.
-use std::{fmt::Write as _, net::SocketAddr};
+use std::{
+    fmt::Write as _,
+    net::{Ipv4Addr, SocketAddr},
+};
 
 use anyhow::{Context as _, Result};
 
 use crate::{
-    api::{Flow, Status},
-    cli::{FlowsArgs, StatusArgs},
-    wan::unix_now,
+    balance::wan::unix_now,
+    http::api::{Flow, Status},
 };
 
 fn get(api: SocketAddr, path: &str) -> Result<String> {
@@ -123,9 +125,10 @@ pub fn render_flows(flows: &[Flow]) -> String {
     out
 }
 
-pub fn status(args: &StatusArgs) -> Result<()> {
-    let body = get(args.api, "/api/status")?;
-    if args.json {
+/// `pcc-ctl status`: the running controller's WANs, from its API at `api`.
+pub fn status(api: SocketAddr, json: bool) -> Result<()> {
+    let body = get(api, "/api/status")?;
+    if json {
         println!("{body}");
         return Ok(());
     }
@@ -135,16 +138,24 @@ pub fn status(args: &StatusArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn flows(args: &FlowsArgs) -> Result<()> {
-    let mut path = format!("/api/flows?limit={}", args.limit);
-    if let Some(w) = &args.wan {
+/// Which connections `pcc-ctl flows` asks for.
+pub struct FlowQuery {
+    pub wan: Option<String>,
+    pub host: Option<Ipv4Addr>,
+    pub limit: usize,
+}
+
+/// `pcc-ctl flows`: the running controller's connections, from its API at `api`.
+pub fn flows(api: SocketAddr, query: &FlowQuery, json: bool) -> Result<()> {
+    let mut path = format!("/api/flows?limit={}", query.limit);
+    if let Some(w) = &query.wan {
         path += &format!("&wan={w}");
     }
-    if let Some(h) = &args.host {
+    if let Some(h) = &query.host {
         path += &format!("&host={h}");
     }
-    let body = get(args.api, &path)?;
-    if args.json {
+    let body = get(api, &path)?;
+    if json {
         println!("{body}");
         return Ok(());
     }
@@ -157,7 +168,7 @@ pub fn flows(args: &FlowsArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{TargetStatus, WanStatus};
+    use crate::http::api::{TargetStatus, WanStatus};
 
     fn target(addr: [u8; 4], state: &str, rtt_ms: Option<f64>) -> TargetStatus {
         TargetStatus {

@@ -2,9 +2,12 @@
 //!
 //! Uses `rtnetlink` (rust-netlink): a maintained, async (tokio) rtnetlink client with typed
 //! messages, instead of parsing `ip` output or hand-rolling netlink attributes.
+//!
+//! Over 500 lines because it is every request the controller makes of rtnetlink, one method
+//! each, behind the one handle: links, addresses, routes, neighbours, events.
 use std::net::{IpAddr, Ipv4Addr};
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result, anyhow};
 use futures::TryStreamExt as _;
 use pcc_common::route::{KernelRoute, Via};
 use rtnetlink::{
@@ -51,6 +54,22 @@ impl Ipv4Net {
 }
 
 #[derive(Clone)]
+/// Why `Netlink::link` found no interface: callers tell "it is gone" (a modem unplugged, a
+/// bridge being re-created) from "netlink failed".
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// No interface of that name (the kernel answered ENODEV, or nothing).
+    #[error("unknown interface {0}")]
+    Unknown(String),
+    /// The request failed otherwise (the socket, another error from the kernel).
+    #[error("cannot read interface {name}")]
+    Request {
+        name: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+}
+
 pub struct Netlink {
     handle: Handle,
 }
@@ -64,7 +83,8 @@ impl Netlink {
         Ok(Self { handle })
     }
 
-    pub async fn link(&self, name: &str) -> Result<Link> {
+    /// The interface named `name` now.
+    pub async fn link(&self, name: &str) -> Result<Link, LinkError> {
         let mut links = self
             .handle
             .link()
@@ -73,7 +93,17 @@ impl Netlink {
             .execute();
         let msg = match links.try_next().await {
             Ok(Some(msg)) => msg,
-            Ok(None) | Err(_) => bail!("unknown interface {name}"),
+            Ok(None) => return Err(LinkError::Unknown(name.to_string())),
+            // The kernel's answer to a name it does not know.
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => {
+                return Err(LinkError::Unknown(name.to_string()));
+            }
+            Err(source) => {
+                return Err(LinkError::Request {
+                    name: name.to_string(),
+                    source,
+                });
+            }
         };
         let mut link = Link {
             name: name.to_string(),

@@ -7,6 +7,7 @@ use std::{
     io,
     net::Ipv4Addr,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -17,7 +18,11 @@ use pcc_common::{
     proto::IPPROTO_TCP,
 };
 
-use crate::{conntrack::forget_connection, maps::Maps, up::Shared, wan::WanView};
+use crate::sync::lock;
+use crate::{
+    balance::wan::WanView,
+    kernel::{conntrack::forget_connection, maps::Maps},
+};
 
 /// Default `--failover-grace` in seconds; see the README ("Health checking and failover").
 /// Longer than a blip pcc notices (down after 0.6 s without replies, up again only after 1 s
@@ -260,22 +265,19 @@ impl Failover {
             .map(tokio::time::Instant::from_std)
     }
 
-    /// Resets the TCP connections of every WAN whose grace has ended, counted per WAN in
-    /// `pcc_failover_resets_total` and logged once per WAN.
-    pub fn reset_ended(&mut self, shared: &Shared, wans: &[WanView]) {
+    /// Resets the TCP connections of every WAN whose grace has ended, logged once per WAN;
+    /// the resets sent, as (`wan_id`, count), for `pcc_failover_resets_total`.
+    pub fn reset_ended(&mut self, maps: &Mutex<Maps>, wans: &[WanView]) -> Vec<(u8, u64)> {
+        let mut sent = Vec::new();
         for wan_id in self.grace.ended(wans, Instant::now()) {
             let Some(wan) = wans.iter().find(|w| w.wan_id == wan_id) else {
                 continue;
             };
             let lan = &self.lan;
-            let done = reset_wan(
-                &mut shared.maps.lock().expect("maps lock poisoned"),
-                wan_id,
-                &mut |ifindex, frame| lan.send(ifindex, frame),
-            );
-            shared
-                .metrics
-                .count_failover_resets(&wan.name, done.sent as u64);
+            let done = reset_wan(&mut lock(maps), wan_id, &mut |ifindex, frame| {
+                lan.send(ifindex, frame)
+            });
+            sent.push((wan_id, done.sent as u64));
             log::warn!(
                 "WAN {} still down after the failover grace ({} s): reset {} TCP connections \
                  towards their LAN hosts ({} forgotten, {} resets not sent), they reconnect \
@@ -287,6 +289,7 @@ impl Failover {
                 done.failed
             );
         }
+        sent
     }
 }
 
@@ -295,7 +298,7 @@ mod tests {
     use super::*;
 
     fn wan(id: u8, up: bool) -> WanView {
-        crate::wan::tests::wan(id, false, up)
+        crate::balance::wan::tests::wan(id, false, up)
     }
 
     #[test]

@@ -26,7 +26,7 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 
-use crate::netlink::Ipv4Net;
+use crate::kernel::netlink::Ipv4Net;
 
 /// What the guard protects.
 pub struct GuardSpec<'a> {

@@ -17,6 +17,8 @@ use pcc_common::health::{ProbeParams, TargetHealth};
 use surge_ping::{Client, Config, ICMP, PingIdentifier, PingSequence};
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::sync::lock;
+
 /// 56 bytes of payload: 64-byte ICMP messages, like ping's default.
 const PAYLOAD: [u8; 56] = [0; 56];
 
@@ -147,7 +149,7 @@ pub fn spawn(
             source.interface
         )
     })?;
-    let targets: Vec<Ipv4Addr> = table.lock().expect("health lock")[source.index]
+    let targets: Vec<Ipv4Addr> = lock(&table)[source.index]
         .targets
         .iter()
         .map(|t| t.addr)
@@ -163,7 +165,7 @@ pub fn spawn(
                     .pinger(IpAddr::V4(addr), PingIdentifier(source.ident))
                     .await;
                 pinger.timeout(Duration::from_millis(params.reply_timeout_ms));
-                if table.lock().expect("health lock")[source.index].targets[t]
+                if lock(&table)[source.index].targets[t]
                     .health
                     .on_sent(seq, clock.now_ms())
                 {
@@ -174,7 +176,7 @@ pub fn spawn(
                     // An error (timeout, unreachable, link down) is a lost probe: nothing to record.
                     if let Ok((_, rtt)) = pinger.ping(PingSequence(seq), &PAYLOAD).await {
                         let rtt_ms = rtt.as_secs_f64() * 1000.0;
-                        let mut table = table.lock().expect("health lock");
+                        let mut table = lock(&table);
                         if table[index].targets[t]
                             .health
                             .on_reply(seq, rtt_ms, clock.now_ms())

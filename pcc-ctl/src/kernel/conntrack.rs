@@ -8,7 +8,7 @@ use pcc_common::{
     BindKey, CT_FLAG_UNBOUND, CtOut, FlowKey, LAN_ROUTER, MAX_WANS, PublicKey, conntrack::Timeouts,
 };
 
-use crate::maps::Maps;
+use crate::kernel::maps::Maps;
 
 /// Grace before a reply entry without its forward twin counts as orphaned: the dataplane
 /// inserts the reply half first, so a fresh connection is briefly in that state.

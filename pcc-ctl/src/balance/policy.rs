@@ -18,7 +18,7 @@ use aya::maps::lpm_trie::Key;
 use pcc_common::{MAX_POLICIES, MAX_POLICY_SUBNETS, MAX_WANS, Method, SlotTable};
 use serde::Deserialize;
 
-use crate::{maps::Maps, netlink::Ipv4Net, wan::WanView};
+use crate::{balance::wan::WanView, kernel::maps::Maps, kernel::netlink::Ipv4Net};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,14 +26,14 @@ struct PolicyFile {
     #[serde(default)]
     policy: Vec<PolicyConf>,
     #[serde(default)]
-    quota: Vec<crate::quota::QuotaConf>,
+    quota: Vec<crate::balance::quota::QuotaConf>,
 }
 
 /// Everything `--config` holds.
 #[derive(Default)]
 pub struct ConfigFile {
     pub policies: Vec<Policy>,
-    pub quotas: Vec<crate::quota::Quota>,
+    pub quotas: Vec<crate::balance::quota::Quota>,
 }
 
 #[derive(Deserialize)]
@@ -86,7 +86,7 @@ pub fn load(path: &Path, wans: &[String], lans: &[Ipv4Net]) -> Result<ConfigFile
         anyhow::anyhow!("config file {}: {first} ({})", path.display(), e.message())
     })?;
     Ok(ConfigFile {
-        quotas: crate::quota::resolve(&file.quota, wans)?,
+        quotas: crate::balance::quota::resolve(&file.quota, wans)?,
         policies: resolve(file.policy, wans, lans)?,
     })
 }
@@ -190,7 +190,7 @@ pub fn table(policy: &Policy, wans: &[WanView], method: Method) -> SlotTable {
             }
         }
     }
-    let mut table = crate::wan::table_for(&weights, method);
+    let mut table = crate::balance::wan::table_for(&weights, method);
     table.allowed = policy
         .wans
         .iter()

@@ -17,18 +17,19 @@ use std::{
 use anyhow::Context as _;
 use pcc_common::{LAN_DEVMAP_BASE, LanInfo};
 
+use crate::sync::lock;
 use crate::{
-    cli::{UpArgs, XdpModeArg},
-    conntrack,
-    dataplane::{Attached, Dataplane, Role},
-    health::WanHealth,
-    maps::Maps,
-    netlink::{Ipv4Net, Link, Netlink},
-    offload::{Offload, Offloads},
-    peer,
-    pin::Pins,
-    up::Shared,
-    wan::WanView,
+    balance::health::WanHealth,
+    balance::wan::WanView,
+    config::{Config, XdpMode},
+    kernel::conntrack,
+    kernel::dataplane::{Attached, Dataplane, Role},
+    kernel::maps::Maps,
+    kernel::netlink::{Ipv4Net, Link, LinkError, Netlink},
+    kernel::offload::{Offload, Offloads},
+    kernel::peer,
+    kernel::pin::Pins,
+    shared::Shared,
 };
 
 /// What a WAN looked like before a link refresh.
@@ -54,7 +55,7 @@ pub async fn follow(
     nl: &Netlink,
     shared: &Shared,
     ports: &mut Ports<'_>,
-    args: &UpArgs,
+    config: &Config,
     before: &[Before],
     wans: &mut [WanView],
 ) -> Vec<usize> {
@@ -67,7 +68,7 @@ pub async fn follow(
                 "WAN {} is a new interface (ifindex {ifindex}): attaching to it",
                 wan.name
             );
-            if let Err(e) = reattach(nl, shared, ports, args, wan).await {
+            if let Err(e) = reattach(nl, shared, ports, config, wan).await {
                 log::warn!("WAN {}: {e:#}", wan.name);
             }
         }
@@ -76,7 +77,7 @@ pub async fn follow(
         if (readdressed || unresolved) && ifindex == was.ifindex && ifindex != 0 {
             // A DHCP renewal may bring a new gateway with the new address, and its default
             // route may come a moment after the address: look again while unresolved.
-            match relearn_gateway(nl, shared, args, wan).await {
+            match relearn_gateway(nl, shared, config, wan).await {
                 Ok(true) => restart.push(i),
                 Ok(false) => {}
                 Err(e) => log::warn!("WAN {}: {e:#}", wan.name),
@@ -84,7 +85,7 @@ pub async fn follow(
         }
         if readdressed {
             let old = Ipv4Addr::from(was.addr.to_ne_bytes());
-            let maps = &mut shared.maps.lock().expect("maps lock poisoned");
+            let maps = &mut lock(&shared.maps);
             let n = conntrack::flush_address(maps, wan.wan_id, was.addr);
             log::info!(
                 "WAN {} moved from {old} to {}: {n} connections through the old address ended",
@@ -100,19 +101,16 @@ async fn reattach(
     nl: &Netlink,
     shared: &Shared,
     ports: &mut Ports<'_>,
-    args: &UpArgs,
+    config: &Config,
     wan: &mut WanView,
 ) -> anyhow::Result<()> {
     let ifindex = wan.info.ifindex;
-    ports.attach(Role::Wan, &wan.name, ifindex, args.xdp_mode)?;
+    ports.attach(Role::Wan, &wan.name, ifindex, config.xdp_mode)?;
     peer::warn_partial_checksums(nl, &wan.name, ifindex).await;
-    shared.maps.lock().expect("maps lock poisoned").devmap.set(
-        u32::from(wan.wan_id),
-        ifindex,
-        None,
-        0,
-    )?;
-    relearn_gateway(nl, shared, args, wan).await?;
+    lock(&shared.maps)
+        .devmap
+        .set(u32::from(wan.wan_id), ifindex, None, 0)?;
+    relearn_gateway(nl, shared, config, wan).await?;
     nl.add_managed_neighbour(ifindex, wan.gateway).await
 }
 
@@ -122,10 +120,11 @@ async fn reattach(
 async fn relearn_gateway(
     nl: &Netlink,
     shared: &Shared,
-    args: &UpArgs,
+    config: &Config,
     wan: &mut WanView,
 ) -> anyhow::Result<bool> {
-    if args.gateway.iter().any(|(n, _)| *n == wan.name) {
+    let wan_config = &config.wans[usize::from(wan.wan_id)];
+    if wan_config.gateway.is_some() {
         return Ok(false);
     }
     let ifindex = wan.info.ifindex;
@@ -139,10 +138,9 @@ async fn relearn_gateway(
     wan.gateway = gateway;
     // The old gateway's MAC must not stand in for the new one's until it resolves.
     wan.info.gateway_mac = [0; 6];
-    if !args.health.probe.iter().any(|(n, _)| *n == wan.name) {
-        let params = args.health.params();
-        shared.health.lock().expect("health lock poisoned")[wan.wan_id as usize] =
-            WanHealth::new(&[gateway], args.health.probe_quorum as usize, params);
+    if wan_config.probe_targets.is_none() {
+        lock(&shared.health)[wan.wan_id as usize] =
+            WanHealth::new(&[gateway], config.probe_quorum, config.probe);
     }
     nl.add_managed_neighbour(ifindex, gateway).await?;
     Ok(true)
@@ -221,7 +219,7 @@ impl Ports<'_> {
         role: Role,
         name: &str,
         ifindex: u32,
-        mode: XdpModeArg,
+        mode: XdpMode,
     ) -> anyhow::Result<Attached> {
         self.offloads.turn_off(name, ifindex, Offload::RxVlan)?;
         if role == Role::Wan {
@@ -239,20 +237,28 @@ pub async fn follow_lans(
     nl: &Netlink,
     shared: &Shared,
     ports: &mut Ports<'_>,
-    args: &UpArgs,
+    config: &Config,
     lans: &mut [LanView],
 ) -> Vec<usize> {
     let mut renumbered = Vec::new();
     for (i, lan) in lans.iter_mut().enumerate() {
-        let Ok(link) = nl.link(&lan.name).await else {
-            if !lan.gone {
-                log::warn!(
-                    "LAN {} is gone: its hosts are cut off until it comes back",
-                    lan.name
-                );
-                lan.gone = true;
+        let link = match nl.link(&lan.name).await {
+            Ok(link) => link,
+            Err(LinkError::Unknown(_)) => {
+                if !lan.gone {
+                    log::warn!(
+                        "LAN {} is gone: its hosts are cut off until it comes back",
+                        lan.name
+                    );
+                    lan.gone = true;
+                }
+                continue;
             }
-            continue;
+            // Not a sign that the LAN went: look again at the next refresh.
+            Err(e) => {
+                log::warn!("LAN {}: {:#}", lan.name, anyhow::Error::from(e));
+                continue;
+            }
         };
         lan.gone = false;
         let net = nl.ipv4_addr(link.ifindex).await.ok().flatten();
@@ -265,7 +271,7 @@ pub async fn follow_lans(
                 lan.name,
                 lan.info.ifindex
             );
-            if let Err(e) = ports.attach(Role::Lan, &lan.name, lan.info.ifindex, args.xdp_mode) {
+            if let Err(e) = ports.attach(Role::Lan, &lan.name, lan.info.ifindex, config.xdp_mode) {
                 log::warn!("LAN {}: {e:#}", lan.name);
             }
             peer::warn_partial_checksums(nl, &lan.name, lan.info.ifindex).await;
@@ -274,7 +280,7 @@ pub async fn follow_lans(
             if lan.info.mac != before.mac {
                 lan.announce = ANNOUNCEMENTS;
             }
-            let maps = &mut shared.maps.lock().expect("maps lock poisoned");
+            let maps = &mut lock(&shared.maps);
             if let Err(e) = write_lan(maps, lan) {
                 log::warn!("LAN {}: {e:#}", lan.name);
             }

@@ -5,17 +5,17 @@
 use anyhow::Result;
 
 use crate::{
-    cli::DownArgs,
-    guard,
-    lock::InterfaceLocks,
-    netlink::Netlink,
-    offload::{self, Offloads},
-    pin::Pins,
-    wan::DefaultRoutes,
+    kernel::default_routes::DefaultRoutes,
+    kernel::guard,
+    kernel::lock::InterfaceLocks,
+    kernel::netlink::Netlink,
+    kernel::offload::{self, Offloads},
+    kernel::pin::Pins,
 };
 
-pub async fn run(args: DownArgs) -> Result<()> {
-    let first_lan = &args.lan[0];
+/// `lans`: the `--lan` interfaces of the `pcc-ctl up` to remove (the first names its state).
+pub async fn run(lans: &[String]) -> Result<()> {
+    let first_lan = &lans[0];
     let _lock = InterfaceLocks::acquire(std::slice::from_ref(first_lan)).map_err(|e| {
         anyhow::anyhow!("{e:#}: stop that one with SIGTERM, which removes everything")
     })?;

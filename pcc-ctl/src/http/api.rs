@@ -13,7 +13,9 @@ use pcc_common::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{conntrack::monotonic_ns, health::Target, up::Shared};
+use super::Endpoint;
+use crate::sync::lock;
+use crate::{balance::health::Target, kernel::conntrack::monotonic_ns, shared::Shared};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct WanStatus {
@@ -117,14 +119,11 @@ fn addr(be: u32) -> Ipv4Addr {
 }
 
 pub fn status(shared: &Shared) -> Status {
-    let gc = *shared.gc.lock().expect("gc lock poisoned");
-    let rates = shared.rates.lock().expect("rates lock poisoned").clone();
-    let health = shared.health.lock().expect("health lock poisoned");
+    let gc = *lock(&shared.gc);
+    let rates = lock(&shared.rates).clone();
+    let health = lock(&shared.health);
     let now_ms = shared.clock.now_ms();
-    let quota: Vec<(u8, u64, u64)> = shared
-        .quota
-        .lock()
-        .expect("quota lock poisoned")
+    let quota: Vec<(u8, u64, u64)> = lock(&shared.quota)
         .as_ref()
         .map(|m| {
             m.quotas
@@ -134,10 +133,7 @@ pub fn status(shared: &Shared) -> Status {
                 .collect()
         })
         .unwrap_or_default();
-    let wans = shared
-        .wans
-        .lock()
-        .expect("wans lock poisoned")
+    let wans = lock(&shared.wans)
         .iter()
         .map(|w| {
             let id = w.wan_id as usize;
@@ -182,14 +178,11 @@ pub fn status(shared: &Shared) -> Status {
 }
 
 pub fn flows(shared: &Shared, filter: &FlowFilter) -> Vec<Flow> {
-    let names: HashMap<u8, String> = shared
-        .wans
-        .lock()
-        .expect("wans lock poisoned")
+    let names: HashMap<u8, String> = lock(&shared.wans)
         .iter()
         .map(|w| (w.wan_id, w.name.clone()))
         .collect();
-    let maps = shared.maps.lock().expect("maps lock poisoned");
+    let maps = lock(&shared.maps);
     let now = monotonic_ns();
     let mut out = Vec::new();
     for (key, entry) in maps.ct_out.iter().flatten() {
@@ -250,13 +243,13 @@ fn sort_and_keep(flows: &mut Vec<Flow>, limit: usize) {
     flows.truncate(limit);
 }
 
-pub async fn status_handler(State(shared): State<Arc<Shared>>) -> Json<Status> {
-    Json(status(&shared))
+pub async fn status_handler(State(endpoint): State<Arc<Endpoint>>) -> Json<Status> {
+    Json(status(&endpoint.shared))
 }
 
 pub async fn flows_handler(
-    State(shared): State<Arc<Shared>>,
+    State(endpoint): State<Arc<Endpoint>>,
     Query(filter): Query<FlowFilter>,
 ) -> Result<Json<Vec<Flow>>, (StatusCode, String)> {
-    Ok(Json(flows(&shared, &filter)))
+    Ok(Json(flows(&endpoint.shared, &filter)))
 }

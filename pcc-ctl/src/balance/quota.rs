@@ -2,7 +2,7 @@
 //! the dataplane forwarded through the WAN (both directions, frame bytes), kept on disk every
 //! few seconds so a restart or a reboot loses at most that much, and reset on the billing
 //! day. Thresholds act on the WAN as its ISP's fair-usage policy would want: lower its weight
-//! (the ISP cut its speed), make it backup-only, or only alert.
+//! (the ISP cut its speed), make it backup-only, or only alert (`daemon::weights` applies them).
 //!
 //! ```toml
 //! [[quota]]
@@ -22,8 +22,6 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
-
-use crate::wan::WanView;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -153,7 +151,7 @@ pub fn unix_now() -> u64 {
 }
 
 /// Days since 1970-01-01 -> (year, month 1..=12, day 1..=31) (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
+pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -328,73 +326,6 @@ impl Meter {
             })
             .collect()
     }
-
-    /// Applies the crossed thresholds to the WANs (`weights` are the configured ones);
-    /// whether a WAN's weight or tier changed.
-    pub fn apply(&self, wans: &mut [WanView], weights: &[u32], backups: &[bool]) -> bool {
-        let mut changed = false;
-        for (wan_id, _, action) in self.crossed() {
-            let Some(wan) = wans.iter_mut().find(|w| w.wan_id == wan_id) else {
-                continue;
-            };
-            let base = weights[wan_id as usize];
-            let (weight, backup) = match action {
-                Some(Action::Weight(f)) => (
-                    ((f64::from(base) * f).round() as u32).max(1),
-                    backups[wan_id as usize],
-                ),
-                Some(Action::Backup) => (base, true),
-                _ => (base, backups[wan_id as usize]),
-            };
-            if wan.weight != weight || wan.backup != backup {
-                log::info!(
-                    "quota of {}: weight {weight}{}",
-                    wan.name,
-                    if backup { ", backup only" } else { "" }
-                );
-                wan.weight = weight;
-                wan.backup = backup;
-                changed = true;
-            }
-        }
-        changed
-    }
-}
-
-/// `pcc-ctl quota --lan LAN [--set WAN=SIZE]`: shows the saved usage, or asks the running
-/// controller to set a WAN's usage (to match the ISP's own meter).
-pub fn command(state_file: &Path, set: &[(String, String)]) -> Result<()> {
-    if !set.is_empty() {
-        let mut req = Vec::new();
-        for (wan, size) in set {
-            let bytes = parse_size(size)
-                .with_context(|| format!("`{size}` is not a size like \"350 GB\""))?;
-            req.push((wan.clone(), bytes));
-        }
-        let set_path = state_file.with_extension("set.json");
-        std::fs::write(&set_path, serde_json::to_string(&req)?)
-            .with_context(|| format!("cannot write {}", set_path.display()))?;
-        println!("pcc-ctl: usage set requested; the running controller applies it within a second");
-        return Ok(());
-    }
-    let text = std::fs::read_to_string(state_file).with_context(|| {
-        format!(
-            "no quota usage in {} (no quotas configured, or pcc-ctl up never ran with them)",
-            state_file.display()
-        )
-    })?;
-    let usage: Vec<Usage> = serde_json::from_str(&text)?;
-    println!("{:<10} {:>16} {:>20}", "WAN", "used", "cycle since (UTC)");
-    for u in usage {
-        let (y, m, d) = civil_from_days((u.cycle_start_unix / 86_400) as i64);
-        println!(
-            "{:<10} {:>13.3} GB {:>14}-{m:02}-{d:02}",
-            u.wan,
-            u.used_bytes as f64 / 1e9,
-            y
-        );
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use core::intrinsics::AtomicOrdering;
 use pcc_common::{
     BindKey, Binding, CT_FLAG_HAIRPIN, CT_FLAG_INBOUND, CT_FLAG_UNBOUND, CT_TCP_ACK, CT_TCP_FIN,
     CT_TCP_RST, CT_TCP_SYN, Config, Counter, CtEvent, CtIn, CtOut, FlowKey, MAX_LANS, NatFiltering,
-    Owner, PublicKey, WanInfo, expiry, natport::NAT_PORT_TRIES, tcp,
+    Owner, PublicKey, WanInfo, expiry, natport::NAT_PORT_TRIES, proto, tcp,
 };
 
 use crate::{
@@ -31,16 +31,16 @@ pub fn now_ns() -> u64 {
 #[inline(always)]
 pub fn tcp_bits(flags: u8) -> u8 {
     let mut bits = 0;
-    if flags & parse::TCP_SYN != 0 {
+    if flags & proto::TCP_SYN != 0 {
         bits |= CT_TCP_SYN;
     }
-    if flags & parse::TCP_FIN != 0 {
+    if flags & proto::TCP_FIN != 0 {
         bits |= CT_TCP_FIN;
     }
-    if flags & parse::TCP_RST != 0 {
+    if flags & proto::TCP_RST != 0 {
         bits |= CT_TCP_RST;
     }
-    if flags & parse::TCP_ACK != 0 {
+    if flags & proto::TCP_ACK != 0 {
         bits |= CT_TCP_ACK;
     }
     bits
@@ -334,8 +334,8 @@ fn take_back(key: &FlowKey, nat_addr: u32, nat_port: u16, wan_id: u8, binding: u
 pub fn accept(inbound: &FlowKey, tcp_bits: u8, flags: u8) -> Result<(), Counter> {
     let cfg = CONFIG.get(0).ok_or(Counter::PassUntracked)?;
     let opens = match inbound.proto {
-        parse::IPPROTO_UDP => true,
-        parse::IPPROTO_TCP => tcp_bits & (CT_TCP_SYN | CT_TCP_ACK | CT_TCP_RST) == CT_TCP_SYN,
+        proto::IPPROTO_UDP => true,
+        proto::IPPROTO_TCP => tcp_bits & (CT_TCP_SYN | CT_TCP_ACK | CT_TCP_RST) == CT_TCP_SYN,
         _ => false,
     };
     // Hairpinned packets come from inside: filtering keeps out what the internet sends

@@ -14,10 +14,6 @@ pub const IP_MF_OFFSET: u16 = 0x3fff_u16.to_be();
 /// The fragment offset alone: non-zero in every fragment but the first.
 pub const IP_OFFSET: u16 = 0x1fff_u16.to_be();
 
-// Protocol numbers and TCP flags live in `pcc_common::proto`. conntrack.rs still names a few
-// as `parse::`: re-exported for it until the expiry rework that holds that file lands.
-pub use pcc_common::proto::{IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
-
 pub const ICMP_ECHO_REPLY: u8 = 0;
 pub const ICMP_DEST_UNREACH: u8 = 3;
 pub const ICMP_ECHO_REQUEST: u8 = 8;

@@ -55,7 +55,8 @@ impl Drop for InterfaceLocks {
         for (path, _file) in self.held.drain(..) {
             let _ = fs::remove_file(path);
         }
-        // Only if no other controller holds a lock (or pinned state) there.
-        let _ = fs::remove_dir(LOCK_DIR);
+        // The directory stays: the pinned-state and offload records share it, it is a tmpfs
+        // gone at reboot, and removing it when empty raced another controller (or a test
+        // lab's `mkdir -p /run/pcc && mount --bind …`) creating it at that moment.
     }
 }

@@ -385,7 +385,7 @@ pub fn measure_all(samples: usize, fills: &[u32]) -> Result<Report> {
             path: path.into(),
             median_ns,
             p90_ns,
-        })
+        });
     };
     add(
         "XDP_DROP floor",

@@ -266,7 +266,7 @@ pub fn generate(opts: &GenerateOpts) -> Result<Generated> {
         },
         it_value: libc::timeval {
             tv_sec: opts.max_time.as_secs() as libc::time_t,
-            tv_usec: opts.max_time.subsec_micros() as libc::suseconds_t,
+            tv_usec: libc::suseconds_t::from(opts.max_time.subsec_micros()),
         },
     };
     // SAFETY: a valid itimerval; no old value wanted.

@@ -422,7 +422,7 @@ impl MachineInfo {
             .map(|(_, m)| m.trim().to_owned())
             .unwrap_or_else(|| "unknown CPU".into());
         Self {
-            nproc: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            nproc: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
             cpu_model,
             kernel: cmd_out("uname", &["-r"]).unwrap_or_else(|| "?".into()),
             date: cmd_out("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_else(|| "?".into()),

@@ -136,7 +136,7 @@ fn median(v: &mut [f64]) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }
-    v.sort_by(|a, b| a.total_cmp(b));
+    v.sort_by(f64::total_cmp);
     let n = v.len();
     if n % 2 == 1 {
         v[n / 2]
@@ -510,7 +510,7 @@ pub fn forward(opts: &ForwardOpts) -> Result<ForwardReport> {
         (1_000..=2_000_000).contains(&opts.rate_pps),
         "rate must be 1000..=2000000 pps"
     );
-    let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let ncpu = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     ensure!(
         ncpu >= 2,
         "needs at least 2 CPUs (generator and router on separate cores)"

@@ -130,7 +130,7 @@ pub fn run(seconds: u64, flows: u32, out: &Path) -> Result<String> {
 
     let script = lab.dir().join("churn.py");
     std::fs::write(&script, CHURN_PY)?;
-    let servers: Vec<String> = lab.server_addrs().iter().map(|a| a.to_string()).collect();
+    let servers: Vec<String> = lab.server_addrs().iter().map(ToString::to_string).collect();
     let churn_secs = seconds + 10;
     let _sender = lab.spawn(
         "c1",

@@ -822,7 +822,7 @@ pub fn as_refs(pairs: &[(String, Ipv4Addr)]) -> Vec<(&str, Ipv4Addr)> {
 /// Median of a non-empty list (mean of the middle two for an even count).
 pub fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
+    s.sort_by(f64::total_cmp);
     let n = s.len();
     if n == 0 {
         return f64::NAN;

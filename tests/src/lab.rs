@@ -280,7 +280,7 @@ impl Lab {
     pub fn nodes(&self) -> Vec<String> {
         let mut v: Vec<String> = ["switch", "router", "isp0", "isp1", "inet"]
             .iter()
-            .map(|s| s.to_string())
+            .map(ToString::to_string)
             .collect();
         v.extend(self.client_names());
         if self.extras.branch {

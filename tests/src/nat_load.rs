@@ -141,7 +141,7 @@ impl Lab {
         let dsts = self
             .server_addrs()
             .iter()
-            .map(|a| a.to_string())
+            .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(",");
         let budget = Duration::from_secs_f64(f64::from(flows) / rate + 15.0);

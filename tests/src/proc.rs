@@ -241,7 +241,7 @@ pub(crate) fn kill_registered(registry: &Registry) {
 
 /// Runs `cmd` on the host (not in a lab namespace) and returns its stdout; an error with its
 /// output unless it exits 0.
-pub fn host_stdout(mut cmd: std::process::Command) -> Result<String> {
+pub fn host_stdout(mut cmd: Command) -> Result<String> {
     let what = format!("{cmd:?}");
     let out = cmd.output().with_context(|| format!("running {what}"))?;
     anyhow::ensure!(out.status.success(), "{what}: {}", describe(&out));

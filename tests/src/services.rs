@@ -355,7 +355,7 @@ impl Lab {
         let addrs = self
             .server_addrs()
             .iter()
-            .map(|a| a.to_string())
+            .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(",");
         let log = self.udp_log_path().to_string_lossy().into_owned();

@@ -193,7 +193,7 @@ impl Bed {
         let wan0 = lab.wan_addr(0).to_string();
         let stream = stream.to_string();
         args.extend([wan0.as_str(), stream.as_str()]);
-        let servers: Vec<String> = lab.server_addrs().iter().map(|a| a.to_string()).collect();
+        let servers: Vec<String> = lab.server_addrs().iter().map(ToString::to_string).collect();
         args.extend(servers.iter().map(String::as_str));
         let mut client = lab.spawn_with_stdin("c1", &args).expect("client");
         let stdin = client.take_stdin().expect("client stdin");

@@ -56,7 +56,7 @@ fn all_down_then_one_back() {
         .flows
         .iter()
         .filter(|f| f.between(t_all_down + 0.3, f64::MAX).count() > 0)
-        .map(|f| f.name())
+        .map(pcc_tests::health::FlowRecord::name)
         .collect();
     assert!(
         late.is_empty(),

@@ -49,7 +49,7 @@ fn main() {
         Cmd::Test { cargo_args } => test(&cargo_args),
         Cmd::Lab(args) => lab::run(args),
         Cmd::Bench(cmd) => bench::run(cmd),
-        Cmd::Report(args) => report::run(args),
+        Cmd::Report(args) => report::run(&args),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");

@@ -79,13 +79,13 @@ impl Routing {
         let routes = maps
             .routes
             .iter()
-            .filter_map(|r| r.ok())
+            .filter_map(std::result::Result::ok)
             .map(|(k, v)| ((addr_of(k.data()), k.prefix_len() as u8), v))
             .collect();
         let neighbours: BTreeMap<NeighbourKey, [u8; 6]> = maps
             .neighbours
             .iter()
-            .filter_map(|r| r.ok())
+            .filter_map(std::result::Result::ok)
             .map(|(k, v)| (k, v.mac))
             .collect();
         Self {
@@ -267,7 +267,7 @@ fn take_wanted(maps: &mut Maps) -> BTreeSet<NeighbourKey> {
     let keys: BTreeSet<NeighbourKey> = maps
         .neighbours_wanted
         .keys()
-        .filter_map(|k| k.ok())
+        .filter_map(std::result::Result::ok)
         .collect();
     for key in &keys {
         let _ = maps.neighbours_wanted.remove(key);

@@ -325,8 +325,9 @@ pub fn generate_cmd(args: &[&str]) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use pcc_common::packet::parse;
+
+    use super::*;
 
     fn parse_with(extra: &[&str]) -> Result<GenerateOpts> {
         let mut args = vec![

@@ -17,7 +17,6 @@ use pcc_common::{
     route::{Neighbour, NeighbourKey, Route},
     slots,
 };
-
 use pcc_ctl::{
     dataplane::{Dataplane, Role},
     maps::Maps,

@@ -82,8 +82,9 @@ impl NatPortRange {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use proptest::prelude::*;
+
+    use super::*;
 
     #[test]
     fn default_is_every_unprivileged_port() {

@@ -19,10 +19,8 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray},
     programs::XdpContext,
 };
-
-use pcc_common::{csum, generator};
-
 use parse::{ETH_LEN, ETH_P_IP, EthHdr, Ipv4Hdr, L4_OFF, UdpHdr, frame_len, ptr_at};
+use pcc_common::{csum, generator};
 
 /// `[packets, bytes]` the sink dropped, per CPU.
 #[map]

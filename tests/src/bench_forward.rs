@@ -28,16 +28,20 @@
 //! reached the sinks (lan0's XDP drops for the ceiling): it counts the router's work only, not
 //! other load on the machine.
 
-use std::fmt::Write as _;
-use std::fs;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::{
+    fmt::Write as _,
+    fs,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
 
 use anyhow::{Result, bail, ensure};
 
-use crate::bench::{MachineInfo, update_section};
-use crate::lab::Lab;
-use crate::proc::LabProcess;
+use crate::{
+    bench::{MachineInfo, update_section},
+    lab::Lab,
+    proc::LabProcess,
+};
 
 /// Flows the generator cycles through: 50 destination addresses × 128 source ports
 /// (`pcc_common::generator::GEN_FLOWS`, which this crate does not depend on).

@@ -1,12 +1,15 @@
 //! `cargo xtask bench controller`: pcc-ctl's own cost — RSS and CPU at idle with default
 //! probing, and while ~100k connections churn through the dataplane (the garbage collector
 //! walks the table every 2 s). Writes the `## Controller` section of BENCHMARKS.md.
-use std::fmt::Write as _;
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::{
+    fmt::Write as _,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, ensure};
 
 use crate::Lab;
-use anyhow::{Context as _, Result, ensure};
 
 /// A raw-socket UDP sender: `flows` distinct flows (two LAN source addresses × source ports)
 /// to the servers' discard port, round-robin until `seconds` pass. Replies go nowhere.

@@ -16,16 +16,20 @@
 //! and refused sources, before any fault table ([`Lab::isp_lease`], [`Lab::watch_lan_sources`],
 //! [`Lab::lan_source_packets`], [`Lab::refused_sources`]; table `netdev pccbcp38`).
 
-use std::net::Ipv4Addr;
-use std::time::{Duration, Instant};
+use std::{
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result, bail, ensure};
 
-use crate::lab::{LAN_NET, Lab, WAN_NAMES, wan_of_addr};
-use crate::metrics::Metrics;
-use crate::pcc::PccHandle;
-use crate::proc::LabProcess;
-use crate::services::{UDP_ECHO_PORT, python};
+use crate::{
+    lab::{LAN_NET, Lab, WAN_NAMES, wan_of_addr},
+    metrics::Metrics,
+    pcc::PccHandle,
+    proc::LabProcess,
+    services::{UDP_ECHO_PORT, python},
+};
 
 /// The ISPs' BCP 38 table (`netdev`, hook `up0` ingress, priority -500).
 const BCP38: &str = "pccbcp38";

@@ -1,13 +1,15 @@
 //! Child processes of the lab: own process group, killed with their parent, output captured,
 //! every wait bounded in time.
 
-use std::collections::BTreeSet;
-use std::io::Read;
-use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeSet,
+    io::Read,
+    os::unix::process::{CommandExt as _, ExitStatusExt as _},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    sync::{Arc, Mutex},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result};
 

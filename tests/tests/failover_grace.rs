@@ -10,13 +10,16 @@
 //!
 //! The servers run in the lab's inet namespace; the client on c1 is driven through its stdin.
 
-use std::io::Write as _;
-use std::time::{Duration, Instant};
+use std::{
+    io::Write as _,
+    time::{Duration, Instant},
+};
 
-use pcc_tests::LabProcess;
-use pcc_tests::health::{mono_now, wait_wan_state, wait_wans_up};
-use pcc_tests::services_python as python;
-use pcc_tests::{Lab, WAN_NAMES, require_root};
+use pcc_tests::{
+    Lab, LabProcess, WAN_NAMES,
+    health::{mono_now, wait_wan_state, wait_wans_up},
+    require_root, services_python as python,
+};
 
 const PORT: &str = "7100";
 /// `--failover-grace`'s default.

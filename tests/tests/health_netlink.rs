@@ -9,8 +9,11 @@
 
 use std::time::Duration;
 
-use pcc_tests::health::{FlowBed, health_summary, mono_now, wait_wan_state};
-use pcc_tests::{ISP_ADDRS, WAN_ADDRS, require_root};
+use pcc_tests::{
+    ISP_ADDRS, WAN_ADDRS,
+    health::{FlowBed, health_summary, mono_now, wait_wan_state},
+    require_root,
+};
 
 const S: fn(u64) -> Duration = Duration::from_secs;
 /// How soon a link event must take the WAN down, the metrics scrape that sees it included

@@ -6,8 +6,10 @@ mod lab;
 mod program_bench;
 mod report;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};

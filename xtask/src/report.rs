@@ -4,9 +4,11 @@
 //! same workload through every balancing method on equal and on unequal lines, the question
 //! such studies end on, and writes its table to BENCHMARKS.md too.
 
-use std::fmt::Write as _;
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::{
+    fmt::Write as _,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result, ensure};
 use clap::Args;

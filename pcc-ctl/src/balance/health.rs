@@ -162,9 +162,7 @@ pub fn spawn(
         loop {
             tick.tick().await;
             for (t, &addr) in targets.iter().enumerate() {
-                let mut pinger = client
-                    .pinger(IpAddr::V4(addr), PingIdentifier(ident))
-                    .await;
+                let mut pinger = client.pinger(IpAddr::V4(addr), PingIdentifier(ident)).await;
                 pinger.timeout(Duration::from_millis(params.reply_timeout_ms));
                 if lock(&table)[index].targets[t]
                     .health

@@ -14,8 +14,12 @@ use pcc_common::{
 use serde::{Deserialize, Serialize};
 
 use super::Endpoint;
-use crate::sync::lock;
-use crate::{balance::health::{Target, WanHealth}, kernel::conntrack::monotonic_ns, shared::Shared};
+use crate::{
+    balance::health::{Target, WanHealth},
+    kernel::conntrack::monotonic_ns,
+    shared::Shared,
+    sync::lock,
+};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct WanStatus {

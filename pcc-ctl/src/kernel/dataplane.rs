@@ -1,7 +1,7 @@
 //! Loading the XDP programs and attaching them to the ports, and the TC egress hook to the WANs.
-use anyhow::{Context as _, Result, anyhow};
 use std::path::Path;
 
+use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
@@ -11,7 +11,6 @@ use aya::{
         xdp::XdpLink,
     },
 };
-
 use pcc_common::expiry;
 
 use crate::{

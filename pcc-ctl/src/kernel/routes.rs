@@ -18,8 +18,11 @@ use pcc_common::route::{
     self, NEIGHBOURS_PER_WAN, Neighbour, NeighbourKey, Prefix, ROUTE_WAN, Route, WanPort,
 };
 
-use crate::sync::lock;
-use crate::{balance::wan::WanView, kernel::maps::Maps, kernel::netlink::Netlink};
+use crate::{
+    balance::wan::WanView,
+    kernel::{maps::Maps, netlink::Netlink},
+    sync::lock,
+};
 
 /// How often `poll` runs: a next hop the dataplane missed is asked for within this, so it is
 /// resolved well before the host retransmits (TCP's first SYN retransmission: 1 s).

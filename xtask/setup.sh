@@ -58,6 +58,16 @@ if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q
 else
     log "nightly rust-src present"
 fi
+# `cargo xtask test` checks the formatting with nightly rustfmt (rustfmt.toml's import options
+# are nightly-only) and runs clippy with the workspace's toolchain.
+if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rustfmt'; then
+    log "adding rustfmt to nightly"
+    rustup component add rustfmt --toolchain nightly
+fi
+if ! cargo clippy --version >/dev/null 2>&1; then
+    log "adding clippy"
+    rustup component add clippy
+fi
 
 # bpf-linker linked against the same LLVM (22) as nightly's rustc.
 if ! command -v bpf-linker >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/bpf-linker" ]; then

@@ -8,9 +8,8 @@
 //! reported, measured the same way for the floor.
 use std::net::Ipv4Addr;
 
-use aya::maps::IterableMap;
-
 use anyhow::{Context as _, Result, bail, ensure};
+use aya::maps::IterableMap;
 use pcc_common::{
     CtIn, CtOut, FlowKey, MAX_WANS,
     packet::{Frame, L4},
@@ -18,9 +17,8 @@ use pcc_common::{
     route::{ROUTE_KERNEL, ROUTE_WAN_GATEWAY, Route},
     slots,
 };
-use serde::Serialize;
-
 use pcc_ctl::dataplane::Role;
+use serde::Serialize;
 
 use crate::testbed::*;
 
@@ -385,7 +383,7 @@ pub fn measure_all(samples: usize, fills: &[u32]) -> Result<Report> {
             path: path.into(),
             median_ns,
             p90_ns,
-        })
+        });
     };
     add(
         "XDP_DROP floor",

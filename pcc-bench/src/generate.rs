@@ -266,7 +266,7 @@ pub fn generate(opts: &GenerateOpts) -> Result<Generated> {
         },
         it_value: libc::timeval {
             tv_sec: opts.max_time.as_secs() as libc::time_t,
-            tv_usec: opts.max_time.subsec_micros() as libc::suseconds_t,
+            tv_usec: libc::suseconds_t::from(opts.max_time.subsec_micros()),
         },
     };
     // SAFETY: a valid itimerval; no old value wanted.
@@ -325,8 +325,9 @@ pub fn generate_cmd(args: &[&str]) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use pcc_common::packet::parse;
+
+    use super::*;
 
     fn parse_with(extra: &[&str]) -> Result<GenerateOpts> {
         let mut args = vec![

@@ -17,7 +17,6 @@ use pcc_common::{
     route::{Neighbour, NeighbourKey, Route},
     slots,
 };
-
 use pcc_ctl::{
     dataplane::{Dataplane, Role},
     maps::Maps,
@@ -59,10 +58,8 @@ pub struct TestBed {
 impl TestBed {
     pub fn new(max_connections: u32) -> Result<TestBed> {
         // SAFETY: geteuid has no preconditions.
-        ensure!(
-            unsafe { libc::geteuid() } == 0,
-            "loading BPF programs needs root"
-        );
+        let euid = unsafe { libc::geteuid() };
+        ensure!(euid == 0, "loading BPF programs needs root");
         let (dataplane, mut maps) = Dataplane::load(max_connections)?;
         let nat_ports = NatPortRange::default();
         let config = Config {
@@ -254,8 +251,9 @@ impl TestBed {
 /// namespace and its ports go when the thread ends.
 pub fn own_port(name: &str) -> Result<u32> {
     // SAFETY: unshare has no memory preconditions; CLONE_NEWNET applies to this thread only.
+    let unshared = unsafe { libc::unshare(libc::CLONE_NEWNET) };
     ensure!(
-        unsafe { libc::unshare(libc::CLONE_NEWNET) } == 0,
+        unshared == 0,
         "unshare(CLONE_NEWNET): {}",
         std::io::Error::last_os_error()
     );

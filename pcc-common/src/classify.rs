@@ -71,13 +71,13 @@ impl Classifier {
             Classifier::SrcAddress => (src_addr, 0, 0),
             Classifier::DstAddress => (0, dst_addr, 0),
             Classifier::BothAddresses => (src_addr, dst_addr, 0),
-            Classifier::SrcPort => (0, 0, src_port as u32),
-            Classifier::DstPort => (0, 0, (dst_port as u32) << 16),
-            Classifier::BothPorts => (0, 0, src_port as u32 | (dst_port as u32) << 16),
+            Classifier::SrcPort => (0, 0, u32::from(src_port)),
+            Classifier::DstPort => (0, 0, u32::from(dst_port) << 16),
+            Classifier::BothPorts => (0, 0, u32::from(src_port) | u32::from(dst_port) << 16),
             Classifier::BothAddressesAndPorts => (
                 src_addr,
                 dst_addr,
-                src_port as u32 | (dst_port as u32) << 16,
+                u32::from(src_port) | u32::from(dst_port) << 16,
             ),
         };
         // The classifier itself goes into the hash so changing it reshuffles everything,

@@ -75,7 +75,7 @@ impl Timeouts {
         } else {
             reply.last_seen_ns
         };
-        let deadline = last + self.idle_limit(proto, out, reply) as u64 * 1_000_000_000;
+        let deadline = last + u64::from(self.idle_limit(proto, out, reply)) * 1_000_000_000;
         if now_ns >= deadline {
             None
         } else {
@@ -115,7 +115,7 @@ impl Timeouts {
             IPPROTO_UDP => self.udp,
             _ => self.icmp,
         };
-        let deadline = entry.last_seen_ns + limit as u64 * 1_000_000_000;
+        let deadline = entry.last_seen_ns + u64::from(limit) * 1_000_000_000;
         if now_ns > deadline {
             None
         } else {

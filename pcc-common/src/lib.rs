@@ -6,6 +6,18 @@
 //! dataplane never swaps bytes on the fast path.
 #![cfg_attr(not(feature = "std"), no_std)]
 
+/// `unsafe impl aya::Pod` for each listed type. Every type listed must be `#[repr(C)]` plain
+/// data with explicit padding fields (no implicit padding bytes, no pointers, no niches); the
+/// `// SAFETY:` comment at each use says so for its types.
+#[cfg(feature = "user")]
+macro_rules! impl_pod {
+    ($($t:ty),+ $(,)?) => {$(
+        // SAFETY: the caller lists only `#[repr(C)]` plain data with explicit padding fields,
+        // so every byte pattern is a valid value (see the macro's documentation).
+        unsafe impl aya::Pod for $t {}
+    )+};
+}
+
 pub mod classify;
 pub mod conntrack;
 pub mod counters;

@@ -427,27 +427,27 @@ const _: () = {
     assert!(size_of::<SlotTable>().is_multiple_of(4));
 };
 
+// SAFETY: all of these are `#[repr(C)]` plain data with explicit padding fields, so every byte
+// pattern is a valid value.
 #[cfg(feature = "user")]
-mod pod {
-    // SAFETY: all of these are `#[repr(C)]` plain data with explicit padding fields, so every
-    // byte pattern is a valid value.
-    unsafe impl aya::Pod for super::Config {}
-    unsafe impl aya::Pod for super::WanInfo {}
-    unsafe impl aya::Pod for super::LanInfo {}
-    unsafe impl aya::Pod for super::SlotTable {}
-    unsafe impl aya::Pod for super::FlowKey {}
-    unsafe impl aya::Pod for super::CtOut {}
-    unsafe impl aya::Pod for super::CtIn {}
-    unsafe impl aya::Pod for super::WanCounters {}
-    unsafe impl aya::Pod for super::FragKey {}
-    unsafe impl aya::Pod for super::FragPorts {}
-    unsafe impl aya::Pod for super::BindKey {}
-    unsafe impl aya::Pod for super::Binding {}
-    unsafe impl aya::Pod for super::PublicKey {}
-    unsafe impl aya::Pod for super::Owner {}
-    unsafe impl aya::Pod for super::ExpirySlot {}
-    unsafe impl aya::Pod for super::SweepState {}
-}
+impl_pod!(
+    Config,
+    WanInfo,
+    LanInfo,
+    SlotTable,
+    FlowKey,
+    CtOut,
+    CtIn,
+    WanCounters,
+    FragKey,
+    FragPorts,
+    BindKey,
+    Binding,
+    PublicKey,
+    Owner,
+    ExpirySlot,
+    SweepState,
+);
 
 impl FlowKey {
     /// Addresses and ports in network byte order, as on the wire.

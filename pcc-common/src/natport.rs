@@ -36,7 +36,7 @@ impl NatPortRange {
         if self.min > self.max {
             return 0;
         }
-        self.max as u32 - self.min as u32 + 1
+        u32::from(self.max) - u32::from(self.min) + 1
     }
 
     #[inline(always)]
@@ -52,7 +52,7 @@ impl NatPortRange {
     /// The `i`-th usable port (`i < len()`).
     #[inline(always)]
     pub fn nth(&self, i: u32) -> u16 {
-        (self.min as u32 + i) as u16
+        (u32::from(self.min) + i) as u16
     }
 
     /// The port to try on `attempt` (0-based) for a connection from `orig_port`, given a
@@ -82,8 +82,9 @@ impl NatPortRange {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use proptest::prelude::*;
+
+    use super::*;
 
     #[test]
     fn default_is_every_unprivileged_port() {

@@ -47,8 +47,9 @@ impl TokenBucket {
 
 #[cfg(all(test, feature = "std"))]
 mod tests {
-    use super::*;
     use proptest::prelude::*;
+
+    use super::*;
 
     const MS: u64 = 1_000_000;
 

@@ -102,13 +102,9 @@ const _: () = {
     assert!(size_of::<Neighbour>() == 8);
 };
 
+// SAFETY: `#[repr(C)]` plain data with explicit padding: every byte pattern is valid.
 #[cfg(feature = "user")]
-mod pod {
-    // SAFETY: `#[repr(C)]` plain data with explicit padding: every byte pattern is valid.
-    unsafe impl aya::Pod for super::Route {}
-    unsafe impl aya::Pod for super::NeighbourKey {}
-    unsafe impl aya::Pod for super::Neighbour {}
-}
+impl_pod!(Route, NeighbourKey, Neighbour);
 
 #[cfg(feature = "std")]
 pub use mirror::*;

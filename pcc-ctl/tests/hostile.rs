@@ -56,7 +56,7 @@ fn fix_ip_checksum(f: &mut [u8]) {
     f[24..26].copy_from_slice(&c.to_be_bytes());
 }
 
-fn edited(frame: Frame, edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+fn edited(frame: &Frame, edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
     let mut f = frame.bytes();
     edit(&mut f);
     fix_ip_checksum(&mut f);
@@ -64,7 +64,7 @@ fn edited(frame: Frame, edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
 }
 
 /// `frame` under another EtherType: to the parser, no longer IPv4.
-fn with_ether_type(frame: Frame, ether_type: u16) -> Vec<u8> {
+fn with_ether_type(frame: &Frame, ether_type: u16) -> Vec<u8> {
     let mut f = frame.bytes();
     f[12..14].copy_from_slice(&ether_type.to_be_bytes());
     f
@@ -109,19 +109,19 @@ fn hostile_lan_packets_are_each_handled_and_counted() {
         ),
         (
             "IP version 6 in an IPv4 frame",
-            edited(u(), |f| f[14] = 0x65),
+            edited(&u(), |f| f[14] = 0x65),
             XDP_DROP,
             Counter::DropBadIpHeader,
         ),
         (
             "IHL 4",
-            edited(u(), |f| f[14] = 0x44),
+            edited(&u(), |f| f[14] = 0x44),
             XDP_DROP,
             Counter::DropBadIpHeader,
         ),
         (
             "IHL past the total length",
-            edited(u(), |f| {
+            edited(&u(), |f| {
                 f[14] = 0x4f;
                 f[16..18].copy_from_slice(&40u16.to_be_bytes());
             }),
@@ -130,43 +130,43 @@ fn hostile_lan_packets_are_each_handled_and_counted() {
         ),
         (
             "total length past the frame",
-            edited(u(), |f| f[16..18].copy_from_slice(&1400u16.to_be_bytes())),
+            edited(&u(), |f| f[16..18].copy_from_slice(&1400u16.to_be_bytes())),
             XDP_DROP,
             Counter::DropBadIpHeader,
         ),
         (
             "total length shorter than the IP header",
-            edited(u(), |f| f[16..18].copy_from_slice(&19u16.to_be_bytes())),
+            edited(&u(), |f| f[16..18].copy_from_slice(&19u16.to_be_bytes())),
             XDP_DROP,
             Counter::DropBadIpHeader,
         ),
         (
             "total length shorter than the TCP header",
-            edited(t(), |f| f[16..18].copy_from_slice(&30u16.to_be_bytes())),
+            edited(&t(), |f| f[16..18].copy_from_slice(&30u16.to_be_bytes())),
             XDP_DROP,
             Counter::DropBadTransportHeader,
         ),
         (
             "TCP data offset 4",
-            edited(t(), |f| f[46] = 4 << 4),
+            edited(&t(), |f| f[46] = 4 << 4),
             XDP_DROP,
             Counter::DropBadTransportHeader,
         ),
         (
             "TCP data offset past the packet",
-            edited(t(), |f| f[46] = 15 << 4),
+            edited(&t(), |f| f[46] = 15 << 4),
             XDP_DROP,
             Counter::DropBadTransportHeader,
         ),
         (
             "UDP length below 8",
-            edited(u(), |f| f[38..40].copy_from_slice(&4u16.to_be_bytes())),
+            edited(&u(), |f| f[38..40].copy_from_slice(&4u16.to_be_bytes())),
             XDP_DROP,
             Counter::DropBadTransportHeader,
         ),
         (
             "UDP length past the packet",
-            edited(u(), |f| f[38..40].copy_from_slice(&900u16.to_be_bytes())),
+            edited(&u(), |f| f[38..40].copy_from_slice(&900u16.to_be_bytes())),
             XDP_DROP,
             Counter::DropBadTransportHeader,
         ),
@@ -184,7 +184,7 @@ fn hostile_lan_packets_are_each_handled_and_counted() {
         ),
         (
             "IP options",
-            edited(u(), |f| {
+            edited(&u(), |f| {
                 f[14] = 0x46;
                 f.splice(34..34, [1, 1, 1, 0]);
                 let tl = u16::from_be_bytes([f[16], f[17]]) + 4;
@@ -255,7 +255,7 @@ fn hostile_lan_packets_are_each_handled_and_counted() {
         ),
         (
             "IPv6",
-            with_ether_type(u(), ETH_P_IPV6),
+            with_ether_type(&u(), ETH_P_IPV6),
             XDP_PASS,
             Counter::PassNotIpv4,
         ),
@@ -276,7 +276,7 @@ fn hostile_lan_packets_are_each_handled_and_counted() {
     let (action, _) = run(
         &mut tb,
         Role::Lan,
-        &edited(u(), |f| f[38..40].copy_from_slice(&10u16.to_be_bytes())),
+        &edited(&u(), |f| f[38..40].copy_from_slice(&10u16.to_be_bytes())),
     );
     assert_eq!(action, XDP_REDIRECT);
 }
@@ -386,13 +386,13 @@ fn unsolicited_wan_packets_never_reach_the_lan() {
         // What the kernel answers itself, even on the live connection's tuple.
         (
             "ARP",
-            with_ether_type(from_server(wan, tcp(80, nat_port, TCP_ACK)), ETH_P_ARP),
+            with_ether_type(&from_server(wan, tcp(80, nat_port, TCP_ACK)), ETH_P_ARP),
             XDP_PASS,
             Counter::PassNotIpv4,
         ),
         (
             "IPv6",
-            with_ether_type(from_server(wan, tcp(80, nat_port, TCP_ACK)), ETH_P_IPV6),
+            with_ether_type(&from_server(wan, tcp(80, nat_port, TCP_ACK)), ETH_P_IPV6),
             XDP_PASS,
             Counter::PassNotIpv4,
         ),

@@ -203,7 +203,7 @@ fn a_lan_endpoint_keeps_its_public_endpoint_for_every_remote_one() {
             .find(|s| rig.expected_wan(CLIENT2, *s) == wan)
             .expect("a server on each WAN");
         let frame = from_client(CLIENT2, CLIENT2_MAC, udp(40000, 3478));
-        let frame = pcc_common::packet::Frame {
+        let frame = Frame {
             dst: server,
             ..frame
         };
@@ -212,7 +212,7 @@ fn a_lan_endpoint_keeps_its_public_endpoint_for_every_remote_one() {
     let mut seen: [Option<u16>; 2] = [None, None];
     for (server, wan) in &wans {
         let frame = from_client(CLIENT, CLIENT_MAC, udp(40000, 3478));
-        let frame = pcc_common::packet::Frame {
+        let frame = Frame {
             dst: *server,
             ..frame
         };

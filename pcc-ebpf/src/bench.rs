@@ -6,7 +6,8 @@
 // The dataplane's header checks; the benchmark programs use a few of them.
 #[expect(
     dead_code,
-    reason = "the dataplane's parsers, which these programs do not use"
+    unused_imports,
+    reason = "the dataplane's parsers and re-exports, which these programs do not use"
 )]
 mod parse;
 
@@ -18,10 +19,8 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray},
     programs::XdpContext,
 };
-
-use pcc_common::{csum, generator};
-
 use parse::{ETH_LEN, ETH_P_IP, EthHdr, Ipv4Hdr, L4_OFF, UdpHdr, frame_len, ptr_at};
+use pcc_common::{csum, generator};
 
 /// `[packets, bytes]` the sink dropped, per CPU.
 #[map]

@@ -1,10 +1,10 @@
 //! The conntrack pair: `CT_OUT` (LAN-side tuple) and `CT_IN` (WAN-side tuple).
+use core::intrinsics::AtomicOrdering;
+
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
 };
-use core::intrinsics::AtomicOrdering;
-
 use pcc_common::{
     BindKey, Binding, CT_FLAG_HAIRPIN, CT_FLAG_INBOUND, CT_FLAG_UNBOUND, CT_TCP_ACK, CT_TCP_FIN,
     CT_TCP_RST, CT_TCP_SYN, Config, Counter, CtEvent, CtIn, CtOut, FlowKey, MAX_LANS, NatFiltering,

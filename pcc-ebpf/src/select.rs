@@ -1,10 +1,9 @@
 //! Where a new connection goes: which LAN it came from, and which WAN it leaves by.
+use aya_ebpf::maps::lpm_trie::Key;
 use pcc_common::{
     Classifier, Config, Counter, FlowKey, MAX_LANS, MAX_WANS, Method, NO_WAN, SLOT_TABLE_SIZE,
     WanInfo,
 };
-
-use aya_ebpf::maps::lpm_trie::Key;
 
 use crate::{LANS, NTH_TURN, POLICIES, SLOTS, WANS};
 

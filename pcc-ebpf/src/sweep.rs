@@ -8,9 +8,9 @@
 //! sweep frees a slot whose tuple is gone while a packet may forget it too, and BPF atomics
 //! are full barriers, so the key is written before the slot reads as ready on every
 //! architecture.
-use aya_ebpf::helpers::{bpf_loop, bpf_timer_init, bpf_timer_set_callback, bpf_timer_start};
 use core::{ffi::c_void, intrinsics::AtomicOrdering};
 
+use aya_ebpf::helpers::{bpf_loop, bpf_timer_init, bpf_timer_set_callback, bpf_timer_start};
 use pcc_common::{
     CtEvent, FlowKey, LAN_ROUTER, SweepState, bpf_timer,
     expiry::{self, SLOT_BUSY, SLOT_FREE, SLOT_PROBES, SWEEP_TICK_NS},

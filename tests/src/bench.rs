@@ -8,17 +8,21 @@
 //! wan0 answer over wan1, the fault is removed and the recovery timed. The failover time of a
 //! run is the longest reply gap of any flow that was on wan0 when the fault began.
 
-use std::fmt::Write as _;
-use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
+use std::{
+    fmt::Write as _,
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result, ensure};
 
-use crate::health::{self, FlowsReport, UdpFlows, median, mono_now, wait_wan_state};
-use crate::lab::{Lab, WAN_NAMES};
-use crate::pcc::PccHandle;
+use crate::{
+    health::{self, FlowsReport, UdpFlows, median, mono_now, wait_wan_state},
+    lab::{Lab, WAN_NAMES},
+    pcc::PccHandle,
+};
 
 /// Request interval of every flow.
 pub const FLOW_INTERVAL: Duration = Duration::from_millis(50);
@@ -422,7 +426,7 @@ impl MachineInfo {
             .map(|(_, m)| m.trim().to_owned())
             .unwrap_or_else(|| "unknown CPU".into());
         Self {
-            nproc: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            nproc: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
             cpu_model,
             kernel: cmd_out("uname", &["-r"]).unwrap_or_else(|| "?".into()),
             date: cmd_out("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_else(|| "?".into()),

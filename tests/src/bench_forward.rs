@@ -28,16 +28,20 @@
 //! reached the sinks (lan0's XDP drops for the ceiling): it counts the router's work only, not
 //! other load on the machine.
 
-use std::fmt::Write as _;
-use std::fs;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::{
+    fmt::Write as _,
+    fs,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
 
 use anyhow::{Result, bail, ensure};
 
-use crate::bench::{MachineInfo, update_section};
-use crate::lab::Lab;
-use crate::proc::LabProcess;
+use crate::{
+    bench::{MachineInfo, update_section},
+    lab::Lab,
+    proc::LabProcess,
+};
 
 /// Flows the generator cycles through: 50 destination addresses × 128 source ports
 /// (`pcc_common::generator::GEN_FLOWS`, which this crate does not depend on).
@@ -136,7 +140,7 @@ fn median(v: &mut [f64]) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }
-    v.sort_by(|a, b| a.total_cmp(b));
+    v.sort_by(f64::total_cmp);
     let n = v.len();
     if n % 2 == 1 {
         v[n / 2]
@@ -510,7 +514,7 @@ pub fn forward(opts: &ForwardOpts) -> Result<ForwardReport> {
         (1_000..=2_000_000).contains(&opts.rate_pps),
         "rate must be 1000..=2000000 pps"
     );
-    let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let ncpu = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     ensure!(
         ncpu >= 2,
         "needs at least 2 CPUs (generator and router on separate cores)"

@@ -2,12 +2,15 @@
 //! clients over two 20 Mbit/s lines (tc tbf). The kernel as most routers run it (forwarding,
 //! masquerade, one default route: everything on one line) against pcc over both lines:
 //! aggregate Mbit/s and the per-line split. Writes the `## Clinic` section of BENCHMARKS.md.
-use std::fmt::Write as _;
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::{
+    fmt::Write as _,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, ensure};
 
 use crate::Lab;
-use anyhow::{Context as _, Result, ensure};
 
 /// Download Mbit/s per line, counted where the ISPs hand frames to the router (the same
 /// place for both setups).

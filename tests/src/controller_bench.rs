@@ -1,12 +1,15 @@
 //! `cargo xtask bench controller`: pcc-ctl's own cost — RSS and CPU at idle with default
 //! probing, and while ~100k connections churn through the dataplane (the garbage collector
 //! walks the table every 2 s). Writes the `## Controller` section of BENCHMARKS.md.
-use std::fmt::Write as _;
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::{
+    fmt::Write as _,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, ensure};
 
 use crate::Lab;
-use anyhow::{Context as _, Result, ensure};
 
 /// A raw-socket UDP sender: `flows` distinct flows (two LAN source addresses × source ports)
 /// to the servers' discard port, round-robin until `seconds` pass. Replies go nowhere.
@@ -130,7 +133,7 @@ pub fn run(seconds: u64, flows: u32, out: &Path) -> Result<String> {
 
     let script = lab.dir().join("churn.py");
     std::fs::write(&script, CHURN_PY)?;
-    let servers: Vec<String> = lab.server_addrs().iter().map(|a| a.to_string()).collect();
+    let servers: Vec<String> = lab.server_addrs().iter().map(ToString::to_string).collect();
     let churn_secs = seconds + 10;
     let _sender = lab.spawn(
         "c1",

@@ -16,16 +16,20 @@
 //! and refused sources, before any fault table ([`Lab::isp_lease`], [`Lab::watch_lan_sources`],
 //! [`Lab::lan_source_packets`], [`Lab::refused_sources`]; table `netdev pccbcp38`).
 
-use std::net::Ipv4Addr;
-use std::time::{Duration, Instant};
+use std::{
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result, bail, ensure};
 
-use crate::lab::{LAN_NET, Lab, WAN_NAMES, wan_of_addr};
-use crate::metrics::Metrics;
-use crate::pcc::PccHandle;
-use crate::proc::LabProcess;
-use crate::services::{UDP_ECHO_PORT, python};
+use crate::{
+    lab::{LAN_NET, Lab, WAN_NAMES, wan_of_addr},
+    metrics::Metrics,
+    pcc::PccHandle,
+    proc::LabProcess,
+    services::{UDP_ECHO_PORT, python},
+};
 
 /// The ISPs' BCP 38 table (`netdev`, hook `up0` ingress, priority -500).
 const BCP38: &str = "pccbcp38";
@@ -822,7 +826,7 @@ pub fn as_refs(pairs: &[(String, Ipv4Addr)]) -> Vec<(&str, Ipv4Addr)> {
 /// Median of a non-empty list (mean of the middle two for an even count).
 pub fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
+    s.sort_by(f64::total_cmp);
     let n = s.len();
     if n == 0 {
         return f64::NAN;

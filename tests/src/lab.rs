@@ -21,15 +21,19 @@
 //! their options `"branch"` and `"modem0"`.
 //! Every namespace is called `<prefix>-<node>` with a per-lab prefix `pcc` + 5 hex digits.
 
-use std::collections::BTreeMap;
-use std::fs;
-use std::io::Write as _;
-use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::Write as _,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    sync::{
+        Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use anyhow::{Context as _, Result, bail, ensure};
 
@@ -280,7 +284,7 @@ impl Lab {
     pub fn nodes(&self) -> Vec<String> {
         let mut v: Vec<String> = ["switch", "router", "isp0", "isp1", "inet"]
             .iter()
-            .map(|s| s.to_string())
+            .map(ToString::to_string)
             .collect();
         v.extend(self.client_names());
         if self.extras.branch {

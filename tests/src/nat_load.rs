@@ -5,9 +5,11 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 
-use crate::lab::Lab;
-use crate::proc;
-use crate::services::{UDP_ECHO_PORT, python};
+use crate::{
+    lab::Lab,
+    proc,
+    services::{UDP_ECHO_PORT, python},
+};
 
 /// One new UDP connection at a time, paced: flow `i` is one datagram from source port
 /// `first_sport + i` to `dsts[i % len]`. A flow counts as opened when its reply arrives within
@@ -141,7 +143,7 @@ impl Lab {
         let dsts = self
             .server_addrs()
             .iter()
-            .map(|a| a.to_string())
+            .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(",");
         let budget = Duration::from_secs_f64(f64::from(flows) / rate + 15.0);

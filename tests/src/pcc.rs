@@ -1,15 +1,19 @@
 //! Running `pcc-ctl` in the router namespace.
 
-use std::os::unix::process::ExitStatusExt as _;
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Output};
-use std::time::{Duration, Instant};
+use std::{
+    os::unix::process::ExitStatusExt as _,
+    path::{Path, PathBuf},
+    process::{Command, ExitStatus, Output},
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result, bail, ensure};
 
-use crate::lab::Lab;
-use crate::metrics::Metrics;
-use crate::proc::{self, LabProcess};
+use crate::{
+    lab::Lab,
+    metrics::Metrics,
+    proc::{self, LabProcess},
+};
 
 /// Where pcc-ctl serves metrics unless the caller passes `--metrics`.
 pub const DEFAULT_METRICS: &str = "127.0.0.1:9100";

@@ -1,13 +1,15 @@
 //! Child processes of the lab: own process group, killed with their parent, output captured,
 //! every wait bounded in time.
 
-use std::collections::BTreeSet;
-use std::io::Read;
-use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeSet,
+    io::Read,
+    os::unix::process::{CommandExt as _, ExitStatusExt as _},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    sync::{Arc, Mutex},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result};
 
@@ -241,7 +243,7 @@ pub(crate) fn kill_registered(registry: &Registry) {
 
 /// Runs `cmd` on the host (not in a lab namespace) and returns its stdout; an error with its
 /// output unless it exits 0.
-pub fn host_stdout(mut cmd: std::process::Command) -> Result<String> {
+pub fn host_stdout(mut cmd: Command) -> Result<String> {
     let what = format!("{cmd:?}");
     let out = cmd.output().with_context(|| format!("running {what}"))?;
     anyhow::ensure!(out.status.success(), "{what}: {}", describe(&out));

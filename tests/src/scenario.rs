@@ -1,14 +1,15 @@
 //! Traffic patterns shared by several tests.
 
-use std::collections::BTreeSet;
-use std::time::Duration;
+use std::{collections::BTreeSet, time::Duration};
 
 use anyhow::{Result, ensure};
 
-use crate::lab::{Lab, WAN_NAMES, wan_of_addr};
-use crate::metrics::Metrics;
-use crate::pcc::PccHandle;
-use crate::services::HttpLogEntry;
+use crate::{
+    lab::{Lab, WAN_NAMES, wan_of_addr},
+    metrics::Metrics,
+    pcc::PccHandle,
+    services::HttpLogEntry,
+};
 
 /// How many connections went out over each WAN.
 #[derive(Clone, Debug)]

@@ -1,15 +1,19 @@
 //! Services in the inet namespace (HTTP file server, UDP echo, iperf3) and the client-side
 //! tools that talk to them (curl, a UDP probe, ping).
 
-use std::fs;
-use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::{
+    fs,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result, bail, ensure};
 
-use crate::lab::Lab;
-use crate::proc::{self, LabProcess};
+use crate::{
+    lab::Lab,
+    proc::{self, LabProcess},
+};
 
 /// HTTP server port in the inet namespace.
 pub const HTTP_PORT: u16 = 80;
@@ -355,7 +359,7 @@ impl Lab {
         let addrs = self
             .server_addrs()
             .iter()
-            .map(|a| a.to_string())
+            .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(",");
         let log = self.udp_log_path().to_string_lossy().into_owned();

@@ -14,14 +14,15 @@
 //! (32768-60999 on Linux) is the case RFC 4787 REQ-1 is about. Its verdict lines (coturn
 //! 4.6.1) are parsed into a [`Discovery`].
 
-use std::fmt;
-use std::net::{Ipv4Addr, SocketAddrV4};
-use std::time::Duration;
+use std::{
+    fmt,
+    net::{Ipv4Addr, SocketAddrV4},
+    time::Duration,
+};
 
 use anyhow::{Result, ensure};
 
-use crate::lab::Lab;
-use crate::proc;
+use crate::{lab::Lab, proc};
 
 /// The STUN server's primary port (RFC 5389's default).
 pub const STUN_PORT: u16 = 3478;

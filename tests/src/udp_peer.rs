@@ -1,16 +1,20 @@
 //! A LAN host's UDP socket that learns its own public mapping and then sends and receives on
 //! command: what a P2P application does (RFC 4787's hairpinning and filtering cases).
 
-use std::io::Write as _;
-use std::net::SocketAddrV4;
-use std::process::ChildStdin;
-use std::time::{Duration, Instant};
+use std::{
+    io::Write as _,
+    net::SocketAddrV4,
+    process::ChildStdin,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::lab::Lab;
-use crate::proc::LabProcess;
-use crate::services::{UDP_ECHO_PORT, python};
+use crate::{
+    lab::Lab,
+    proc::LabProcess,
+    services::{UDP_ECHO_PORT, python},
+};
 
 /// Binds `sport`, asks the UDP echo server at `echo` what it sees (its mapping), prints
 /// `mapped ip:port`, then prints `recv ip:port text` for every datagram and sends

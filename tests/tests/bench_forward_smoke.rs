@@ -1,8 +1,10 @@
 //! `cargo xtask bench forward` in small (one short run of each set-up), writing to a scratch
 //! file: it produces numbers, leaves no namespace behind and does not touch BENCHMARKS.md.
 
-use pcc_tests::bench_forward::{self, ForwardOpts, Mode};
-use pcc_tests::{require_root, workspace_root};
+use pcc_tests::{
+    bench_forward::{self, ForwardOpts, Mode},
+    require_root, workspace_root,
+};
 
 #[test]
 fn bench_forward_smoke() {

@@ -1,8 +1,10 @@
 //! `cargo xtask bench failover` in small (one run of each fault), writing to a scratch file:
 //! it produces numbers, leaves no namespace behind and does not touch BENCHMARKS.md.
 
-use pcc_tests::bench::{self, FailoverOpts};
-use pcc_tests::{lab_leftovers, require_root, workspace_root};
+use pcc_tests::{
+    bench::{self, FailoverOpts},
+    lab_leftovers, require_root, workspace_root,
+};
 
 #[test]
 fn bench_failover_smoke() {

@@ -10,13 +10,16 @@
 //!
 //! The servers run in the lab's inet namespace; the client on c1 is driven through its stdin.
 
-use std::io::Write as _;
-use std::time::{Duration, Instant};
+use std::{
+    io::Write as _,
+    time::{Duration, Instant},
+};
 
-use pcc_tests::LabProcess;
-use pcc_tests::health::{mono_now, wait_wan_state, wait_wans_up};
-use pcc_tests::services_python as python;
-use pcc_tests::{Lab, WAN_NAMES, require_root};
+use pcc_tests::{
+    Lab, LabProcess, WAN_NAMES,
+    health::{mono_now, wait_wan_state, wait_wans_up},
+    require_root, services_python as python,
+};
 
 const PORT: &str = "7100";
 /// `--failover-grace`'s default.
@@ -193,7 +196,7 @@ impl Bed {
         let wan0 = lab.wan_addr(0).to_string();
         let stream = stream.to_string();
         args.extend([wan0.as_str(), stream.as_str()]);
-        let servers: Vec<String> = lab.server_addrs().iter().map(|a| a.to_string()).collect();
+        let servers: Vec<String> = lab.server_addrs().iter().map(ToString::to_string).collect();
         args.extend(servers.iter().map(String::as_str));
         let mut client = lab.spawn_with_stdin("c1", &args).expect("client");
         let stdin = client.take_stdin().expect("client stdin");

@@ -4,8 +4,7 @@
 
 use std::time::Duration;
 
-use pcc_tests::health::wait_wans_up;
-use pcc_tests::{Lab, require_root, scenario};
+use pcc_tests::{Lab, health::wait_wans_up, require_root, scenario};
 
 #[test]
 fn a_wan_without_a_default_route_uses_the_given_gateway() {

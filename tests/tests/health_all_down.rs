@@ -4,11 +4,14 @@
 
 use std::time::Duration;
 
-use pcc_tests::health::{
-    as_refs, flow_pairs, health_summary, mono_now, wait_route, wait_until, wait_wan_state,
-    wait_wans_up,
+use pcc_tests::{
+    Lab, Metrics,
+    health::{
+        as_refs, flow_pairs, health_summary, mono_now, wait_route, wait_until, wait_wan_state,
+        wait_wans_up,
+    },
+    require_root,
 };
-use pcc_tests::{Lab, Metrics, require_root};
 
 const S: fn(u64) -> Duration = Duration::from_secs;
 
@@ -56,7 +59,7 @@ fn all_down_then_one_back() {
         .flows
         .iter()
         .filter(|f| f.between(t_all_down + 0.3, f64::MAX).count() > 0)
-        .map(|f| f.name())
+        .map(pcc_tests::health::FlowRecord::name)
         .collect();
     assert!(
         late.is_empty(),

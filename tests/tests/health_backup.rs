@@ -3,8 +3,11 @@
 
 use std::time::Duration;
 
-use pcc_tests::health::{wait_route, wait_wan_state, wait_wans_up};
-use pcc_tests::{Lab, require_root, scenario};
+use pcc_tests::{
+    Lab,
+    health::{wait_route, wait_wan_state, wait_wans_up},
+    require_root, scenario,
+};
 
 #[test]
 fn backup_wan_only_while_primary_dead() {

@@ -3,8 +3,10 @@
 
 use std::time::Duration;
 
-use pcc_tests::health::{FlowBed, health_summary, mono_now, wait_route, wait_wan_state};
-use pcc_tests::require_root;
+use pcc_tests::{
+    health::{FlowBed, health_summary, mono_now, wait_route, wait_wan_state},
+    require_root,
+};
 
 const S: fn(u64) -> Duration = Duration::from_secs;
 

@@ -4,8 +4,11 @@
 
 use std::time::Duration;
 
-use pcc_tests::health::{as_refs, flow_pairs, mono_now, wait_wans_up};
-use pcc_tests::{Lab, require_root};
+use pcc_tests::{
+    Lab,
+    health::{as_refs, flow_pairs, mono_now, wait_wans_up},
+    require_root,
+};
 
 #[test]
 fn failover_gap_is_short() {

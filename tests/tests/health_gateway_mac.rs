@@ -5,8 +5,11 @@
 
 use std::time::Duration;
 
-use pcc_tests::health::{wait_wan_state, wait_wans_up};
-use pcc_tests::{Lab, require_root};
+use pcc_tests::{
+    Lab,
+    health::{wait_wan_state, wait_wans_up},
+    require_root,
+};
 
 #[test]
 fn a_new_gateway_mac_is_learnt_after_a_failure() {

@@ -5,10 +5,13 @@
 
 use std::time::Duration;
 
-use pcc_tests::health::{
-    as_refs, flow_pairs, health_summary, mono_now, wait_route, wait_wan_state, wait_wans_up,
+use pcc_tests::{
+    Lab,
+    health::{
+        as_refs, flow_pairs, health_summary, mono_now, wait_route, wait_wan_state, wait_wans_up,
+    },
+    require_root, scenario,
 };
-use pcc_tests::{Lab, require_root, scenario};
 
 const S: fn(u64) -> Duration = Duration::from_secs;
 

@@ -3,8 +3,11 @@
 
 use std::time::{Duration, Instant};
 
-use pcc_tests::health::{health_summary, wait_wan_state, wait_wans_up};
-use pcc_tests::{Lab, require_root};
+use pcc_tests::{
+    Lab,
+    health::{health_summary, wait_wan_state, wait_wans_up},
+    require_root,
+};
 
 #[test]
 fn lossy_line_stays_up() {

@@ -9,8 +9,11 @@
 
 use std::time::Duration;
 
-use pcc_tests::health::{FlowBed, health_summary, mono_now, wait_wan_state};
-use pcc_tests::{ISP_ADDRS, WAN_ADDRS, require_root};
+use pcc_tests::{
+    ISP_ADDRS, WAN_ADDRS,
+    health::{FlowBed, health_summary, mono_now, wait_wan_state},
+    require_root,
+};
 
 const S: fn(u64) -> Duration = Duration::from_secs;
 /// How soon a link event must take the WAN down, the metrics scrape that sees it included
@@ -105,7 +108,7 @@ fn carrier_lost_on_the_isp_side() {
     assert_wan(&bed, "wan0", true, why);
     bed.lab.restore_isp(0).expect("restore isp0");
     let bed = fails_over_at_once(bed, what, |bed| {
-        bed.lab.carrier_down(0).expect("carrier down")
+        bed.lab.carrier_down(0).expect("carrier down");
     });
     comes_back(bed, what, |bed| bed.lab.carrier_up(0).expect("carrier up"));
 }
@@ -115,7 +118,7 @@ fn router_port_set_down() {
     require_root!();
     let what = "router's wan0 set down";
     let bed = fails_over_at_once(slow_probe_bed(), what, |bed| {
-        ip(bed, &["link", "set", "wan0", "down"])
+        ip(bed, &["link", "set", "wan0", "down"]);
     });
     comes_back(bed, what, |bed| {
         ip(bed, &["link", "set", "wan0", "up"]);
@@ -129,7 +132,7 @@ fn address_removed() {
     let what = "wan0's address removed";
     let addr = format!("{}/24", WAN_ADDRS[0]);
     let bed = fails_over_at_once(slow_probe_bed(), what, |bed| {
-        ip(bed, &["addr", "del", &addr, "dev", "wan0"])
+        ip(bed, &["addr", "del", &addr, "dev", "wan0"]);
     });
     comes_back(bed, what, |bed| {
         ip(bed, &["addr", "add", &addr, "dev", "wan0"]);
@@ -142,7 +145,7 @@ fn interface_deleted() {
     require_root!();
     let what = "wan0 deleted";
     let bed = fails_over_at_once(slow_probe_bed(), what, |bed| {
-        ip(bed, &["link", "del", "wan0"])
+        ip(bed, &["link", "del", "wan0"]);
     });
     // Re-creating the interface is wan_recreated's test; here pcc-ctl must carry on without
     // it and still exit cleanly.

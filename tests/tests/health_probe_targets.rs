@@ -4,8 +4,11 @@
 
 use std::time::Duration;
 
-use pcc_tests::health::{health_summary, wait_metrics, wait_wan_state, wait_wans_up};
-use pcc_tests::{Lab, require_root};
+use pcc_tests::{
+    Lab,
+    health::{health_summary, wait_metrics, wait_wan_state, wait_wans_up},
+    require_root,
+};
 
 #[test]
 fn probe_targets_beyond_the_gateway() {

@@ -5,8 +5,11 @@
 
 use std::time::Duration;
 
-use pcc_tests::health::{DefaultRoute, wait_until, wait_wan_state, wait_wans_up};
-use pcc_tests::{Lab, PccHandle, require_root};
+use pcc_tests::{
+    Lab, PccHandle,
+    health::{DefaultRoute, wait_until, wait_wan_state, wait_wans_up},
+    require_root,
+};
 
 const S: fn(u64) -> Duration = Duration::from_secs;
 /// What pcc adds to the metric of a dead WAN's default route (pcc-ctl/src/wan.rs).

@@ -8,8 +8,10 @@
 
 use std::time::Duration;
 
-use pcc_tests::stun::{Behaviour, NatTest, describe};
-use pcc_tests::{Checks, Lab, PccHandle, require_root};
+use pcc_tests::{
+    Checks, Lab, PccHandle, require_root,
+    stun::{Behaviour, NatTest, describe},
+};
 
 /// A lab of 2 clients and 4 servers with pcc-ctl `--classifier src-address` plus `extra`
 /// (bind as `let (lab, _pcc)`: the controller stops before the lab goes).

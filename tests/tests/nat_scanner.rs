@@ -5,8 +5,10 @@
 //! connections are counted per reason in /metrics, and the scanner is told with ICMP
 //! "communication administratively prohibited" (type 3 code 13, RFC 5508 REQ-8).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
 
 use pcc_tests::{Checks, Lab, require_root};
 

@@ -5,11 +5,13 @@
 //! the renewal happened while pcc-ctl was down (killed) and the next pcc-ctl adopted the
 //! running dataplane, whose connections still carry the old address.
 
-use std::net::Ipv4Addr;
-use std::time::Duration;
+use std::{net::Ipv4Addr, time::Duration};
 
-use pcc_tests::health::{FlowBed, UdpFlows, mono_now, wait_until};
-use pcc_tests::{ISP_ADDRS, Lab, PccHandle, WAN_ADDRS, require_root};
+use pcc_tests::{
+    ISP_ADDRS, Lab, PccHandle, WAN_ADDRS,
+    health::{FlowBed, UdpFlows, mono_now, wait_until},
+    require_root,
+};
 
 const NEW_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 4);
 

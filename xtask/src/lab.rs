@@ -2,12 +2,16 @@
 //! status line per second, ISP faults on a schedule (`--cut isp0@5 --restore isp0@12`) or typed
 //! while it runs (`cut 0`, `restore 0`, …), and a per-WAN table at the end.
 
-use std::collections::VecDeque;
-use std::io::{BufRead as _, IsTerminal as _};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::{
+    collections::VecDeque,
+    io::{BufRead as _, IsTerminal as _},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+        mpsc,
+    },
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use clap::Args;

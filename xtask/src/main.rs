@@ -6,8 +6,10 @@ mod lab;
 mod program_bench;
 mod report;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
@@ -23,7 +25,8 @@ struct Cli {
 enum Cmd {
     /// Install what the build and the tests need (runs xtask/setup.sh; idempotent).
     Setup,
-    /// Setup, build pcc-ctl (release), then `cargo test --release` over the workspace
+    /// Setup, `cargo +nightly fmt --check` and `cargo clippy -D warnings`, build pcc-ctl
+    /// (release), then `cargo test --release` over the workspace
     /// (unit tests plus the network-namespace integration tests, which need root).
     Test {
         /// Extra arguments for `cargo test` (after `--`), e.g. `-- --test split_equal` or
@@ -49,7 +52,7 @@ fn main() {
         Cmd::Test { cargo_args } => test(&cargo_args),
         Cmd::Lab(args) => lab::run(args),
         Cmd::Bench(cmd) => bench::run(cmd),
-        Cmd::Report(args) => report::run(args),
+        Cmd::Report(args) => report::run(&args),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");
@@ -117,8 +120,35 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| root().join("target"))
 }
 
+/// The habits CI enforces before anything is built or run: the formatting (`rustfmt.toml`
+/// needs nightly rustfmt) and clippy with the workspace lints, warnings as errors.
+fn check() -> Result<()> {
+    // The rustup proxy, not `$CARGO` (that is the toolchain's own cargo, deaf to `+nightly`).
+    let mut cmd = Command::new("cargo");
+    cmd.args(["+nightly", "fmt", "--all", "--", "--check"])
+        .current_dir(root());
+    status(cmd, "cargo +nightly fmt --all -- --check")?;
+    let mut cmd = cargo();
+    cmd.args([
+        "clippy",
+        "--release",
+        "--workspace",
+        "--exclude",
+        "pcc-ebpf",
+        "--tests",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    status(
+        cmd,
+        "cargo clippy --release --workspace --exclude pcc-ebpf --tests -- -D warnings",
+    )
+}
+
 fn test(extra: &[String]) -> Result<()> {
     setup()?;
+    check()?;
     let bin = build_pcc_ctl()?;
     let mut cmd = cargo();
     // pcc-ebpf only builds for the bpf target (pcc-ctl's build script does that).

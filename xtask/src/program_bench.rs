@@ -1,9 +1,7 @@
 //! `cargo xtask bench program`: runs `pcc-bench program` (it needs the BPF object, which
 //! xtask must not link: xtask builds before the BPF toolchain is installed) and writes its
 //! figures into BENCHMARKS.md.
-use std::fmt::Write as _;
-use std::path::PathBuf;
-use std::process::Command;
+use std::{fmt::Write as _, path::PathBuf, process::Command};
 
 use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
@@ -170,8 +168,9 @@ pub fn run(samples: usize, runs: usize, out: Option<PathBuf>, no_build: bool) ->
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use serde_json::json;
+
+    use super::*;
 
     #[test]
     fn median_of_merges_runs_field_by_field() {

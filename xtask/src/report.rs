@@ -4,9 +4,11 @@
 //! same workload through every balancing method on equal and on unequal lines, the question
 //! such studies end on, and writes its table to BENCHMARKS.md too.
 
-use std::fmt::Write as _;
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::{
+    fmt::Write as _,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result, ensure};
 use clap::Args;
@@ -75,7 +77,7 @@ impl Row {
         let (delay, jitter, loss) = delay_and_jitter(rtts);
         Row {
             scenario: scenario.into(),
-            wans: wans.iter().map(|w| w.to_string()).collect(),
+            wans: wans.iter().map(ToString::to_string).collect(),
             capacity_mbps: capacity,
             throughput_mbps: throughput,
             per_wan_mbps: per_wan,
@@ -367,14 +369,14 @@ fn scenario(
     Ok(row)
 }
 
-pub fn run(args: ReportArgs) -> Result<()> {
+pub fn run(args: &ReportArgs) -> Result<()> {
     ensure!(
         (5..=300).contains(&args.seconds),
         "--seconds must be 5..=300"
     );
     crate::prepare(args.no_build)?;
     if args.compare {
-        return compare(&args);
+        return compare(args);
     }
     let lab = shaped_lab(args.rate)?;
     lab.start_http()?;
@@ -386,11 +388,11 @@ pub fn run(args: ReportArgs) -> Result<()> {
     ] {
         eprintln!("xtask report: {name}: {} s of load", args.seconds);
         let capacity = f64::from(args.rate) * wans.len() as f64;
-        rows.push(scenario(&lab, &name, &wans, &[], capacity, &args)?);
+        rows.push(scenario(&lab, &name, &wans, &[], capacity, args)?);
     }
     drop(lab);
     let text = render_text(&rows, args.rate);
-    let out = write_outputs(&args, "report", &rows, &text)?;
+    let out = write_outputs(args, "report", &rows, &text)?;
     print!("{text}");
     eprintln!(
         "xtask report: written to {}/report.{{txt,json,svg}}",
@@ -564,7 +566,7 @@ mod tests {
             return;
         }
         let out = std::env::temp_dir().join(format!("pcc-report-smoke-{}", std::process::id()));
-        run(ReportArgs {
+        run(&ReportArgs {
             seconds: 5,
             rate: 20,
             streams: 1,
@@ -604,7 +606,7 @@ mod tests {
         let bench = out.join("BENCHMARKS.md");
         std::fs::create_dir_all(&out).unwrap();
         std::fs::write(&bench, "# benchmarks\n").unwrap();
-        run(ReportArgs {
+        run(&ReportArgs {
             seconds: 5,
             rate: 20,
             streams: 1,

@@ -5,8 +5,10 @@
 //! interrupted with SIGINT (Ctrl-C) mid-traffic cleans up as well: no namespace, and the XDP
 //! programs it attached are gone.
 
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use pcc_tests::{LabProcess, lab_leftovers, require_root};
 

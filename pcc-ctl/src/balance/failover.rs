@@ -18,10 +18,10 @@ use pcc_common::{
     proto::IPPROTO_TCP,
 };
 
-use crate::sync::lock;
 use crate::{
     balance::wan::WanView,
     kernel::{conntrack::forget_connection, maps::Maps},
+    sync::lock,
 };
 
 /// Default `--failover-grace` in seconds; see the README ("Health checking and failover").

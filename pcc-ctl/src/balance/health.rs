@@ -131,7 +131,7 @@ pub struct ProbeSource {
 /// Starts probing one WAN. Every up/down change of one of its targets is signalled on
 /// `changed` (the controller then recomputes the WAN's state).
 pub fn spawn(
-    source: ProbeSource,
+    source: &ProbeSource,
     params: ProbeParams,
     table: HealthTable,
     clock: Clock,
@@ -154,6 +154,7 @@ pub fn spawn(
         .iter()
         .map(|t| t.addr)
         .collect();
+    let (index, ident) = (source.index, source.ident);
     Ok(tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(params.interval_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -161,17 +162,15 @@ pub fn spawn(
         loop {
             tick.tick().await;
             for (t, &addr) in targets.iter().enumerate() {
-                let mut pinger = client
-                    .pinger(IpAddr::V4(addr), PingIdentifier(source.ident))
-                    .await;
+                let mut pinger = client.pinger(IpAddr::V4(addr), PingIdentifier(ident)).await;
                 pinger.timeout(Duration::from_millis(params.reply_timeout_ms));
-                if lock(&table)[source.index].targets[t]
+                if lock(&table)[index].targets[t]
                     .health
                     .on_sent(seq, clock.now_ms())
                 {
                     let _ = changed.send(());
                 }
-                let (table, changed, index) = (table.clone(), changed.clone(), source.index);
+                let (table, changed) = (table.clone(), changed.clone());
                 tokio::spawn(async move {
                     // An error (timeout, unreachable, link down) is a lost probe: nothing to record.
                     if let Ok((_, rtt)) = pinger.ping(PingSequence(seq), &PAYLOAD).await {
@@ -250,7 +249,7 @@ impl Probers {
             ident,
         };
         let task = spawn(
-            source,
+            &source,
             self.params,
             self.table.clone(),
             self.clock,

@@ -18,7 +18,10 @@ use aya::maps::lpm_trie::Key;
 use pcc_common::{MAX_POLICIES, MAX_POLICY_SUBNETS, MAX_WANS, Method, SlotTable};
 use serde::Deserialize;
 
-use crate::{balance::wan::WanView, kernel::maps::Maps, kernel::netlink::Ipv4Net};
+use crate::{
+    balance::wan::WanView,
+    kernel::{maps::Maps, netlink::Ipv4Net},
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -4,13 +4,13 @@
 //! Refused while a controller runs on those interfaces: it cleans up itself on SIGTERM.
 use anyhow::Result;
 
-use crate::{
-    kernel::default_routes::DefaultRoutes,
-    kernel::guard,
-    kernel::lock::InterfaceLocks,
-    kernel::netlink::Netlink,
-    kernel::offload::{self, Offloads},
-    kernel::pin::Pins,
+use crate::kernel::{
+    default_routes::DefaultRoutes,
+    guard,
+    lock::InterfaceLocks,
+    netlink::Netlink,
+    offload::{self, Offloads},
+    pin::Pins,
 };
 
 /// `lans`: the `--lan` interfaces of the `pcc-ctl up` to remove (the first names its state).

@@ -2,9 +2,7 @@
 //! gateway's MAC) and its throughput.
 use std::net::Ipv4Addr;
 
-use crate::shared::Shared;
-use crate::sync::lock;
-use crate::{balance::wan::WanView, kernel::netlink::Netlink};
+use crate::{balance::wan::WanView, kernel::netlink::Netlink, shared::Shared, sync::lock};
 
 pub(super) fn ip_be(addr: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(addr.octets())

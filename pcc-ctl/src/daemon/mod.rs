@@ -5,12 +5,6 @@ pub mod relink;
 mod serve;
 pub mod weights;
 
-use self::{
-    installed::Installed,
-    links::{ip_be, mtu16, refresh_links},
-    serve::{Owned, serve},
-};
-
 use std::{
     io::Write as _,
     net::Ipv4Addr,
@@ -23,24 +17,33 @@ use futures::FutureExt as _;
 use pcc_common::{Config as DataplaneConfig, WanInfo};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
+use self::{
+    installed::Installed,
+    links::{ip_be, mtu16, refresh_links},
+    serve::{Owned, serve},
+};
 use crate::{
-    balance::failover::Failover,
-    balance::health::{Clock, HealthTable, Probers, WanHealth},
-    balance::policy::{self, ConfigFile},
-    balance::quota::{self, Meter},
-    balance::wan::{self, WanView},
+    balance::{
+        failover::Failover,
+        health::{Clock, HealthTable, Probers, WanHealth},
+        policy::{self, ConfigFile},
+        quota::{self, Meter},
+        wan::{self, WanView},
+    },
     config::{Config, XdpMode},
     daemon::relink::LanView,
     http,
-    kernel::conntrack::GcReport,
-    kernel::dataplane::{Attached, Dataplane, Role},
-    kernel::guard::{ForwardGuard, GuardSpec},
-    kernel::lock::InterfaceLocks,
-    kernel::netlink::{Ipv4Net, Link, Netlink},
-    kernel::offload::Offloads,
-    kernel::peer,
-    kernel::pin::{self, PinnedState, Pins},
-    kernel::routes::Routing,
+    kernel::{
+        conntrack::GcReport,
+        dataplane::{Attached, Dataplane, Role},
+        guard::{ForwardGuard, GuardSpec},
+        lock::InterfaceLocks,
+        netlink::{Ipv4Net, Link, Netlink},
+        offload::Offloads,
+        peer,
+        pin::{self, PinnedState, Pins},
+        routes::Routing,
+    },
     shared::Shared,
 };
 

@@ -17,19 +17,20 @@ use std::{
 use anyhow::Context as _;
 use pcc_common::{LAN_DEVMAP_BASE, LanInfo};
 
-use crate::sync::lock;
 use crate::{
-    balance::health::WanHealth,
-    balance::wan::WanView,
+    balance::{health::WanHealth, wan::WanView},
     config::{Config, XdpMode},
-    kernel::conntrack,
-    kernel::dataplane::{Attached, Dataplane, Role},
-    kernel::maps::Maps,
-    kernel::netlink::{Ipv4Net, Link, LinkError, Netlink},
-    kernel::offload::{Offload, Offloads},
-    kernel::peer,
-    kernel::pin::Pins,
+    kernel::{
+        conntrack,
+        dataplane::{Attached, Dataplane, Role},
+        maps::Maps,
+        netlink::{Ipv4Net, Link, LinkError, Netlink},
+        offload::{Offload, Offloads},
+        peer,
+        pin::Pins,
+    },
     shared::Shared,
+    sync::lock,
 };
 
 /// What a WAN looked like before a link refresh.

@@ -14,7 +14,6 @@ use super::{
     relink::LanView,
     wan_addr, weights,
 };
-use crate::sync::lock;
 use crate::{
     balance::{
         failover::Failover,
@@ -25,6 +24,7 @@ use crate::{
     config::Config,
     kernel::{conntrack, netlink::Netlink, routes},
     shared::Shared,
+    sync::lock,
 };
 
 /// How often link state and gateway MACs are re-read even without a netlink event.

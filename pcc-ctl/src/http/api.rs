@@ -14,8 +14,12 @@ use pcc_common::{
 use serde::{Deserialize, Serialize};
 
 use super::Endpoint;
-use crate::sync::lock;
-use crate::{balance::health::Target, kernel::conntrack::monotonic_ns, shared::Shared};
+use crate::{
+    balance::health::{Target, WanHealth},
+    kernel::conntrack::monotonic_ns,
+    shared::Shared,
+    sync::lock,
+};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct WanStatus {
@@ -154,9 +158,9 @@ pub fn status(shared: &Shared) -> Status {
                 },
                 rx_bps,
                 tx_bps,
-                rtt_seconds: h.and_then(|h| h.rtt_seconds()),
-                rtt_last_seconds: h.and_then(|h| h.rtt_last_seconds()),
-                jitter_seconds: h.and_then(|h| h.jitter_seconds()),
+                rtt_seconds: h.and_then(WanHealth::rtt_seconds),
+                rtt_last_seconds: h.and_then(WanHealth::rtt_last_seconds),
+                jitter_seconds: h.and_then(WanHealth::jitter_seconds),
                 loss_ratio: h.map_or(0.0, |h| h.loss_ratio(now_ms)),
                 targets: h.map_or(Vec::new(), |h| {
                     h.targets

@@ -10,8 +10,7 @@ use prometheus::{
     Encoder as _, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::sync::lock;
-use crate::{http::api::TargetStatus, shared::Shared};
+use crate::{http::api::TargetStatus, shared::Shared, sync::lock};
 
 pub struct Metrics {
     registry: Registry,

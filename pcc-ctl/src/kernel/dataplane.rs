@@ -1,7 +1,7 @@
 //! Loading the XDP programs and attaching them to the ports, and the TC egress hook to the WANs.
-use anyhow::{Context as _, Result, anyhow};
 use std::path::Path;
 
+use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
@@ -11,7 +11,6 @@ use aya::{
         xdp::XdpLink,
     },
 };
-
 use pcc_common::expiry;
 
 use crate::{
@@ -134,7 +133,7 @@ impl Dataplane {
         }
         let id = prog
             .attach(interface, xdp_mode(mode))
-            .map_err(|e| attach_error(interface, mode, e))?;
+            .map_err(|e| attach_error(interface, mode, &e))?;
         let link = prog.take_link(id)?;
         let link = FdLink::try_from(link).with_context(|| {
             format!("{interface}: the kernel gave no bpf_link to pin (XDP links need Linux 5.9)")
@@ -156,7 +155,7 @@ impl Dataplane {
         let options = TcAttachOptions::TcxOrder(LinkOrder::default());
         let id = prog
             .attach_with_options(interface, TcAttachType::Egress, options)
-            .map_err(|e| egress_error(interface, e))?;
+            .map_err(|e| egress_error(interface, &e))?;
         let link = FdLink::try_from(prog.take_link(id)?)?;
         self.pin(link, interface, pin)
     }
@@ -246,8 +245,8 @@ fn errno_of(e: &ProgramError) -> Option<i32> {
     None
 }
 
-fn egress_error(interface: &str, e: ProgramError) -> anyhow::Error {
-    match errno_of(&e) {
+fn egress_error(interface: &str, e: &ProgramError) -> anyhow::Error {
+    match errno_of(e) {
         Some(libc::ENODEV) => anyhow!("unknown interface {interface}"),
         // tcx (bpf_mprog) came with Linux 6.6; before it the kernel refuses the attach type.
         Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => anyhow!(
@@ -257,8 +256,8 @@ fn egress_error(interface: &str, e: ProgramError) -> anyhow::Error {
     }
 }
 
-fn attach_error(interface: &str, mode: AttachMode, e: ProgramError) -> anyhow::Error {
-    match errno_of(&e) {
+fn attach_error(interface: &str, mode: AttachMode, e: &ProgramError) -> anyhow::Error {
+    match errno_of(e) {
         Some(libc::EBUSY) | Some(libc::EEXIST) => {
             anyhow!(
                 "interface {interface} already has an XDP program attached (another pcc-ctl or XDP tool)"

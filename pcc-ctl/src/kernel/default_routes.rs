@@ -83,7 +83,7 @@ impl DefaultRoutes {
                 match result.await {
                     Ok(()) => self.demoted.entry(wan.wan_id).or_default().push(route),
                     Err(e) => {
-                        log::warn!("WAN {}: cannot demote its default route: {e:#}", wan.name)
+                        log::warn!("WAN {}: cannot demote its default route: {e:#}", wan.name);
                     }
                 }
             }

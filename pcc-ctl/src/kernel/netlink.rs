@@ -117,7 +117,7 @@ impl Netlink {
                 LinkAttribute::Address(a) if a.len() == 6 => link.mac.copy_from_slice(&a),
                 LinkAttribute::Mtu(m) => link.mtu = m,
                 LinkAttribute::OperState(s) => {
-                    link.oper_up = matches!(s, State::Up | State::Unknown)
+                    link.oper_up = matches!(s, State::Up | State::Unknown);
                 }
                 _ => {}
             }
@@ -138,7 +138,7 @@ impl Netlink {
                 LinkAttribute::LinkInfo(infos) => {
                     veth = infos
                         .iter()
-                        .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth)))
+                        .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth)));
                 }
                 LinkAttribute::Link(i) => peer = Some(i),
                 LinkAttribute::LinkNetNsId(id) => nsid = Some(id),
@@ -309,7 +309,7 @@ impl Netlink {
                 match attr {
                     NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => dst = Some(*a),
                     NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 && resolved => {
-                        mac = Some([l[0], l[1], l[2], l[3], l[4], l[5]])
+                        mac = Some([l[0], l[1], l[2], l[3], l[4], l[5]]);
                     }
                     _ => {}
                 }
@@ -401,7 +401,7 @@ fn kernel_route(msg: &RouteMessage) -> Option<KernelRoute> {
             RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(*g),
             RouteAttribute::Priority(p) => metric = *p,
             RouteAttribute::MultiPath(nh) => {
-                hops = Some(nh.iter().map(|h| h.interface_index).collect())
+                hops = Some(nh.iter().map(|h| h.interface_index).collect());
             }
             _ => {}
         }

@@ -20,7 +20,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{kernel::netlink::Netlink, kernel::offload};
+use crate::kernel::{netlink::Netlink, offload};
 
 /// At most this many namespace handles are looked at when searching the peer's namespace.
 const MAX_NAMESPACES: usize = 4096;

@@ -18,8 +18,11 @@ use pcc_common::route::{
     self, NEIGHBOURS_PER_WAN, Neighbour, NeighbourKey, Prefix, ROUTE_WAN, Route, WanPort,
 };
 
-use crate::sync::lock;
-use crate::{balance::wan::WanView, kernel::maps::Maps, kernel::netlink::Netlink};
+use crate::{
+    balance::wan::WanView,
+    kernel::{maps::Maps, netlink::Netlink},
+    sync::lock,
+};
 
 /// How often `poll` runs: a next hop the dataplane missed is asked for within this, so it is
 /// resolved well before the host retransmits (TCP's first SYN retransmission: 1 s).
@@ -79,13 +82,13 @@ impl Routing {
         let routes = maps
             .routes
             .iter()
-            .filter_map(|r| r.ok())
+            .filter_map(std::result::Result::ok)
             .map(|(k, v)| ((addr_of(k.data()), k.prefix_len() as u8), v))
             .collect();
         let neighbours: BTreeMap<NeighbourKey, [u8; 6]> = maps
             .neighbours
             .iter()
-            .filter_map(|r| r.ok())
+            .filter_map(std::result::Result::ok)
             .map(|(k, v)| (k, v.mac))
             .collect();
         Self {
@@ -267,7 +270,7 @@ fn take_wanted(maps: &mut Maps) -> BTreeSet<NeighbourKey> {
     let keys: BTreeSet<NeighbourKey> = maps
         .neighbours_wanted
         .keys()
-        .filter_map(|k| k.ok())
+        .filter_map(std::result::Result::ok)
         .collect();
     for key in &keys {
         let _ = maps.neighbours_wanted.remove(key);

@@ -6,8 +6,7 @@
 // The dataplane's header checks; the benchmark programs use a few of them.
 #[expect(
     dead_code,
-    unused_imports,
-    reason = "the dataplane's parsers and re-exports, which these programs do not use"
+    reason = "the dataplane's parsers, which these programs do not use"
 )]
 mod parse;
 

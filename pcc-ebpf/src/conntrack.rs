@@ -256,11 +256,9 @@ pub extern "C" fn pcc_claim_connection() -> u32 {
         take_back(key, nat_addr, nat_port, wan_id, binding);
         return CLAIM_FULL;
     };
-    // SAFETY: helper without arguments.
-    let token = unsafe { bpf_get_prandom_u32() };
     let out = &mut scratch.out;
-    out.expiry_slot = slot;
-    out.expiry_token = token;
+    out.expiry_slot = slot.index;
+    out.expiry_token = slot.token;
     out.nat_addr = nat_addr;
     out.nat_port = nat_port;
     out.wan_id = wan_id;
@@ -276,7 +274,7 @@ pub extern "C" fn pcc_claim_connection() -> u32 {
     out.bytes = first.len;
     match CT_OUT.insert(key, &*out, NOEXIST) {
         Ok(()) => {
-            sweep::publish_slot(slot, expiry::slot_owner(token, false));
+            slot.publish(false);
             remember(key);
             // Counted here, where the entry was created: a CPU that lost the race below
             // opened nothing.
@@ -293,7 +291,7 @@ pub extern "C" fn pcc_claim_connection() -> u32 {
             CLAIM_NEW
         }
         Err(e) => {
-            sweep::free_slot(slot, expiry::SLOT_BUSY);
+            slot.abandon();
             take_back(key, nat_addr, nat_port, wan_id, binding);
             if e as i32 == -EEXIST
                 && let Some(winner) = CT_OUT.get_ptr(key)
@@ -409,8 +407,6 @@ pub extern "C" fn pcc_accept_connection() -> u32 {
         let _ = CT_IN.remove(inbound);
         return CLAIM_FULL;
     };
-    // SAFETY: helper without arguments.
-    let token = unsafe { bpf_get_prandom_u32() };
     let endpoint = BindKey {
         lan_addr: owner.lan_addr,
         lan_port: owner.lan_port,
@@ -425,8 +421,8 @@ pub extern "C" fn pcc_accept_connection() -> u32 {
         _ => flags |= CT_FLAG_UNBOUND,
     }
     let out = &mut scratch.out;
-    out.expiry_slot = slot;
-    out.expiry_token = token;
+    out.expiry_slot = slot.index;
+    out.expiry_token = slot.token;
     out.nat_addr = inbound.dst_addr;
     out.nat_port = inbound.dst_port;
     out.wan_id = owner.wan_id;
@@ -442,12 +438,12 @@ pub extern "C" fn pcc_accept_connection() -> u32 {
     out.bytes = 0;
     match CT_OUT.insert(&key, &*out, NOEXIST) {
         Ok(()) => {
-            sweep::publish_slot(slot, expiry::slot_owner(token, false));
+            slot.publish(false);
             remember(&key);
             CLAIM_NEW
         }
         Err(e) => {
-            sweep::free_slot(slot, expiry::SLOT_BUSY);
+            slot.abandon();
             let _ = CT_IN.remove(inbound);
             if flags & CT_FLAG_UNBOUND == 0 {
                 unbind(&endpoint, inbound.dst_addr, inbound.dst_port);

@@ -10,7 +10,9 @@
 //! architecture.
 use core::{ffi::c_void, intrinsics::AtomicOrdering};
 
-use aya_ebpf::helpers::{bpf_loop, bpf_timer_init, bpf_timer_set_callback, bpf_timer_start};
+use aya_ebpf::helpers::{
+    bpf_get_prandom_u32, bpf_loop, bpf_timer_init, bpf_timer_set_callback, bpf_timer_start,
+};
 use pcc_common::{
     CtEvent, FlowKey, LAN_ROUTER, SweepState, bpf_timer,
     expiry::{self, SLOT_BUSY, SLOT_FREE, SLOT_PROBES, SWEEP_TICK_NS},
@@ -38,11 +40,41 @@ unsafe fn compare_exchange(p: *mut u64, old: u64, new: u64) -> u64 {
     }
 }
 
-/// Claims a free slot for `key`, probing from its home slot, and leaves it busy (the sweep
-/// skips it) until [`publish_slot`] or [`free_slot`]. `None`: no free slot within
+/// A slot claimed for a tuple, busy (the sweep skips it) until it is published or abandoned,
+/// with the token its owner word will carry once ready.
+#[derive(Clone, Copy)]
+pub struct Claimed {
+    pub index: u32,
+    pub token: u32,
+}
+
+impl Claimed {
+    /// Hands the slot to the sweep, its tuple now in its table (`router`: a `CT_IN` key).
+    #[inline(always)]
+    pub fn publish(self, router: bool) {
+        if let Some(slot) = EXPIRY_SLOTS.get_ptr_mut(self.index) {
+            // SAFETY: a live array element; only its owner word changes.
+            unsafe {
+                compare_exchange(
+                    &raw mut (*slot).owner,
+                    SLOT_BUSY,
+                    expiry::slot_owner(self.token, router),
+                )
+            };
+        }
+    }
+
+    /// Frees the slot again: its tuple did not go in.
+    #[inline(always)]
+    pub fn abandon(self) {
+        free_slot(self.index, SLOT_BUSY);
+    }
+}
+
+/// Claims a free slot for `key`, probing from its home slot. `None`: no free slot within
 /// `SLOT_PROBES`, which at most half-full slots means the table itself is all but full.
 #[inline(always)]
-pub fn claim_slot(key: &FlowKey, slot_mask: u32) -> Option<u32> {
+pub fn claim_slot(key: &FlowKey, slot_mask: u32) -> Option<Claimed> {
     start();
     let home = expiry::home_slot(key, slot_mask);
     for probe in 0..SLOT_PROBES {
@@ -59,18 +91,11 @@ pub fn claim_slot(key: &FlowKey, slot_mask: u32) -> Option<u32> {
             }
             (*slot).key = *key;
         }
-        return Some(index);
+        // SAFETY: helper without arguments.
+        let token = unsafe { bpf_get_prandom_u32() };
+        return Some(Claimed { index, token });
     }
     None
-}
-
-/// Hands a claimed slot to the sweep, its tuple now in its table.
-#[inline(always)]
-pub fn publish_slot(index: u32, owner: u64) {
-    if let Some(slot) = EXPIRY_SLOTS.get_ptr_mut(index) {
-        // SAFETY: a live array element; only its owner word changes.
-        unsafe { compare_exchange(&raw mut (*slot).owner, SLOT_BUSY, owner) };
-    }
 }
 
 /// Frees a slot if `owner` still holds it (a slot freed and claimed again keeps its new owner).
@@ -221,18 +246,16 @@ pub fn record_router_tuple(key: &FlowKey, entry: &pcc_common::CtIn) -> Result<()
     let Some(cfg) = CONFIG.get(0) else {
         return Err(0);
     };
-    let Some(index) = claim_slot(key, cfg.sweep.slot_mask) else {
+    let Some(claimed) = claim_slot(key, cfg.sweep.slot_mask) else {
         return Err(0);
     };
     match CT_IN.insert(key, entry, aya_ebpf::bindings::BPF_NOEXIST as u64) {
         Ok(()) => {
-            // SAFETY: helper without arguments.
-            let token = unsafe { aya_ebpf::helpers::bpf_get_prandom_u32() };
-            publish_slot(index, expiry::slot_owner(token, true));
+            claimed.publish(true);
             Ok(())
         }
         Err(e) => {
-            free_slot(index, SLOT_BUSY);
+            claimed.abandon();
             Err(e)
         }
     }
